@@ -1,0 +1,3 @@
+//! kube-apiserver: the Kubernetes REST API over a [`storage::Store`].
+
+pub mod storage;
