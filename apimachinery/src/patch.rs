@@ -199,13 +199,16 @@ const BUILTIN_GROUPS: &[&str] = &[
 ];
 
 impl BuiltinPatchMeta {
-    /// The table for a built-in kind; `None` for groups that are not built in (custom
-    /// resources, which Kubernetes refuses strategic merge patches for with 415).
-    /// Built-in kinds without list tags get the `metadata` table only.
-    pub fn for_kind(group: &str, kind: &str) -> Option<Self> {
-        if !BUILTIN_GROUPS.contains(&group) {
-            return None;
-        }
+    /// Whether `group` is a built-in API group (`""` or `"core"` for the core group).
+    /// Kubernetes refuses strategic merge patches on custom resources (415
+    /// Unsupported Media Type); the apiserver can use this to do the same.
+    pub fn is_builtin_group(group: &str) -> bool {
+        BUILTIN_GROUPS.contains(&group)
+    }
+
+    /// The table for a kind (`group` is `""` or `"core"` for the core group). Kinds
+    /// without list tags, and kinds of other groups, get the `metadata` table only.
+    pub fn for_kind(group: &str, kind: &str) -> Self {
         let core = group.is_empty() || group == "core";
         let k = match (core, group, kind) {
             (true, _, "Pod") => Kind::Pod,
@@ -222,7 +225,7 @@ impl BuiltinPatchMeta {
             (_, "batch", "CronJob") => Kind::CronJob,
             _ => Kind::Generic,
         };
-        Some(BuiltinPatchMeta { kind: k })
+        BuiltinPatchMeta { kind: k }
     }
 
     /// A table that knows only `metadata` (`ownerReferences` by `uid`, `finalizers` as a set).

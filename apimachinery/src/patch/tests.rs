@@ -4,11 +4,11 @@ use super::*;
 use serde_json::json;
 
 fn deployment() -> BuiltinPatchMeta {
-    BuiltinPatchMeta::for_kind("apps", "Deployment").unwrap_or_else(BuiltinPatchMeta::generic)
+    BuiltinPatchMeta::for_kind("apps", "Deployment")
 }
 
 fn pod() -> BuiltinPatchMeta {
-    BuiltinPatchMeta::for_kind("", "Pod").unwrap_or_else(BuiltinPatchMeta::generic)
+    BuiltinPatchMeta::for_kind("", "Pod")
 }
 
 fn smp(doc: Value, patch: Value, schema: &dyn PatchMeta) -> Value {
@@ -211,7 +211,7 @@ fn pod_volumes_with_retain_keys() {
 
 #[test]
 fn service_ports_and_conditions() {
-    let svc = BuiltinPatchMeta::for_kind("", "Service").unwrap_or_else(BuiltinPatchMeta::generic);
+    let svc = BuiltinPatchMeta::for_kind("", "Service");
     let doc = json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}, {"port": 443}]}});
     let patch = json!({"spec": {"ports": [{"port": 80, "targetPort": 9090}]}});
     let out = smp(doc, patch, &svc);
@@ -249,20 +249,21 @@ fn errors() {
 
 #[test]
 fn cronjob_and_node_tables() {
-    let cj = BuiltinPatchMeta::for_kind("batch", "CronJob").unwrap_or_else(BuiltinPatchMeta::generic);
+    let cj = BuiltinPatchMeta::for_kind("batch", "CronJob");
     assert_eq!(
         cj.lookup(&["spec", "jobTemplate", "spec", "template", "spec", "containers", "env"]),
         FieldPatchMeta::merge_by("name")
     );
-    let node = BuiltinPatchMeta::for_kind("", "Node").unwrap_or_else(BuiltinPatchMeta::generic);
+    let node = BuiltinPatchMeta::for_kind("", "Node");
     assert_eq!(node.lookup(&["status", "addresses"]), FieldPatchMeta::merge_by("type"));
     assert_eq!(node.lookup(&["spec", "taints"]), FieldPatchMeta::default());
     assert_eq!(
         deployment().lookup(&["spec", "template", "metadata", "finalizers"]),
         FieldPatchMeta::merge_set()
     );
-    assert!(BuiltinPatchMeta::for_kind("example.com", "Widget").is_none());
-    assert!(BuiltinPatchMeta::for_kind("", "ConfigMap").is_some());
+    assert!(!BuiltinPatchMeta::is_builtin_group("example.com"));
+    assert!(BuiltinPatchMeta::is_builtin_group("apps"));
+    assert_eq!(BuiltinPatchMeta::for_kind("", "ConfigMap"), BuiltinPatchMeta::generic());
 }
 
 #[test]
