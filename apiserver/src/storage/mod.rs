@@ -10,10 +10,14 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use futures::Stream;
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+mod wal;
 
-/// A store revision. Revisions start at 1 and grow by one per committed write.
+/// A store revision. As in etcd, a fresh store is at revision 1, and each committed
+/// write takes the next one (the first write is at revision 2).
 pub type Revision = i64;
 
 /// One key at one revision.
