@@ -563,7 +563,7 @@ impl Parser {
         }
         let errs = is_qualified_name(&lit);
         if !errs.is_empty() {
-            return Err(invalid(&lit, &errs.join("; ")));
+            return Err(format!("<nil>: {}", invalid(&lit, &errs.join("; "))));
         }
         let (t, _) = self.lookahead(Ctx::Values);
         if (t == Token::End || t == Token::Comma) && op != Some(Operator::DoesNotExist) {
@@ -699,7 +699,9 @@ mod tests {
         let e = Selector::parse("x==a==b").err().map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(e, "found '==', expected: ',' or 'end of string'");
         let e = Selector::parse("-x=a").err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.starts_with("unable to parse requirement: Invalid value: \"-x\": name part"), "{e}");
+        assert!(e.starts_with("unable to parse requirement: <nil>: Invalid value: \"-x\": name part"), "{e}");
+        let e = Selector::parse("x=-a").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("unable to parse requirement: values[0][x]: Invalid value: \"-a\": a valid label must"), "{e}");
     }
 
     #[test]

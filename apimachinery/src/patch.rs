@@ -357,8 +357,8 @@ pub fn strategic_merge_patch(
 fn is_directive_key(k: &str) -> bool {
     k == DIRECTIVE_MARKER
         || k == RETAIN_KEYS_DIRECTIVE
-        || k.starts_with(&format!("{SET_ELEMENT_ORDER_PREFIX}/"))
-        || k.starts_with(&format!("{DELETE_FROM_PRIMITIVE_LIST_PREFIX}/"))
+        || k.starts_with("$setElementOrder/")
+        || k.starts_with("$deleteFromPrimitiveList/")
 }
 
 /// Turns patch content into object content: drops `$patch: delete` maps, directive keys
@@ -572,18 +572,88 @@ fn merge_set_element_order(
             continue;
         }
         let kind = element_kind(&orig_ids_src, &patch_src)?;
+        let server_order = if meta.strategy == Some(PatchStrategy::Merge) && !patch_src.is_empty() {
+            aliased_server_order(&orig_ids_src, &patch_src, merge_key, kind)
+        } else {
+            ids(&orig_ids_src, merge_key, kind)
+        };
         let (patch_items, server_only) = partition(merged, &order, merge_key, kind)?;
         let both = normalize_element_order(
             patch_items,
             server_only,
             &ids(&order, merge_key, kind),
-            &ids(&orig_ids_src, merge_key, kind),
+            &server_order,
             merge_key,
             kind,
         );
         original.insert(field, Value::Array(both));
     }
     Ok(())
+}
+
+/// The order of the live list that Kubernetes uses to place server-only items after a
+/// `$setElementOrder` merge. Kubernetes reads it from the original list's backing array
+/// *after* merging in place: deletions shift later items left, and appended patch items
+/// land in the freed slots. The result orders are part of the observable behaviour (and
+/// of Kubernetes' own test cases), so this replays those in-place edits on the keys.
+fn aliased_server_order(
+    original: &[Value],
+    patch: &[Value],
+    merge_key: Option<&str>,
+    kind: ElemKind,
+) -> Vec<Option<Value>> {
+    let mut backing = ids(original, merge_key, kind);
+    let (ElemKind::Map, Some(mk)) = (kind, merge_key) else {
+        return backing;
+    };
+    let len = backing.len();
+    let mut n = len;
+    let mut replace = false;
+    for item in patch {
+        match item.get(DIRECTIVE_MARKER).and_then(Value::as_str) {
+            Some("delete") => {
+                let key = item.get(mk).cloned();
+                while let Some(i) = backing[..n].iter().position(|b| b.is_some() && *b == key) {
+                    backing.copy_within_clone(i + 1..n, i);
+                    n -= 1;
+                }
+            }
+            Some("replace") => replace = true,
+            _ => {}
+        }
+    }
+    if replace {
+        return backing;
+    }
+    // Appends: items whose key is not already in the (growing) list.
+    let mut present: Vec<Option<Value>> = backing[..n].to_vec();
+    for item in patch {
+        if item.get(DIRECTIVE_MARKER).is_some() {
+            continue;
+        }
+        let key = item.get(mk).cloned();
+        if present.contains(&key) {
+            continue;
+        }
+        if n < len {
+            backing[n] = key.clone();
+        }
+        n += 1;
+        present.push(key);
+    }
+    backing
+}
+
+trait CopyWithinClone {
+    fn copy_within_clone(&mut self, src: std::ops::Range<usize>, dest: usize);
+}
+
+impl<T: Clone> CopyWithinClone for Vec<T> {
+    fn copy_within_clone(&mut self, src: std::ops::Range<usize>, dest: usize) {
+        for (k, from) in src.enumerate() {
+            self[dest + k] = self[from].clone();
+        }
+    }
 }
 
 fn validate_patch_with_set_order_list(

@@ -325,3 +325,24 @@ impl<F: Fn(&[&str]) -> FieldPatchMeta> PatchMeta for FnMeta<F> {
         (self.0)(path)
     }
 }
+
+#[test]
+fn set_element_order_with_delete_places_server_only_items_like_kubernetes() {
+    // kubectl apply removing item 1 and adding item 3 while item 4 exists only on the
+    // server: Kubernetes yields [2, 4, 3] (its in-place list edits decide where 4 goes).
+    let schema = |path: &[&str]| match path {
+        ["mergingList"] => FieldPatchMeta::merge_by("name"),
+        _ => FieldPatchMeta::default(),
+    };
+    let current = json!({"mergingList": [
+        {"name": 1}, {"name": 2, "other": "b"}, {"name": 4, "other": "c"}
+    ]});
+    let patch = json!({
+        "$setElementOrder/mergingList": [{"name": 2}, {"name": 3}],
+        "mergingList": [{"name": 3}, {"name": 1, "$patch": "delete"}]
+    });
+    let out = smp(current, patch, &FnMeta(schema));
+    assert_eq!(out, json!({"mergingList": [
+        {"name": 2, "other": "b"}, {"name": 4, "other": "c"}, {"name": 3}
+    ]}));
+}
