@@ -1,4 +1,17 @@
-//! kube-apiserver: the Kubernetes REST API over a [`storage::Store`].
+//! kube-apiserver: the Kubernetes REST API over a [`storage::Store`], for the stock
+//! kubectl, client-go, kube-rs and the Python client alike.
 
-pub mod storage;
+pub mod admission;
+pub mod codec;
+pub mod discovery;
+pub mod errors;
+pub mod filter;
+pub mod handlers;
+pub mod openapi;
 pub mod printers;
+pub mod registry;
+pub mod server;
+pub mod storage;
+pub mod watchcache;
+
+pub use server::{run, ApiServer, Config};

@@ -1,0 +1,977 @@
+//! Admission: defaulting, validation and allocation for each kind, as Kubernetes' API
+//! strategies and built-in admission plugins do it on create and update.
+
+use std::net::Ipv4Addr;
+
+use apimachinery::validation;
+use serde_json::{json, Map, Value};
+
+use crate::errors::{ApiError, Cause};
+use crate::registry::ResourceInfo;
+use crate::server::ApiServer;
+use crate::storage::RangeOptions;
+
+/// Held while a new Service's addresses are chosen and stored, so that two creates
+/// cannot pick the same ClusterIP or NodePort.
+pub type AllocationGuard = Option<tokio::sync::OwnedMutexGuard<()>>;
+
+/// Defaults, validates and allocates for a create. The returned guard must live until
+/// the object is stored.
+pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, dry_run: bool) -> Result<AllocationGuard, ApiError> {
+    let name = name_of(obj);
+    decode_check(res, obj, &name)?;
+    prepare_for_create(res, obj);
+    default(res, obj);
+    let mut causes = validate(res, obj, None);
+    let mut guard = None;
+    if res.group.is_empty() && res.plural == "services" && causes.is_empty() {
+        let g = api.service_allocation.clone().lock_owned().await;
+        allocate_service(api, obj, &mut causes, dry_run).await?;
+        guard = Some(g);
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(res, &name, causes));
+    }
+    Ok(guard)
+}
+
+/// Defaults and validates an update against the current object.
+pub async fn admit_update(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, old: &Value, status_only: bool) -> Result<(), ApiError> {
+    let _ = api;
+    let name = name_of(obj);
+    decode_check(res, obj, &name)?;
+    default(res, obj);
+    if res.group.is_empty() && res.plural == "services" {
+        // Allocated fields stay as they are unless the client changes them.
+        for field in ["clusterIP", "clusterIPs"] {
+            if obj.pointer(&format!("/spec/{field}")).is_none() {
+                if let Some(v) = old.pointer(&format!("/spec/{field}")) {
+                    obj["spec"][field] = v.clone();
+                }
+            }
+        }
+        if let (Some(new_ports), Some(old_ports)) = (obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut), old.pointer("/spec/ports").and_then(Value::as_array)) {
+            for p in new_ports.iter_mut() {
+                if p.get("nodePort").is_none() {
+                    if let Some(np) = old_ports.iter().find(|o| o.get("port") == p.get("port")).and_then(|o| o.get("nodePort")) {
+                        p["nodePort"] = np.clone();
+                    }
+                }
+            }
+        }
+    }
+    let mut causes = if status_only { Vec::new() } else { validate(res, obj, Some(old)) };
+    causes.extend(validate_immutable(res, obj, old));
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(res, &name, causes));
+    }
+    Ok(())
+}
+
+fn name_of(obj: &Value) -> String {
+    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+/// Refuses bodies that do not decode as their kind (a string where a number belongs,
+/// say), with the message shape Kubernetes uses.
+fn decode_check(res: &ResourceInfo, obj: &Value, _name: &str) -> Result<(), ApiError> {
+    macro_rules! check {
+        ($($group:literal $kind:literal => $ty:ty),* $(,)?) => {
+            match (res.group, res.kind) {
+                $(($group, $kind) => serde_json::from_value::<$ty>(obj.clone()).map(|_| ()).map_err(|e| e.to_string()),)*
+                _ => Ok(()),
+            }
+        };
+    }
+    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
+    let result = check! {
+        "" "Pod" => core::Pod,
+        "" "Service" => core::Service,
+        "" "ConfigMap" => core::ConfigMap,
+        "" "Secret" => core::Secret,
+        "" "Namespace" => core::Namespace,
+        "" "Node" => core::Node,
+        "" "ReplicationController" => core::ReplicationController,
+        "" "Endpoints" => core::Endpoints,
+        "" "ServiceAccount" => core::ServiceAccount,
+        "" "Event" => core::Event,
+        "" "PersistentVolume" => core::PersistentVolume,
+        "" "PersistentVolumeClaim" => core::PersistentVolumeClaim,
+        "" "LimitRange" => core::LimitRange,
+        "" "ResourceQuota" => core::ResourceQuota,
+        "apps" "Deployment" => apps::Deployment,
+        "apps" "ReplicaSet" => apps::ReplicaSet,
+        "apps" "StatefulSet" => apps::StatefulSet,
+        "apps" "DaemonSet" => apps::DaemonSet,
+        "batch" "Job" => batch::Job,
+        "batch" "CronJob" => batch::CronJob,
+    };
+    result.map_err(|e| {
+        ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", res.kind, res.version, res.kind))
+    })
+}
+
+/// Resets what a client may not set on create (status, for kinds with a status
+/// subresource), as each Kubernetes strategy's PrepareForCreate does.
+fn prepare_for_create(res: &ResourceInfo, obj: &mut Value) {
+    let Some(o) = obj.as_object_mut() else { return };
+    match (res.group, res.plural) {
+        ("", "pods") => {
+            o.insert("status".into(), json!({"phase": "Pending"}));
+        }
+        ("", "namespaces") => {
+            o.insert("status".into(), json!({"phase": "Active"}));
+        }
+        ("", "services") | ("", "nodes") | ("", "persistentvolumes") | ("", "persistentvolumeclaims") => {}
+        _ if res.has_status() => {
+            o.remove("status");
+        }
+        _ => {}
+    }
+}
+
+fn obj_at<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Map<String, Value> {
+    let mut cur = v;
+    for p in path {
+        if !cur.get(*p).is_some_and(Value::is_object) {
+            cur[*p] = json!({});
+        }
+        cur = &mut cur[*p];
+    }
+    if !cur.is_object() {
+        *cur = json!({});
+    }
+    // The loop above made `cur` an object.
+    match cur {
+        Value::Object(m) => m,
+        _ => unreachable!("made an object above"),
+    }
+}
+
+fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
+    if map.get(key).is_none_or(Value::is_null) {
+        map.insert(key.into(), value);
+    }
+}
+
+/// Kubernetes' defaults for the kinds rkube serves.
+pub fn default(res: &ResourceInfo, obj: &mut Value) {
+    match (res.group, res.kind) {
+        ("", "Pod") => {
+            if let Some(spec) = obj.get_mut("spec") {
+                default_pod_spec(spec);
+            }
+            let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
+            if let Some(status) = obj.get_mut("status").and_then(Value::as_object_mut) {
+                set_default(status, "qosClass", json!(qos));
+            }
+        }
+        ("apps", "Deployment") => {
+            let spec = obj_at(obj, &["spec"]);
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "progressDeadlineSeconds", json!(600));
+            let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
+            if let Some(s) = strategy.as_object_mut() {
+                set_default(s, "type", json!("RollingUpdate"));
+                if s.get("type") == Some(&json!("RollingUpdate")) {
+                    let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
+                    if let Some(ru) = ru.as_object_mut() {
+                        set_default(ru, "maxUnavailable", json!("25%"));
+                        set_default(ru, "maxSurge", json!("25%"));
+                    }
+                }
+            }
+            default_template(obj);
+        }
+        ("apps", "ReplicaSet") => {
+            set_default(obj_at(obj, &["spec"]), "replicas", json!(1));
+            default_template(obj);
+        }
+        ("", "ReplicationController") => {
+            set_default(obj_at(obj, &["spec"]), "replicas", json!(1));
+            let labels = obj.pointer("/spec/template/metadata/labels").cloned();
+            if let Some(labels) = labels {
+                let spec = obj_at(obj, &["spec"]);
+                set_default(spec, "selector", labels.clone());
+                let meta = obj_at(obj, &["metadata"]);
+                set_default(meta, "labels", labels);
+            }
+            default_template(obj);
+        }
+        ("apps", "StatefulSet") => {
+            let spec = obj_at(obj, &["spec"]);
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+            set_default(spec, "persistentVolumeClaimRetentionPolicy", json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
+            default_template(obj);
+        }
+        ("apps", "DaemonSet") => {
+            let spec = obj_at(obj, &["spec"]);
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            set_default(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
+            default_template(obj);
+        }
+        ("batch", "Job") => {
+            default_job_spec(obj);
+        }
+        ("batch", "CronJob") => {
+            let spec = obj_at(obj, &["spec"]);
+            set_default(spec, "concurrencyPolicy", json!("Allow"));
+            set_default(spec, "suspend", json!(false));
+            set_default(spec, "successfulJobsHistoryLimit", json!(3));
+            set_default(spec, "failedJobsHistoryLimit", json!(1));
+            if let Some(tpl_spec) = obj.pointer_mut("/spec/jobTemplate/spec") {
+                let job_spec = obj_at(tpl_spec, &[]);
+                set_default(job_spec, "backoffLimit", json!(6));
+                set_default(job_spec, "completionMode", json!("NonIndexed"));
+                set_default(job_spec, "suspend", json!(false));
+                if let Some(pod_spec) = tpl_spec.pointer_mut("/template/spec") {
+                    default_pod_spec(pod_spec);
+                }
+            }
+        }
+        ("", "Service") => {
+            let spec = obj_at(obj, &["spec"]);
+            set_default(spec, "type", json!("ClusterIP"));
+            set_default(spec, "sessionAffinity", json!("None"));
+            let ty = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+            if ty != "ExternalName" {
+                set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+                set_default(spec, "ipFamilies", json!(["IPv4"]));
+                set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+            }
+            if ty == "NodePort" || ty == "LoadBalancer" {
+                set_default(spec, "externalTrafficPolicy", json!("Cluster"));
+            }
+            if ty == "LoadBalancer" {
+                set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
+            }
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports {
+                    if let Some(p) = p.as_object_mut() {
+                        set_default(p, "protocol", json!("TCP"));
+                        if let Some(port) = p.get("port").cloned() {
+                            set_default(p, "targetPort", port);
+                        }
+                    }
+                }
+            }
+        }
+        ("", "Namespace") => {
+            let name = name_of(obj);
+            let labels = obj_at(obj, &["metadata", "labels"]);
+            labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+            set_default(obj_at(obj, &["spec"]), "finalizers", json!(["kubernetes"]));
+        }
+        ("", "Secret") => {
+            if let Some(o) = obj.as_object_mut() {
+                set_default(o, "type", json!("Opaque"));
+            }
+        }
+        ("", "PersistentVolumeClaim") => {
+            set_default(obj_at(obj, &["spec"]), "volumeMode", json!("Filesystem"));
+            if let Some(status) = obj.as_object_mut() {
+                set_default(status, "status", json!({"phase": "Pending"}));
+            }
+        }
+        ("", "PersistentVolume") => {
+            let spec = obj_at(obj, &["spec"]);
+            set_default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+            set_default(spec, "volumeMode", json!("Filesystem"));
+            if let Some(status) = obj.as_object_mut() {
+                set_default(status, "status", json!({"phase": "Pending"}));
+            }
+        }
+        ("", "Node") => {
+            if let Some(status) = obj.as_object_mut() {
+                set_default(status, "status", json!({}));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn default_template(obj: &mut Value) {
+    if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+        default_pod_spec(spec);
+    }
+}
+
+fn default_job_spec(obj: &mut Value) {
+    let uid = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = name_of(obj);
+    let spec = obj_at(obj, &["spec"]);
+    set_default(spec, "parallelism", json!(1));
+    set_default(spec, "backoffLimit", json!(6));
+    set_default(spec, "completionMode", json!("NonIndexed"));
+    set_default(spec, "suspend", json!(false));
+    set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    if spec.get("completions").is_none() {
+        spec.insert("completions".into(), json!(1));
+    }
+    let manual = spec.get("manualSelector").and_then(Value::as_bool).unwrap_or(false);
+    if !manual && !uid.is_empty() && spec.get("selector").is_none() {
+        // The job controller finds its pods by these labels (generated, as Kubernetes does).
+        spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+        let labels = obj_at(obj, &["spec", "template", "metadata", "labels"]);
+        labels.insert("batch.kubernetes.io/controller-uid".into(), json!(uid));
+        labels.insert("batch.kubernetes.io/job-name".into(), json!(name));
+        labels.insert("controller-uid".into(), json!(uid));
+        labels.insert("job-name".into(), json!(name));
+    }
+    if let Some(pod_spec) = obj.pointer_mut("/spec/template/spec") {
+        default_pod_spec(pod_spec);
+    }
+}
+
+/// Kubernetes' defaults for a PodSpec (from the API defaults and the ServiceAccount and
+/// DefaultTolerationSeconds admission plugins).
+pub fn default_pod_spec(spec: &mut Value) {
+    let Some(s) = spec.as_object_mut() else { return };
+    set_default(s, "restartPolicy", json!("Always"));
+    set_default(s, "terminationGracePeriodSeconds", json!(30));
+    set_default(s, "dnsPolicy", json!("ClusterFirst"));
+    set_default(s, "securityContext", json!({}));
+    set_default(s, "schedulerName", json!("default-scheduler"));
+    set_default(s, "enableServiceLinks", json!(true));
+    set_default(s, "preemptionPolicy", json!("PreemptLowerPriority"));
+    set_default(s, "priority", json!(0));
+    if s.get("serviceAccountName").is_none() {
+        let sa = s.get("serviceAccount").cloned().unwrap_or(json!("default"));
+        s.insert("serviceAccountName".into(), sa.clone());
+        s.insert("serviceAccount".into(), sa);
+    }
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
+            for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                default_container(c);
+            }
+        }
+    }
+    let tolerations = s.entry("tolerations").or_insert_with(|| json!([]));
+    if let Some(t) = tolerations.as_array_mut() {
+        for taint in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+            let tolerated = t.iter().any(|x| {
+                x.get("key").and_then(Value::as_str) == Some(taint)
+                    || (x.get("key").is_none() && x.get("operator").and_then(Value::as_str) == Some("Exists"))
+            });
+            if !tolerated {
+                t.push(json!({"key": taint, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+}
+
+fn default_container(c: &mut Map<String, Value>) {
+    let image = c.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+    let policy = if image_tag(&image).is_none_or(|t| t == "latest") { "Always" } else { "IfNotPresent" };
+    set_default(c, "imagePullPolicy", json!(policy));
+    set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+    set_default(c, "terminationMessagePolicy", json!("File"));
+    set_default(c, "resources", json!({}));
+    if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            set_default(p, "protocol", json!("TCP"));
+        }
+    }
+    // Requests default to limits where only limits are given.
+    if let Some(limits) = c.get("resources").and_then(|r| r.get("limits")).and_then(Value::as_object).cloned() {
+        if let Some(res) = c.get_mut("resources").and_then(Value::as_object_mut) {
+            let requests = res.entry("requests").or_insert_with(|| json!({}));
+            if let Some(r) = requests.as_object_mut() {
+                for (k, v) in limits {
+                    r.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = c.get_mut(probe).and_then(Value::as_object_mut) {
+            set_default(p, "timeoutSeconds", json!(1));
+            set_default(p, "periodSeconds", json!(10));
+            set_default(p, "successThreshold", json!(1));
+            set_default(p, "failureThreshold", json!(3));
+            if let Some(h) = p.get_mut("httpGet").and_then(Value::as_object_mut) {
+                set_default(h, "path", json!("/"));
+                set_default(h, "scheme", json!("HTTP"));
+            }
+        }
+    }
+}
+
+/// The tag of an image reference, if it has one (`nginx:1.27` → `1.27`).
+fn image_tag(image: &str) -> Option<&str> {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    if image.contains('@') {
+        return Some("digest");
+    }
+    last.split_once(':').map(|(_, t)| t)
+}
+
+/// The pod's QoS class from its containers' requests and limits.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|l| spec.get(*l).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let req = c.pointer("/resources/requests").and_then(Value::as_object);
+        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
+        for r in ["cpu", "memory"] {
+            let rq = req.and_then(|m| m.get(r));
+            let lm = lim.and_then(|m| m.get(r));
+            if rq.is_some() || lm.is_some() {
+                any = true;
+            }
+            if lm.is_none() || (rq.is_some() && rq != lm) {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+fn name_causes(res: &ResourceInfo, name: &str) -> Vec<Cause> {
+    let errs = match (res.group, res.plural) {
+        ("", "namespaces") => validation::is_dns1123_label(name),
+        ("", "services") => validation::is_dns1035_label(name),
+        ("", "pods") | ("apps", _) | ("", "replicationcontrollers") | ("batch", _) | ("", "configmaps") | ("", "secrets") | ("", "serviceaccounts")
+        | ("", "events") | ("", "endpoints") | ("", "nodes") => validation::is_dns1123_subdomain(name),
+        ("rbac.authorization.k8s.io", _) => {
+            if name.contains('/') || name.contains('%') || name == "." || name == ".." {
+                vec![format!("may not contain '/' or '%'")]
+            } else {
+                vec![]
+            }
+        }
+        _ => validation::is_dns1123_subdomain(name),
+    };
+    errs.into_iter().map(|e| Cause::invalid("metadata.name", name, e)).collect()
+}
+
+fn validate_meta(obj: &Value, causes: &mut Vec<Cause>) {
+    if let Some(labels) = obj.pointer("/metadata/labels").and_then(Value::as_object) {
+        for (k, v) in labels {
+            for e in validation::is_qualified_name(k) {
+                causes.push(Cause::invalid("metadata.labels", k, e));
+            }
+            let v = v.as_str().unwrap_or_default();
+            for e in validation::is_valid_label_value(v) {
+                causes.push(Cause::invalid("metadata.labels", v, e));
+            }
+        }
+    }
+    if let Some(ann) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
+        let mut total = 0;
+        for (k, v) in ann {
+            for e in validation::is_qualified_name(&k.to_ascii_lowercase()) {
+                causes.push(Cause::invalid("metadata.annotations", k, e));
+            }
+            total += k.len() + v.as_str().map(str::len).unwrap_or(0);
+        }
+        if total > 256 * 1024 {
+            causes.push(Cause { reason: "FieldValueTooLong", field: "metadata.annotations".into(), message: "Too long: must have at most 262144 bytes".into() });
+        }
+    }
+}
+
+fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
+    let Some(spec) = spec else {
+        causes.push(Cause::required(format!("{path}.containers")));
+        return;
+    };
+    let containers = spec.get("containers").and_then(Value::as_array);
+    if containers.is_none_or(Vec::is_empty) {
+        causes.push(Cause::required(format!("{path}.containers")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let p = format!("{path}.{list}[{i}]");
+            match c.get("name").and_then(Value::as_str) {
+                None | Some("") => causes.push(Cause::required(format!("{p}.name"))),
+                Some(n) => {
+                    for e in validation::is_dns1123_label(n) {
+                        causes.push(Cause::invalid(format!("{p}.name"), n, e));
+                    }
+                    if !seen.insert(n.to_string()) {
+                        causes.push(Cause::duplicate(format!("{p}.name"), n));
+                    }
+                }
+            }
+            if c.get("image").and_then(Value::as_str).is_none_or(|s| s.trim().is_empty()) {
+                causes.push(Cause::required(format!("{p}.image")));
+            }
+            for (j, port) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let cp = port.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
+                if !(1..=65535).contains(&cp) {
+                    causes.push(Cause::invalid(format!("{p}.ports[{j}].containerPort"), cp, "must be between 1 and 65535, inclusive"));
+                }
+            }
+            if let Some(policy) = c.get("imagePullPolicy").and_then(Value::as_str) {
+                if !["Always", "IfNotPresent", "Never"].contains(&policy) {
+                    causes.push(Cause::not_supported(format!("{p}.imagePullPolicy"), policy, &["Always", "IfNotPresent", "Never"]));
+                }
+            }
+        }
+    }
+    if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str) {
+        if !["Always", "OnFailure", "Never"].contains(&policy) {
+            causes.push(Cause::not_supported(format!("{path}.restartPolicy"), policy, &["Always", "OnFailure", "Never"]));
+        }
+    }
+}
+
+fn validate_workload(obj: &Value, causes: &mut Vec<Cause>, selector_required: bool) {
+    if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64) {
+        if r < 0 {
+            causes.push(Cause::invalid("spec.replicas", r, "must be greater than or equal to 0"));
+        }
+    }
+    let selector = obj.pointer("/spec/selector");
+    let template_labels = obj.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+    match selector {
+        None if selector_required => causes.push(Cause::required("spec.selector")),
+        Some(sel) => match apimachinery::labels::Selector::from_label_selector(sel) {
+            Ok(s) if s.is_empty() && selector_required => {
+                causes.push(Cause::invalid("spec.selector", "{}", "empty selector is invalid for deployment"));
+            }
+            Ok(s) => {
+                if !s.matches_json(template_labels) {
+                    let labels = template_labels.map(|m| {
+                        m.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
+                    });
+                    causes.push(Cause::invalid(
+                        "spec.template.metadata.labels",
+                        format!("map[{}]", labels.unwrap_or_default()),
+                        "`selector` does not match template `labels`",
+                    ));
+                }
+            }
+            Err(e) => causes.push(Cause::invalid("spec.selector", sel, e.to_string())),
+        },
+        None => {}
+    }
+    validate_pod_spec(obj.pointer("/spec/template/spec"), "spec.template.spec", causes);
+}
+
+/// Validation of a new or updated object; `old` is the stored object on update.
+pub fn validate(res: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let name = name_of(obj);
+    if old.is_none() {
+        causes.extend(name_causes(res, &name));
+    }
+    validate_meta(obj, &mut causes);
+    match (res.group, res.kind) {
+        ("", "Pod") => validate_pod_spec(obj.get("spec"), "spec", &mut causes),
+        ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "StatefulSet") | ("apps", "DaemonSet") => {
+            validate_workload(obj, &mut causes, true);
+            if res.kind == "Deployment" {
+                if let Some(t) = obj.pointer("/spec/strategy/type").and_then(Value::as_str) {
+                    if !["RollingUpdate", "Recreate"].contains(&t) {
+                        causes.push(Cause::not_supported("spec.strategy.type", t, &["Recreate", "RollingUpdate"]));
+                    }
+                }
+            }
+        }
+        ("", "ReplicationController") => validate_workload(obj, &mut causes, false),
+        ("batch", "Job") => validate_pod_spec(obj.pointer("/spec/template/spec"), "spec.template.spec", &mut causes),
+        ("batch", "CronJob") => {
+            if obj.pointer("/spec/schedule").and_then(Value::as_str).is_none_or(str::is_empty) {
+                causes.push(Cause::required("spec.schedule"));
+            }
+            validate_pod_spec(obj.pointer("/spec/jobTemplate/spec/template/spec"), "spec.jobTemplate.spec.template.spec", &mut causes);
+        }
+        ("", "Service") => validate_service(obj, &mut causes),
+        ("", "ConfigMap") | ("", "Secret") => {
+            for field in ["data", "binaryData", "stringData"] {
+                for key in obj.get(field).and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
+                    let ok = !key.is_empty() && key.len() <= 253 && key != "." && key != ".." && !key.starts_with("..")
+                        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+                    if !ok {
+                        causes.push(Cause::invalid(format!("{field}[{key}]"), key, "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
+    let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    let supported = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
+    if !supported.contains(&ty) {
+        causes.push(Cause::not_supported("spec.type", ty, &supported));
+    }
+    let headless = obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+    let ports = obj.pointer("/spec/ports").and_then(Value::as_array);
+    if ty != "ExternalName" && !headless && ports.is_none_or(Vec::is_empty) {
+        causes.push(Cause::required("spec.ports"));
+    }
+    let many = ports.is_some_and(|p| p.len() > 1);
+    let mut names = std::collections::HashSet::new();
+    for (i, p) in ports.into_iter().flatten().enumerate() {
+        let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            causes.push(Cause::invalid(format!("spec.ports[{i}].port"), port, "must be between 1 and 65535, inclusive"));
+        }
+        let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+        if many && name.is_empty() {
+            causes.push(Cause::required(format!("spec.ports[{i}].name")));
+        }
+        if !name.is_empty() && !names.insert(name.to_string()) {
+            causes.push(Cause::duplicate(format!("spec.ports[{i}].name"), name));
+        }
+        if let Some(proto) = p.get("protocol").and_then(Value::as_str) {
+            if !["TCP", "UDP", "SCTP"].contains(&proto) {
+                causes.push(Cause::not_supported(format!("spec.ports[{i}].protocol"), proto, &["SCTP", "TCP", "UDP"]));
+            }
+        }
+        if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
+            if ty == "ClusterIP" && np != 0 {
+                causes.push(Cause::forbidden(format!("spec.ports[{i}].nodePort"), "may not be used when `type` is 'ClusterIP'"));
+            }
+        }
+    }
+}
+
+fn validate_immutable(res: &ResourceInfo, obj: &Value, old: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let same = |p: &str| obj.pointer(p) == old.pointer(p);
+    match (res.group, res.kind) {
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") if !same("/spec/selector") => {
+            causes.push(Cause::invalid("spec.selector", obj.pointer("/spec/selector").cloned().unwrap_or(Value::Null), "field is immutable"));
+        }
+        ("batch", "Job") if !same("/spec/selector") => {
+            causes.push(Cause::invalid("spec.selector", obj.pointer("/spec/selector").cloned().unwrap_or(Value::Null), "field is immutable"));
+        }
+        ("", "Service") => {
+            let old_ip = old.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("");
+            let new_ip = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("");
+            if !old_ip.is_empty() && old_ip != new_ip && obj.pointer("/spec/type").and_then(Value::as_str) != Some("ExternalName") {
+                causes.push(Cause::invalid("spec.clusterIPs[0]", new_ip, "may not change once set"));
+            }
+        }
+        ("", "Pod") => {
+            if let (Some(new_spec), Some(old_spec)) = (obj.get("spec"), old.get("spec")) {
+                if !pod_spec_update_allowed(new_spec, old_spec) {
+                    causes.push(Cause::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+fn pod_spec_update_allowed(new: &Value, old: &Value) -> bool {
+    let mut a = new.clone();
+    let mut b = old.clone();
+    for s in [&mut a, &mut b] {
+        if let Some(o) = s.as_object_mut() {
+            o.remove("activeDeadlineSeconds");
+            o.remove("tolerations");
+            o.remove("terminationGracePeriodSeconds");
+            for list in ["containers", "initContainers"] {
+                if let Some(cs) = o.get_mut(list).and_then(Value::as_array_mut) {
+                    for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                        c.remove("image");
+                    }
+                }
+            }
+        }
+    }
+    // nodeName may be set once (binding through an update, as some schedulers do).
+    if old.get("nodeName").is_none() {
+        if let Some(o) = a.as_object_mut() {
+            o.remove("nodeName");
+        }
+    }
+    a == b
+}
+
+/// Whether an update left an object with a deletionTimestamp, no grace period and no
+/// finalizers: it is then removed from the store.
+pub fn finalized(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+        && obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) == 0
+        && obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty)
+}
+
+/// Marks a pod for graceful deletion when it needs one (it is on a node and not
+/// finished); returns whether it did. Other kinds are deleted at once.
+pub fn graceful_delete(res: &ResourceInfo, obj: &mut Value, requested: Option<i64>) -> bool {
+    if !(res.group.is_empty() && res.plural == "pods") {
+        return false;
+    }
+    let on_node = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let finished = matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    let spec_grace = obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+    let grace = requested.unwrap_or(spec_grace).max(0);
+    if !on_node || finished || grace == 0 {
+        return false;
+    }
+    let current = obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+    if let Some(cur) = current {
+        // A graceful delete may only shorten the grace period.
+        if grace >= cur {
+            return true;
+        }
+    }
+    let when = chrono::Utc::now() + chrono::Duration::seconds(grace);
+    obj["metadata"]["deletionTimestamp"] = json!(when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+    true
+}
+
+/// Frees what an object held once it is deleted (nothing yet: Service allocations are
+/// derived from the stored Services).
+pub async fn release(_api: &ApiServer, _res: &ResourceInfo, _obj: &Value) {}
+
+/// The `autoscaling/v1` Scale of a scalable object.
+pub fn scale_of(res: &ResourceInfo, obj: &Value) -> Result<Value, ApiError> {
+    let selector = match obj.pointer("/spec/selector") {
+        Some(sel) if res.kind == "ReplicationController" => sel
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+            .unwrap_or_default(),
+        Some(sel) => apimachinery::labels::Selector::from_label_selector(sel).map(|s| s.to_string()).unwrap_or_default(),
+        None => String::new(),
+    };
+    let meta = obj.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let mut scale_meta = json!({});
+    for f in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+        if let Some(v) = meta.get(f) {
+            scale_meta[f] = v.clone();
+        }
+    }
+    Ok(json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": scale_meta,
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {"replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)), "selector": selector},
+    }))
+}
+
+/// Sets (or adds) a pod condition.
+pub fn set_pod_condition(pod: &mut Value, ty: &str, status: &str, reason: Option<&str>, message: Option<&str>) {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut cond = json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
+    if let Some(r) = reason {
+        cond["reason"] = json!(r);
+    }
+    if let Some(m) = message {
+        cond["message"] = json!(m);
+    }
+    let conditions = obj_at(pod, &["status"]).entry("conditions").or_insert_with(|| json!([]));
+    if let Some(list) = conditions.as_array_mut() {
+        match list.iter_mut().find(|c| c.get("type").and_then(Value::as_str) == Some(ty)) {
+            Some(existing) if existing.get("status").and_then(Value::as_str) == Some(status) => {}
+            Some(existing) => *existing = cond,
+            None => list.push(cond),
+        }
+    }
+}
+
+/// The ClusterIP and NodePort ranges Services draw from.
+#[derive(Debug, Clone)]
+pub struct ServiceRanges {
+    pub cluster_ip_base: Ipv4Addr,
+    pub cluster_ip_prefix: u8,
+    pub node_ports: (u16, u16),
+}
+
+impl ServiceRanges {
+    pub fn parse(cidr: &str, node_ports: &str) -> Result<ServiceRanges, String> {
+        let (ip, prefix) = cidr.split_once('/').ok_or_else(|| format!("invalid CIDR {cidr:?}: missing /prefix"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("invalid CIDR {cidr:?}: {e}"))?;
+        let prefix: u8 = prefix.parse().map_err(|e| format!("invalid CIDR {cidr:?}: {e}"))?;
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("invalid CIDR {cidr:?}: the prefix must be between /8 and /30"));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        let base = Ipv4Addr::from(u32::from(ip) & mask);
+        let (lo, hi) = node_ports.split_once('-').ok_or_else(|| format!("invalid port range {node_ports:?}: want LOW-HIGH"))?;
+        let lo: u16 = lo.trim().parse().map_err(|e| format!("invalid port range {node_ports:?}: {e}"))?;
+        let hi: u16 = hi.trim().parse().map_err(|e| format!("invalid port range {node_ports:?}: {e}"))?;
+        if lo == 0 || lo > hi {
+            return Err(format!("invalid port range {node_ports:?}"));
+        }
+        Ok(ServiceRanges { cluster_ip_base: base, cluster_ip_prefix: prefix, node_ports: (lo, hi) })
+    }
+
+    fn size(&self) -> u32 {
+        1u32 << (32 - self.cluster_ip_prefix)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.cluster_ip_prefix);
+        u32::from(ip) & mask == u32::from(self.cluster_ip_base)
+    }
+
+    /// The address of the `kubernetes` Service: the first in the range.
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.cluster_ip_base) + 1)
+    }
+}
+
+async fn allocate_service(api: &ApiServer, obj: &mut Value, causes: &mut Vec<Cause>, dry_run: bool) -> Result<(), ApiError> {
+    let _ = dry_run;
+    let ranges = &api.config.service_ranges;
+    let listed = api
+        .store
+        .range("/registry/services/", RangeOptions::default())
+        .await
+        .map_err(ApiError::internal)?;
+    let mut used_ips = std::collections::HashSet::new();
+    let mut used_ports = std::collections::HashSet::new();
+    for kv in &listed.kvs {
+        let Ok(svc) = serde_json::from_slice::<Value>(&kv.value) else { continue };
+        if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|s| s.parse::<Ipv4Addr>().ok()) {
+            used_ips.insert(ip);
+        }
+        for p in svc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
+                used_ports.insert(np);
+            }
+        }
+    }
+    let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+    if ty != "ExternalName" {
+        match obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("") {
+            "None" => {
+                obj["spec"]["clusterIPs"] = json!(["None"]);
+            }
+            "" => {
+                let size = ranges.size();
+                let base = u32::from(ranges.cluster_ip_base);
+                // Random start, as Kubernetes allocates, so addresses are not reused at once.
+                let start = 2 + rand::random::<u32>() % (size - 3).max(1);
+                let mut chosen = None;
+                for i in 0..size - 3 {
+                    let offset = 2 + (start - 2 + i) % (size - 3);
+                    let ip = Ipv4Addr::from(base + offset);
+                    if !used_ips.contains(&ip) {
+                        chosen = Some(ip);
+                        break;
+                    }
+                }
+                match chosen {
+                    Some(ip) => {
+                        obj["spec"]["clusterIP"] = json!(ip.to_string());
+                        obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
+                    }
+                    None => return Err(ApiError::internal("failed to allocate a serviceIP: range is full")),
+                }
+            }
+            given => match given.parse::<Ipv4Addr>() {
+                Ok(ip) if !ranges.contains(ip) => causes.push(Cause::invalid(
+                    "spec.clusterIPs",
+                    given,
+                    format!("failed to allocate IP {given}: the provided IP ({given}) is not in the valid range. The range of valid IPs is {}/{}", ranges.cluster_ip_base, ranges.cluster_ip_prefix),
+                )),
+                Ok(ip) if used_ips.contains(&ip) => causes.push(Cause::invalid(
+                    "spec.clusterIPs",
+                    given,
+                    format!("failed to allocate IP {given}: provided IP is already allocated"),
+                )),
+                Ok(_) => obj["spec"]["clusterIPs"] = json!([given]),
+                Err(_) => causes.push(Cause::invalid("spec.clusterIPs[0]", given, "must be a valid IP address, (e.g. 10.9.128.0)")),
+            },
+        }
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        let (lo, hi) = ranges.node_ports;
+        let span = (hi - lo + 1) as i64;
+        if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+            for (i, p) in ports.iter_mut().enumerate() {
+                match p.get("nodePort").and_then(Value::as_i64).filter(|n| *n != 0) {
+                    Some(np) => {
+                        if np < lo as i64 || np > hi as i64 {
+                            causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), np, format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}")));
+                        } else if !used_ports.insert(np) {
+                            causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), np, "provided port is already allocated"));
+                        }
+                    }
+                    None => {
+                        let start = rand::random::<u64>() as i64 % span;
+                        let free = (0..span).map(|k| lo as i64 + (start + k) % span).find(|n| !used_ports.contains(n));
+                        match free {
+                            Some(np) => {
+                                used_ports.insert(np);
+                                p["nodePort"] = json!(np);
+                            }
+                            None => return Err(ApiError::internal("failed to allocate a nodePort: range is full")),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::lookup;
+
+    #[test]
+    fn deployment_defaults_match_kubernetes() {
+        let res = lookup("apps", "v1", "deployments").expect("deployments");
+        let mut d = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}});
+        default(res, &mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+        assert!(validate(res, &d, None).is_empty());
+    }
+
+    #[test]
+    fn selector_must_match_template() {
+        let res = lookup("apps", "v1", "deployments").expect("deployments");
+        let d = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}});
+        let causes = validate(res, &d, None);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn pinned_tags_pull_if_not_present() {
+        assert_eq!(image_tag("nginx:1.27"), Some("1.27"));
+        assert_eq!(image_tag("localhost:5000/app"), None);
+        assert_eq!(image_tag("localhost:5000/app:v1"), Some("v1"));
+    }
+
+    #[test]
+    fn qos_classes() {
+        assert_eq!(qos_class(&json!({"containers": [{"name": "a"}]})), "BestEffort");
+        assert_eq!(qos_class(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}}}]})), "Guaranteed");
+        assert_eq!(qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})), "Burstable");
+    }
+
+    #[test]
+    fn service_ranges_parse() {
+        let r = ServiceRanges::parse("10.43.0.0/16", "30000-32767").expect("parse");
+        assert_eq!(r.first(), Ipv4Addr::new(10, 43, 0, 1));
+        assert!(r.contains(Ipv4Addr::new(10, 43, 200, 1)));
+        assert!(!r.contains(Ipv4Addr::new(10, 44, 0, 1)));
+        assert!(ServiceRanges::parse("10.43.0.0", "1-2").is_err());
+    }
+}

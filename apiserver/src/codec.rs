@@ -1,0 +1,151 @@
+//! Content negotiation: decoding request bodies (JSON, YAML) and choosing the response
+//! form a client asked for (an object, a `Table`, partial object metadata, JSON or YAML).
+
+use http::HeaderMap;
+use serde_json::Value;
+
+use crate::errors::ApiError;
+
+/// The largest request body accepted (Kubernetes' limit is 3 MiB for most writes).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Serialisation of a response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+}
+
+/// What shape of object the client asked for (`as=` in the Accept header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Object,
+    Table,
+    PartialObjectMetadata,
+}
+
+/// The client's choice of response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    pub format: Format,
+    pub shape: Shape,
+}
+
+/// Picks the first acceptable media type of an Accept header, as Kubernetes does.
+pub fn negotiate(headers: &HeaderMap) -> Result<Negotiated, ApiError> {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim();
+    if accept.is_empty() {
+        return Ok(Negotiated { format: Format::Json, shape: Shape::Object });
+    }
+    for candidate in accept.split(',') {
+        let mut parts = candidate.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let mut as_ = None;
+        let mut group = None;
+        let mut version = None;
+        for p in parts {
+            if let Some((k, v)) = p.split_once('=') {
+                match k.trim() {
+                    "as" => as_ = Some(v.trim().to_string()),
+                    "g" => group = Some(v.trim().to_string()),
+                    "v" => version = Some(v.trim().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let format = match media.as_str() {
+            "application/json" | "application/*" | "*/*" | "application/json-seq" => Format::Json,
+            "application/yaml" => Format::Yaml,
+            // Protobuf responses are not produced; clients that accept it also accept JSON.
+            _ => continue,
+        };
+        let shape = match (as_.as_deref(), group.as_deref(), version.as_deref()) {
+            (None, _, _) => Shape::Object,
+            (Some("Table"), Some("meta.k8s.io"), Some("v1" | "v1beta1")) => Shape::Table,
+            (Some("PartialObjectMetadata" | "PartialObjectMetadataList"), Some("meta.k8s.io"), Some("v1" | "v1beta1")) => {
+                Shape::PartialObjectMetadata
+            }
+            _ => continue,
+        };
+        return Ok(Negotiated { format, shape });
+    }
+    Err(ApiError::not_acceptable(accept))
+}
+
+/// The media type of a request body.
+pub fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Decodes an object body in JSON or YAML.
+pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::too_large(format!("request body of {} bytes is over the limit of {MAX_BODY_BYTES}", body.len())));
+    }
+    let ct = content_type(headers);
+    let value = match ct.as_str() {
+        "" | "application/json" | "*/*" => decode_json(body)?,
+        "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body)?,
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the request body must be an object"));
+    }
+    Ok(value)
+}
+
+pub fn decode_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding request body as JSON: {e}")))
+}
+
+pub fn decode_yaml(body: &[u8]) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| ApiError::bad_request(format!("request body is not UTF-8: {e}")))?;
+    serde_yaml_ng::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding request body as YAML: {e}")))
+}
+
+/// Serialises a response body in the negotiated format.
+pub fn encode(format: Format, value: &Value) -> (Vec<u8>, &'static str) {
+    match format {
+        Format::Json => (serde_json::to_vec(value).unwrap_or_default(), "application/json"),
+        Format::Yaml => (serde_yaml_ng::to_string(value).unwrap_or_default().into_bytes(), "application/yaml"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::ACCEPT, v.parse().expect("header"));
+        h
+    }
+
+    #[test]
+    fn kubectl_get_asks_for_a_table() {
+        let n = negotiate(&accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json")).expect("ok");
+        assert_eq!(n, Negotiated { format: Format::Json, shape: Shape::Table });
+    }
+
+    #[test]
+    fn protobuf_first_falls_back_to_json() {
+        let n = negotiate(&accept("application/vnd.kubernetes.protobuf, */*")).expect("ok");
+        assert_eq!(n.format, Format::Json);
+        assert_eq!(n.shape, Shape::Object);
+    }
+
+    #[test]
+    fn unknown_only_is_not_acceptable() {
+        let err = negotiate(&accept("text/html")).expect_err("406");
+        assert_eq!(err.code, 406);
+    }
+}
