@@ -160,6 +160,7 @@ pub fn default(res: &ResourceInfo, obj: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
+                admit_pod_spec(spec);
             }
             let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
             if let Some(status) = obj.get_mut("status").and_then(Value::as_object_mut) {
@@ -327,29 +328,16 @@ fn default_job_spec(obj: &mut Value) {
     }
 }
 
-/// Kubernetes' defaults for a PodSpec (from the API defaults and the ServiceAccount and
-/// DefaultTolerationSeconds admission plugins).
-pub fn default_pod_spec(spec: &mut Value) {
+/// What the ServiceAccount and DefaultTolerationSeconds admission plugins add to a
+/// pod (not to pod templates).
+fn admit_pod_spec(spec: &mut Value) {
     let Some(s) = spec.as_object_mut() else { return };
-    set_default(s, "restartPolicy", json!("Always"));
-    set_default(s, "terminationGracePeriodSeconds", json!(30));
-    set_default(s, "dnsPolicy", json!("ClusterFirst"));
-    set_default(s, "securityContext", json!({}));
-    set_default(s, "schedulerName", json!("default-scheduler"));
-    set_default(s, "enableServiceLinks", json!(true));
     set_default(s, "preemptionPolicy", json!("PreemptLowerPriority"));
     set_default(s, "priority", json!(0));
-    if s.get("serviceAccountName").is_none() {
-        let sa = s.get("serviceAccount").cloned().unwrap_or(json!("default"));
+    if s.get("serviceAccountName").is_none_or(|v| v.as_str().is_none_or(str::is_empty)) {
+        let sa = s.get("serviceAccount").filter(|v| v.as_str().is_some_and(|x| !x.is_empty())).cloned().unwrap_or(json!("default"));
         s.insert("serviceAccountName".into(), sa.clone());
         s.insert("serviceAccount".into(), sa);
-    }
-    for list in ["containers", "initContainers"] {
-        if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
-            for c in cs.iter_mut().filter_map(Value::as_object_mut) {
-                default_container(c);
-            }
-        }
     }
     let tolerations = s.entry("tolerations").or_insert_with(|| json!([]));
     if let Some(t) = tolerations.as_array_mut() {
@@ -360,6 +348,24 @@ pub fn default_pod_spec(spec: &mut Value) {
             });
             if !tolerated {
                 t.push(json!({"key": taint, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+}
+
+/// Kubernetes' API defaults for a PodSpec (pods and pod templates alike).
+pub fn default_pod_spec(spec: &mut Value) {
+    let Some(s) = spec.as_object_mut() else { return };
+    set_default(s, "restartPolicy", json!("Always"));
+    set_default(s, "terminationGracePeriodSeconds", json!(30));
+    set_default(s, "dnsPolicy", json!("ClusterFirst"));
+    set_default(s, "securityContext", json!({}));
+    set_default(s, "schedulerName", json!("default-scheduler"));
+    set_default(s, "enableServiceLinks", json!(true));
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = s.get_mut(list).and_then(Value::as_array_mut) {
+            for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                default_container(c);
             }
         }
     }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, Method, StatusCode};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tracing::debug;
 
 use crate::admission;
@@ -274,7 +274,6 @@ impl ApiServer {
         }
         let mut items = Vec::new();
         let mut more = false;
-        let mut read_at = None;
         let mut last_key = None;
         loop {
             let want = limit.map(|l| (l - items.len()).max(1));
@@ -285,7 +284,6 @@ impl ApiServer {
                 .await
                 .map_err(|e| ApiError::from_store(target.res, "", e))?;
             revision = Some(page.revision);
-            read_at = Some(page.revision);
             let n = page.kvs.len();
             for (i, kv) in page.kvs.into_iter().enumerate() {
                 let obj = watchcache::decode_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
@@ -303,7 +301,7 @@ impl ApiServer {
                 break;
             }
         }
-        let rv = read_at.unwrap_or_default();
+        let rv = revision.unwrap_or_default();
         let mut list_meta = json!({"resourceVersion": rv.to_string()});
         if more {
             if let Some(key) = last_key {
@@ -330,9 +328,6 @@ impl ApiServer {
 
     async fn watch(self: Arc<Self>, target: Target, params: Params, negotiated: Negotiated) -> Result<Response, ApiError> {
         let filter = Filter::new(target.res, target.namespace.clone(), params.get("labelSelector"), params.get("fieldSelector"))?;
-        if let Some(name) = &target.name {
-            let _ = name;
-        }
         let cache = self.cache(target.res)?;
         let bookmarks = params.flag("allowWatchBookmarks");
         let send_initial = params.flag("sendInitialEvents");
@@ -755,10 +750,13 @@ impl ApiServer {
                     }
                 }
             }
-            let _ = &mut patched;
             Ok(patched.with_current(current, sub.as_deref()))
         })
         .await
+        .and_then(|(code, obj)| match target.sub.as_deref() {
+            Some("scale") => Ok((code, admission::scale_of(res, &obj)?)),
+            _ => Ok((code, obj)),
+        })
     }
 
     async fn delete(&self, target: &Target, options: &Value, params: &Params) -> Result<(StatusCode, Value), ApiError> {
@@ -1120,10 +1118,6 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(Revision, String), ApiE
     Ok((rv, format!("{prefix}{start}")))
 }
 
-#[allow(dead_code)]
-fn object_map(v: &mut Value) -> Option<&mut Map<String, Value>> {
-    v.as_object_mut()
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,240 @@
+//! The stock kubectl against the apiserver, on the embedded store and on etcd: the
+//! commands a learner types first, with the outputs they expect.
+
+mod support;
+
+use anyhow::{ensure, Context};
+use support::server::{have_kubectl, Backend, TestServer};
+
+const APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        command: ["httpd", "-f", "-p", "8080"]
+        ports: [{containerPort: 8080}]
+      - name: sidecar
+        image: busybox:1.36
+        command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+data:
+  greeting: hello
+"#;
+
+async fn server(backend: Backend) -> anyhow::Result<Option<TestServer>> {
+    if !have_kubectl()? {
+        return Ok(None);
+    }
+    TestServer::start(backend).await
+}
+
+fn write_manifest(s: &TestServer, name: &str, text: &str) -> anyhow::Result<String> {
+    let path = s.dir.path().join(name);
+    std::fs::write(&path, text)?;
+    Ok(path.to_string_lossy().into_owned())
+}
+
+async fn apply_and_reapply(s: &TestServer) -> anyhow::Result<()> {
+    let out = s.ok(&["api-resources"]).await?;
+    ensure!(out.lines().any(|l| l.starts_with("deployments ") && l.contains("apps/v1") && l.contains("deploy")), "api-resources: {out}");
+
+    let file = write_manifest(s, "app.yaml", APP)?;
+    let out = s.ok(&["apply", "-f", &file]).await?;
+    ensure!(out.contains("deployment.apps/web created") && out.contains("service/web created") && out.contains("configmap/web-config created"), "{out}");
+
+    // Change one container's image: only that container changes, the other keeps its
+    // image and every defaulted field.
+    let edited = APP.replacen("image: busybox:1.36", "image: busybox:1.37", 1);
+    let file = write_manifest(s, "app.yaml", &edited)?;
+    let out = s.ok(&["apply", "-f", &file]).await?;
+    ensure!(out.contains("deployment.apps/web configured") && out.contains("service/web unchanged"), "{out}");
+    let images = s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[*].image} {.spec.template.spec.containers[1].imagePullPolicy} {.metadata.generation}"]).await?;
+    ensure!(images == "busybox:1.37 busybox:1.36 IfNotPresent 2", "images after re-apply: {images}");
+
+    // Default table, wide, name, yaml, json, jsonpath.
+    let out = s.ok(&["get", "deploy"]).await?;
+    let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
+    ensure!(header == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], "header: {out}");
+    ensure!(out.contains("web ") && out.contains("0/2"), "{out}");
+    let out = s.ok(&["get", "deploy", "-o", "wide"]).await?;
+    ensure!(out.contains("CONTAINERS") && out.contains("web,sidecar") && out.contains("app=web"), "{out}");
+    let out = s.ok(&["get", "svc", "web"]).await?;
+    ensure!(out.contains("ClusterIP") && out.contains("10.43.") && out.contains("80/TCP"), "{out}");
+    let out = s.ok(&["get", "cm", "-o", "name"]).await?;
+    ensure!(out.lines().any(|l| l == "configmap/web-config"), "{out}");
+    let out = s.ok(&["get", "deploy", "web", "-o", "yaml"]).await?;
+    ensure!(out.contains("kind: Deployment") && out.contains("maxSurge: 25%") && out.contains("resourceVersion:"), "{out}");
+    let out = s.ok(&["get", "svc", "web", "-o", "json"]).await?;
+    let svc: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(svc["spec"]["ports"][0]["targetPort"] == 8080 && svc["spec"]["type"] == "ClusterIP", "{out}");
+    let out = s.ok(&["get", "all", "-A"]).await?;
+    ensure!(out.contains("service/kubernetes") && out.contains("deployment.apps/web"), "get all -A: {out}");
+    Ok(())
+}
+
+async fn edit_commands(s: &TestServer) -> anyhow::Result<()> {
+    let file = write_manifest(s, "app.yaml", APP)?;
+    s.ok(&["apply", "-f", &file]).await?;
+    ensure!(s.ok(&["label", "deploy", "web", "tier=front"]).await?.contains("labeled"));
+    ensure!(s.ok(&["annotate", "deploy", "web", "note=hi"]).await?.contains("annotated"));
+    s.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"busybox:1.38"}]}}}}"#]).await?;
+    s.ok(&["patch", "deploy", "web", "--type=merge", "-p", r#"{"metadata":{"labels":{"merged":"yes"}}}"#]).await?;
+    s.ok(&["patch", "deploy", "web", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#]).await?;
+    let got = s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[*].image} {.spec.replicas} {.metadata.labels.merged} {.metadata.labels.tier} {.metadata.annotations.note}"]).await?;
+    ensure!(got == "busybox:1.38 busybox:1.36 4 yes front hi", "after patches: {got}");
+    ensure!(s.ok(&["scale", "deploy", "web", "--replicas=3"]).await?.contains("scaled"));
+    ensure!(s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]).await? == "3");
+
+    let out = s.ok(&["apply", "--server-side", "-f", &file]).await?;
+    ensure!(out.contains("serverside-applied"), "{out}");
+
+    // diff exits 1 when the live object differs from the file.
+    let edited = write_manifest(s, "edited.yaml", &APP.replace("replicas: 2", "replicas: 5"))?;
+    let out = s.kubectl(&["diff", "-f", &edited]).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.code() == Some(1) && stdout.contains("+  replicas: 5"), "diff: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+
+    let out = s.ok(&["describe", "deploy", "web"]).await?;
+    ensure!(out.contains("Name:") && out.contains("Replicas:") && out.contains("RollingUpdateStrategy:"), "{out}");
+    let out = s.ok(&["describe", "svc", "web"]).await?;
+    ensure!(out.contains("IP:") && out.contains("TargetPort:"), "{out}");
+    let out = s.ok(&["explain", "deployment.spec.strategy"]).await?;
+    ensure!(out.contains("DESCRIPTION") && out.contains("rollingUpdate"), "{out}");
+    Ok(())
+}
+
+async fn watch_sees_changes(s: &TestServer) -> anyhow::Result<()> {
+    s.kubectl_stdin(&["create", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: first}\n")).await?;
+    let mut cmd = tokio::process::Command::new("kubectl");
+    cmd.args(["get", "configmaps", "-w", "--request-timeout=20s"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    // The first line is the table header once the initial list is printed.
+    let header = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line()).await??.unwrap_or_default();
+    ensure!(header.starts_with("NAME"), "watch header: {header}");
+    s.kubectl_stdin(&["create", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: watched}\ndata: {a: b}\n")).await?;
+    let line = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match lines.next_line().await? {
+                Some(l) if l.starts_with("watched") => return anyhow::Ok(l),
+                Some(_) => continue,
+                None => anyhow::bail!("watch ended"),
+            }
+        }
+    })
+    .await??;
+    ensure!(line.split_whitespace().nth(1) == Some("1"), "watch line: {line}");
+    child.kill().await.ok();
+    Ok(())
+}
+
+async fn errors_read_like_kubernetes(s: &TestServer) -> anyhow::Result<()> {
+    let err = s.fails(&["get", "deploy", "nope"]).await?;
+    ensure!(err.contains(r#"Error from server (NotFound): deployments.apps "nope" not found"#), "{err}");
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\n";
+    let out = s.kubectl_stdin(&["create", "-f", "-"], Some(bad)).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("is invalid") && err.contains("metadata.name: Invalid value: \"Bad_Name\""), "{err}");
+    let unknown = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\ndatum: {a: b}\n";
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], Some(unknown)).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains(r#"unknown field "datum""#), "{err}");
+    let err = s.fails(&["get", "cm", "ok"]).await?;
+    ensure!(err.contains("NotFound"), "a refused object must not be stored: {err}");
+    let out = s.kubectl_stdin(&["create", "-n", "missing", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains(r#"namespaces "missing" not found"#), "{err}");
+    Ok(())
+}
+
+async fn delete_cascades(s: &TestServer) -> anyhow::Result<()> {
+    let file = write_manifest(s, "app.yaml", APP)?;
+    s.ok(&["apply", "-f", &file]).await?;
+    let out = s.ok(&["delete", "deploy", "web", "--cascade=background"]).await?;
+    ensure!(out.contains(r#"deployment.apps "web" deleted"#), "{out}");
+    s.fails(&["get", "deploy", "web"]).await?;
+    // Orphan and foreground deletes leave the object with its finalizer for the garbage
+    // collector (kube-controller-manager) to finish.
+    s.ok(&["apply", "-f", &file]).await?;
+    s.ok(&["delete", "deploy", "web", "--cascade=orphan", "--wait=false"]).await?;
+    let fin = s.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.finalizers} {.metadata.deletionTimestamp}"]).await?;
+    ensure!(fin.starts_with(r#"["orphan"] "#) && fin.len() > 12, "orphan delete: {fin}");
+    s.ok(&["delete", "cm", "web-config"]).await?;
+    s.fails(&["get", "cm", "web-config"]).await?;
+    Ok(())
+}
+
+async fn generators(s: &TestServer) -> anyhow::Result<()> {
+    ensure!(s.ok(&["create", "namespace", "demo"]).await?.contains("namespace/demo created"));
+    ensure!(s.ok(&["create", "configmap", "c", "--from-literal=a=b", "-n", "demo"]).await?.contains("created"));
+    ensure!(s.ok(&["create", "secret", "generic", "s", "--from-literal=k=v", "-n", "demo"]).await?.contains("created"));
+    ensure!(s.ok(&["create", "deployment", "web", "--image=busybox", "--replicas=2", "-n", "demo"]).await?.contains("created"));
+    ensure!(s.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080", "-n", "demo"]).await?.contains("created"));
+    ensure!(s.ok(&["create", "job", "once", "--image=busybox", "-n", "demo"]).await?.contains("created"));
+    let got = s.ok(&["get", "cm", "c", "-n", "demo", "-o", "jsonpath={.data.a}"]).await?;
+    ensure!(got == "b", "configmap data: {got}");
+    let got = s.ok(&["get", "secret", "s", "-n", "demo", "-o", "jsonpath={.data.k}"]).await?;
+    ensure!(got == "dg==", "secret data: {got}");
+    let got = s.ok(&["get", "deploy", "web", "-n", "demo", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}"]).await?;
+    ensure!(got == "2 busybox", "deployment: {got}");
+    let got = s.ok(&["get", "svc", "web", "-n", "demo", "-o", "jsonpath={.spec.ports[0].port} {.spec.ports[0].targetPort}"]).await?;
+    ensure!(got == "80 8080", "service: {got}");
+    let got = s.ok(&["get", "job", "once", "-n", "demo", "-o", "jsonpath={.spec.selector.matchLabels}"]).await?;
+    ensure!(got.contains("batch.kubernetes.io/controller-uid"), "job selector: {got}");
+    Ok(())
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    let Some(s) = super::server(super::Backend::Embedded).await? else { return Ok(()) };
+                    super::$name(&s).await
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() -> anyhow::Result<()> {
+                    let Some(s) = super::server(super::Backend::Etcd).await? else { return Ok(()) };
+                    super::$name(&s).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(apply_and_reapply, edit_commands, watch_sees_changes, errors_read_like_kubernetes, delete_cascades, generators);
