@@ -63,9 +63,13 @@ fn str_at(obj: &Value, pointer: &str) -> Option<String> {
     }
 }
 
+/// A field selector named a field the resource does not support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsupportedField;
+
 /// The value of a field label of an object; `Err` if the resource has no such label.
 /// Absent values read as the empty string (or `false` for booleans), as in Kubernetes.
-pub fn field_value(res: &ResourceInfo, obj: &Value, field: &str) -> Result<Option<String>, ()> {
+pub fn field_value(res: &ResourceInfo, obj: &Value, field: &str) -> Result<Option<String>, UnsupportedField> {
     let or_empty = |p: &str| Ok(Some(str_at(obj, p).unwrap_or_default()));
     let or_false = |p: &str| Ok(Some(str_at(obj, p).unwrap_or_else(|| "false".into())));
     match field {
@@ -89,14 +93,14 @@ pub fn field_value(res: &ResourceInfo, obj: &Value, field: &str) -> Result<Optio
             }
             "reason" | "reportingComponent" | "type" => or_empty(&format!("/{f}")),
             "source" => or_empty("/source/component"),
-            _ => Err(()),
+            _ => Err(UnsupportedField),
         },
         ("events.k8s.io", "events", f) => match f {
             "regarding.kind" | "regarding.namespace" | "regarding.name" | "regarding.uid" | "regarding.apiVersion"
             | "regarding.resourceVersion" | "regarding.fieldPath" | "reason" | "reportingController" | "type" => {
                 or_empty(&format!("/{}", f.replace('.', "/")))
             }
-            _ => Err(()),
+            _ => Err(UnsupportedField),
         },
         ("", "secrets", "type") => or_empty("/type"),
         ("", "namespaces", "status.phase") => or_empty("/status/phase"),
@@ -109,7 +113,7 @@ pub fn field_value(res: &ResourceInfo, obj: &Value, field: &str) -> Result<Optio
         ("batch", "jobs", "status.successful") => Ok(Some(str_at(obj, "/status/succeeded").unwrap_or_else(|| "0".into()))),
         ("", "persistentvolumeclaims", "spec.volumeName") => or_empty("/spec/volumeName"),
         ("certificates.k8s.io", "certificatesigningrequests", "spec.signerName") => or_empty("/spec/signerName"),
-        _ => Err(()),
+        _ => Err(UnsupportedField),
     }
 }
 

@@ -410,10 +410,8 @@ impl ApiServer {
                             }
                         }
                     }
-                    if send_initial {
-                        if tx.send(Ok(encode_event("BOOKMARK", &bookmark(last, true)))).await.is_err() {
-                            return;
-                        }
+                    if send_initial && tx.send(Ok(encode_event("BOOKMARK", &bookmark(last, true)))).await.is_err() {
+                        return;
                     }
                     let mut ticker = tokio::time::interval(Duration::from_secs(60));
                     ticker.tick().await;

@@ -39,11 +39,11 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("opening the store failed")]
-    OpenStore(#[source] StoreError),
+    OpenStore(#[source] Box<StoreError>),
     #[error("starting the watch cache for {prefix} failed")]
-    StartCache { prefix: String, #[source] source: StoreError },
+    StartCache { prefix: String, #[source] source: Box<StoreError> },
     #[error("creating {what} at start-up failed: {source}")]
-    Bootstrap { what: String, #[source] source: ApiError },
+    Bootstrap { what: String, #[source] source: Box<ApiError> },
     #[error("binding {addr} failed")]
     Bind { addr: SocketAddr, #[source] source: std::io::Error },
     #[error("writing {path} failed")]
@@ -67,9 +67,9 @@ impl ApiServer {
     pub async fn new(config: Config, shutdown: CancellationToken) -> Result<Arc<ApiServer>, ServerError> {
         let store: Arc<dyn Store> = if config.etcd_servers.is_empty() {
             let dir = config.data_dir.join("db");
-            Arc::new(EmbeddedStore::open(&dir).await.map_err(ServerError::OpenStore)?)
+            Arc::new(EmbeddedStore::open(&dir).await.map_err(|e| ServerError::OpenStore(Box::new(e)))?)
         } else {
-            Arc::new(EtcdStore::connect(&config.etcd_servers).await.map_err(ServerError::OpenStore)?)
+            Arc::new(EtcdStore::connect(&config.etcd_servers).await.map_err(|e| ServerError::OpenStore(Box::new(e)))?)
         };
         ApiServer::with_store(config, store, shutdown).await
     }
@@ -83,7 +83,7 @@ impl ApiServer {
             }
             let cache = WatchCache::start(store.clone(), r.prefix(), shutdown.clone())
                 .await
-                .map_err(|source| ServerError::StartCache { prefix: r.prefix(), source })?;
+                .map_err(|source| ServerError::StartCache { prefix: r.prefix(), source: Box::new(source) })?;
             caches.insert(r.storage_resource, cache);
         }
         let api = Arc::new(ApiServer { store, config, caches, service_allocation: Default::default(), shutdown });
@@ -144,7 +144,7 @@ impl ApiServer {
 }
 
 fn bootstrap_err(what: &str, source: ApiError) -> ServerError {
-    ServerError::Bootstrap { what: what.to_string(), source }
+    ServerError::Bootstrap { what: what.to_string(), source: Box::new(source) }
 }
 
 fn json_response(value: &Value) -> Response {
