@@ -9,6 +9,7 @@ pub mod filter;
 pub mod handlers;
 pub mod openapi;
 pub mod printers;
+pub mod protobuf;
 pub mod registry;
 pub mod server;
 pub mod storage;

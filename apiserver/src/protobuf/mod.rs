@@ -512,7 +512,7 @@ fn scalar(msg: &Msg, field: &Field, ty: Ty, v: &WireValue<'_>) -> Result<Value, 
         (Ty::Int64, WireValue::Varint(u)) => Value::from(*u as i64),
         (Ty::Bool, WireValue::Varint(u)) => Value::Bool(*u != 0),
         (Ty::Double, WireValue::Fixed64(bits)) => double(f64::from_bits(*bits)),
-        (Ty::Msg(idx), WireValue::Len(b)) => decode_message(idx, b, 1)?,
+        // Messages are decoded by the callers, which track the nesting depth.
         (Ty::String | Ty::Bytes | Ty::Msg(_), other) => return Err(mismatch(msg, field, "length-delimited", other)),
         (Ty::Int32 | Ty::Int64 | Ty::Bool, other) => return Err(mismatch(msg, field, "varint", other)),
         (Ty::Double, other) => return Err(mismatch(msg, field, "64-bit", other)),

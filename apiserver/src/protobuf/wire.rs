@@ -8,7 +8,8 @@ use super::ProtobufError;
 pub(super) enum WireValue<'a> {
     Varint(u64),
     Fixed64(u64),
-    Fixed32(u32),
+    /// A 32-bit value; no Kubernetes field uses one, so only its presence is kept.
+    Fixed32,
     Len(&'a [u8]),
 }
 
@@ -17,7 +18,7 @@ impl WireValue<'_> {
         match self {
             WireValue::Varint(_) => "varint",
             WireValue::Fixed64(_) => "64-bit",
-            WireValue::Fixed32(_) => "32-bit",
+            WireValue::Fixed32 => "32-bit",
             WireValue::Len(_) => "length-delimited",
         }
     }
@@ -83,10 +84,8 @@ impl<'a> Reader<'a> {
                 WireValue::Len(self.take(len)?)
             }
             5 => {
-                let b = self.take(4)?;
-                let mut a = [0u8; 4];
-                a.copy_from_slice(b);
-                WireValue::Fixed32(u32::from_le_bytes(a))
+                self.take(4)?;
+                WireValue::Fixed32
             }
             other => return Err(ProtobufError::UnsupportedWireType { tag, wire_type: other as u8 }),
         };
