@@ -94,6 +94,7 @@ pub fn decode_object(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError
     let value = match ct.as_str() {
         "" | "application/json" | "*/*" => decode_json(body)?,
         "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body)?,
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(body).map_err(|e| ApiError::bad_request(e.to_string()))?,
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     if !value.is_object() {
