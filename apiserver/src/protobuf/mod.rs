@@ -39,7 +39,10 @@
 //! slice wrappers (`Verbs`, `ExtraValue`) → arrays, the apiextensions
 //! `JSONSchemaPropsOr{Array,Bool,StringArray}` unions → their one-of forms, `bytes` →
 //! base64.
+//!
+//! [`encode`] goes the other way, for responses to clients that ask for protobuf.
 
+mod encode;
 mod schema;
 mod schema_types;
 mod wire;
@@ -53,6 +56,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
+pub use encode::encode;
 use schema::{GROUP_VERSIONS, MESSAGES};
 use schema_types::{Card, Field, Msg, Special, Ty, INLINE, OMITEMPTY, OMITZERO, POINTER};
 use wire::{Reader, WireValue};
@@ -96,6 +100,8 @@ pub enum ProtobufError {
     TooDeep,
     #[error("the decoded object is not a JSON object")]
     NotAnObject,
+    #[error("{message}.{field}: expected {expected} in the JSON object")]
+    JsonType { message: &'static str, field: String, expected: &'static str },
     #[error("protobuf schema table has no message #{0}")]
     Schema(u16),
 }

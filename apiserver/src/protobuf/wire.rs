@@ -92,13 +92,3 @@ impl<'a> Reader<'a> {
         Ok(Some((tag, value)))
     }
 }
-
-/// Appends a varint (for tests and the encoder side).
-#[cfg(test)]
-pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
