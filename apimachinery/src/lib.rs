@@ -10,6 +10,7 @@
 
 pub mod fields;
 pub mod labels;
+pub mod managedfields;
 pub mod patch;
 pub mod quantity;
 pub mod validation;
