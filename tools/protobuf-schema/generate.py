@@ -211,6 +211,10 @@ def main():
     w("// (kubernetes/api, kubernetes/apimachinery, kubernetes/apiextensions-apiserver,")
     w("// kubernetes/kube-aggregator): every generated.proto message with, per field, the JSON")
     w("// name and omitempty/pointer/inline facts read from the Go struct tags. Do not edit.")
+    w("// Sources:")
+    for repo in (api, apimachinery, apiext, aggregator):
+        name = repo.rstrip("/").split("/")[-2] if repo.rstrip("/").endswith("/repo") else repo
+        w(f"//   {name} @ {git(repo, 'rev-parse', 'HEAD').strip()}")
     w("")
     w("use super::schema_types::{Card, Field, Msg, Special, Ty, INLINE, OMITEMPTY, OMITZERO, POINTER};")
     w("")

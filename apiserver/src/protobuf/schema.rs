@@ -2,6 +2,11 @@
 // (kubernetes/api, kubernetes/apimachinery, kubernetes/apiextensions-apiserver,
 // kubernetes/kube-aggregator): every generated.proto message with, per field, the JSON
 // name and omitempty/pointer/inline facts read from the Go struct tags. Do not edit.
+// Sources:
+//   kubernetes+api @ 10b39a39bcee995dfe7cd5e8e7b922be5e46f1e2
+//   kubernetes+apimachinery @ eed236ceee2c19c2753a3d93ac0631dc20750454
+//   kubernetes+apiextensions-apiserver @ 1aa2717a552ee6ca1e2a18f1f8ffccde981db923
+//   kubernetes+kube-aggregator @ 232ca687ab24bc9f9a378cba74716b5f7d6b82eb
 
 use super::schema_types::{Card, Field, Msg, Special, Ty, INLINE, OMITEMPTY, OMITZERO, POINTER};
 
