@@ -1,0 +1,7 @@
+//! What every rkube control-plane component shares, as Kubernetes' `component-base` and
+//! `client-go/tools/leaderelection` are shared: an API client from `--kubeconfig`, and
+//! leader election on a `coordination.k8s.io` Lease so that only one copy acts.
+
+pub mod client;
+pub mod leaderelection;
+pub mod signals;

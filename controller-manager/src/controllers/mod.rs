@@ -1,0 +1,88 @@
+//! The controllers, registered by name. Each is a reconcile loop on kube-runtime's
+//! `Controller`: watches feed keyed work queues, `reconcile` re-reads the object from the
+//! reflector's store and returns when to look again, failures are retried with backoff.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+
+/// What every controller gets: an API client and the configuration.
+#[derive(Clone)]
+pub struct Context {
+    pub client: kube::Client,
+    pub config: Arc<Config>,
+}
+
+/// Why a controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("the API failed: {0}")]
+    Api(#[from] kube::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Starts a controller; it runs until the token is cancelled.
+pub type StartFn = fn(Context, CancellationToken) -> BoxFuture<'static, Result<(), ControllerError>>;
+
+/// A controller known by name.
+pub struct Registered {
+    pub name: &'static str,
+    pub enabled_by_default: bool,
+    pub start: StartFn,
+}
+
+/// Every controller, by the names Kubernetes' `--controllers` flag uses.
+pub static CONTROLLERS: &[Registered] = &[];
+
+/// The controllers a `--controllers` list selects: `*` means every one enabled by
+/// default, `name` adds one, `-name` removes one.
+pub fn select(flags: &[String]) -> Result<Vec<&'static Registered>, String> {
+    let mut all = false;
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for f in flags.iter().flat_map(|f| f.split(',')).map(str::trim).filter(|f| !f.is_empty()) {
+        if f == "*" {
+            all = true;
+            continue;
+        }
+        let (name, list) = match f.strip_prefix('-') {
+            Some(n) => (n, &mut off),
+            None => (f, &mut on),
+        };
+        if !CONTROLLERS.iter().any(|c| c.name == name) {
+            let known: Vec<&str> = CONTROLLERS.iter().map(|c| c.name).collect();
+            return Err(format!("unknown controller {name:?}; known controllers: {}", known.join(", ")));
+        }
+        list.push(name);
+    }
+    Ok(CONTROLLERS
+        .iter()
+        .filter(|c| (on.contains(&c.name) || (all && c.enabled_by_default)) && !off.contains(&c.name))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_are_refused() {
+        let err = select(&["*,nosuch".into()]).err().unwrap_or_default();
+        assert!(err.contains("unknown controller \"nosuch\""), "{err}");
+    }
+
+    #[test]
+    fn star_minus_name_excludes_it() {
+        let names: Vec<&str> = select(&["*".into()]).unwrap_or_default().iter().map(|c| c.name).collect();
+        let first = CONTROLLERS.iter().find(|c| c.enabled_by_default).map(|c| c.name);
+        if let Some(first) = first {
+            assert!(names.contains(&first));
+            let without: Vec<&str> = select(&[format!("*,-{first}")]).unwrap_or_default().iter().map(|c| c.name).collect();
+            assert!(!without.contains(&first));
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! kube-controller-manager: one module per controller under [`controllers`], registered
+//! by name and selected with `--controllers` as in Kubernetes, all running under one
+//! leader-elected process.
+
+pub mod controllers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use component_base::leaderelection::{default_identity, ElectionError, LeaderElection};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// A checked controller-manager configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub kubeconfig: Option<PathBuf>,
+    /// The `--controllers` list: `*` for the defaults, `name` to add, `-name` to remove.
+    pub controllers: Vec<String>,
+    pub leader_elect: bool,
+    /// The pod network nodes' podCIDRs are carved from (`--cluster-cidr`).
+    pub cluster_cidr: Option<String>,
+    /// The prefix length of each node's podCIDR (`--node-cidr-mask-size`).
+    pub node_cidr_mask_size: u8,
+    /// How long a node's Lease may go unrenewed before it is NotReady
+    /// (`--node-monitor-grace-period`).
+    pub node_monitor_grace_period: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            kubeconfig: None,
+            controllers: vec!["*".into()],
+            leader_elect: true,
+            cluster_cidr: None,
+            node_cidr_mask_size: 24,
+            node_monitor_grace_period: Duration::from_secs(40),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connecting to the API server")]
+    Client(#[from] component_base::client::ClientError),
+    #[error("--controllers: {0}")]
+    SelectControllers(String),
+    #[error(transparent)]
+    LostLeadership(#[from] ElectionError),
+}
+
+/// Runs the selected controllers until `shutdown` (or until leadership is lost).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let selected = controllers::select(&config.controllers).map_err(Error::SelectControllers)?;
+    let client = component_base::client::client(config.kubeconfig.as_deref()).await?;
+    let ctx = controllers::Context { client: client.clone(), config: Arc::new(config.clone()) };
+    let start = move |leading: CancellationToken| async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in selected {
+            info!(controller = c.name, "starting controller");
+            let fut = (c.start)(ctx.clone(), leading.clone());
+            let name = c.name;
+            tasks.spawn(async move {
+                if let Err(e) = fut.await {
+                    error!(controller = name, error = %e, "controller stopped with an error");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    };
+    if config.leader_elect {
+        LeaderElection::new("kube-controller-manager", default_identity()).run(client, shutdown, start).await?;
+    } else {
+        start(shutdown).await;
+    }
+    Ok(())
+}

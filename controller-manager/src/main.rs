@@ -1,0 +1,49 @@
+//! `kube-controller-manager`: flags → checked config → [`controller_manager::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// The controllers of rkube.
+#[derive(Parser, Debug)]
+#[command(name = "kube-controller-manager", version)]
+struct Options {
+    /// Path to a kubeconfig with the API server's address and credentials.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Controllers to run: `*` for the defaults, `foo` to enable, `-foo` to disable.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
+    /// Elect a leader through a Lease so that only one copy acts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// The pod network, from which each node gets a podCIDR.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// The prefix length of each node's podCIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// Seconds a node may go without renewing its Lease before it is NotReady.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_period: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let o = Options::parse();
+    let config = controller_manager::Config {
+        kubeconfig: o.kubeconfig,
+        controllers: o.controllers,
+        leader_elect: o.leader_elect,
+        cluster_cidr: o.cluster_cidr,
+        node_cidr_mask_size: o.node_cidr_mask_size,
+        node_monitor_grace_period: Duration::from_secs(o.node_monitor_grace_period),
+    };
+    let shutdown = component_base::signals::shutdown_on_signals();
+    controller_manager::run(config, shutdown).await.context("kube-controller-manager failed")
+}

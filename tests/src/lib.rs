@@ -1,0 +1,6 @@
+//! An in-process cluster for cross-component tests: the real apiserver on the embedded
+//! store, the controller-manager and scheduler as libraries, fake nodes that report
+//! Ready, and a fake kubelet that runs bound pods by writing their status.
+
+pub mod cluster;
+pub mod fakenode;
