@@ -1,0 +1,1 @@
+//! kube-scheduler: binds unscheduled pods to nodes through Filter and Score plugins.
