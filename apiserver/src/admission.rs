@@ -22,6 +22,9 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     decode_check(res, obj, &name)?;
     prepare_for_create(res, obj);
     default(res, obj);
+    if res.group.is_empty() && res.kind == "Pod" {
+        resolve_priority(api, res, obj).await?;
+    }
     let mut causes = validate(res, obj, None);
     let mut guard = None;
     if res.group.is_empty() && res.plural == "services" && causes.is_empty() {
@@ -33,6 +36,46 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
         return Err(ApiError::invalid(res, &name, causes));
     }
     Ok(guard)
+}
+
+/// The Priority admission plugin: a pod's `priorityClassName` (or the global default
+/// class) becomes its `spec.priority`; an unknown class is refused.
+async fn resolve_priority(api: &ApiServer, res: &ResourceInfo, pod: &mut Value) -> Result<(), ApiError> {
+    let class_name = pod.pointer("/spec/priorityClassName").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let class = match &class_name {
+        Some(name) => {
+            let (kv, _) = api.store.get(&format!("/registry/priorityclasses/{name}")).await.map_err(ApiError::internal)?;
+            match kv.and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok()) {
+                Some(class) => Some(class),
+                None => {
+                    return Err(ApiError::forbidden(res, &name_of(pod), format!("no PriorityClass with name {name} was found")));
+                }
+            }
+        }
+        None => {
+            let listed = api.store.range("/registry/priorityclasses/", RangeOptions::default()).await.map_err(ApiError::internal)?;
+            listed
+                .kvs
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+                .find(|c| c.get("globalDefault").and_then(Value::as_bool).unwrap_or(false))
+        }
+    };
+    if let (Some(class), Some(spec)) = (class, pod.get_mut("spec").and_then(Value::as_object_mut)) {
+        let value = class.get("value").cloned().unwrap_or(json!(0));
+        if spec.get("priority").is_some_and(|p| *p != value && !p.is_null()) && class_name.is_some() {
+            // Kubernetes refuses a pod whose priority disagrees with its class.
+            return Err(ApiError::forbidden(res, &name_of(pod), "the integer value of priority must not be provided in pod spec; priority admission controller computed it from the given PriorityClass name"));
+        }
+        spec.insert("priority".into(), value);
+        if let Some(name) = class.pointer("/metadata/name").cloned() {
+            spec.insert("priorityClassName".into(), name);
+        }
+        if let Some(policy) = class.get("preemptionPolicy").cloned() {
+            spec.insert("preemptionPolicy".into(), policy);
+        }
+    }
+    Ok(())
 }
 
 /// Defaults and validates an update against the current object.

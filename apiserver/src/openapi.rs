@@ -39,8 +39,8 @@ macro_rules! kind_schemas {
 fn build() -> Documents {
     use k8s_openapi::api::{
         apps::v1 as apps, autoscaling::v1 as as1, autoscaling::v2 as as2, batch::v1 as batch, coordination::v1 as coord,
-        core::v1 as core, discovery::v1 as disc, events::v1 as events, networking::v1 as net, rbac::v1 as rbac,
-        storage::v1 as storage,
+        core::v1 as core, discovery::v1 as disc, events::v1 as events, networking::v1 as net, policy::v1 as policy,
+        rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
     };
     let mut settings = SchemaSettings::openapi3();
     settings.definitions_path = "/components/schemas".into();
@@ -77,6 +77,8 @@ fn build() -> Documents {
         "networking.k8s.io" "IngressClass" => net::IngressClass,
         "networking.k8s.io" "Ingress" => net::Ingress,
         "networking.k8s.io" "NetworkPolicy" => net::NetworkPolicy,
+        "policy" "PodDisruptionBudget" => policy::PodDisruptionBudget,
+        "scheduling.k8s.io" "PriorityClass" => scheduling::PriorityClass,
         "rbac.authorization.k8s.io" "ClusterRoleBinding" => rbac::ClusterRoleBinding,
         "rbac.authorization.k8s.io" "ClusterRole" => rbac::ClusterRole,
         "rbac.authorization.k8s.io" "RoleBinding" => rbac::RoleBinding,
@@ -90,7 +92,7 @@ fn build() -> Documents {
             "autoscaling/v2" => ("autoscaling", "v2"),
             "autoscaling/v1" => ("autoscaling", "v1"),
             "apps" | "batch" | "coordination.k8s.io" | "discovery.k8s.io" | "events.k8s.io" | "networking.k8s.io"
-            | "rbac.authorization.k8s.io" | "storage.k8s.io" => (*group, "v1"),
+            | "rbac.authorization.k8s.io" | "storage.k8s.io" | "policy" | "scheduling.k8s.io" => (*group, "v1"),
             _ => ("", "v1"),
         };
         if let Some(schema) = schemas.get_mut(name).and_then(Value::as_object_mut) {

@@ -193,11 +193,15 @@ pub static RESOURCES: &[ResourceInfo] = &[
     r("networking.k8s.io", "v1", "ingressclasses", "ingressclass", "IngressClass", CLUSTER, &[], &[], NONE, true),
     r("networking.k8s.io", "v1", "ingresses", "ingress", "Ingress", NS, &["ing"], &[], STATUS, true),
     r("networking.k8s.io", "v1", "networkpolicies", "networkpolicy", "NetworkPolicy", NS, &["netpol"], &[], NONE, true),
+    // policy/v1
+    r("policy", "v1", "poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget", NS, &["pdb"], &[], STATUS, true),
     // rbac.authorization.k8s.io/v1
     r("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", CLUSTER, &[], &[], NONE, false),
     r("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", CLUSTER, &[], &[], NONE, false),
     r("rbac.authorization.k8s.io", "v1", "rolebindings", "rolebinding", "RoleBinding", NS, &[], &[], NONE, false),
     r("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", NS, &[], &[], NONE, false),
+    // scheduling.k8s.io/v1
+    r("scheduling.k8s.io", "v1", "priorityclasses", "priorityclass", "PriorityClass", CLUSTER, &["pc"], &[], NONE, false),
     // storage.k8s.io/v1
     r("storage.k8s.io", "v1", "storageclasses", "storageclass", "StorageClass", CLUSTER, &["sc"], &[], NONE, false),
 ];

@@ -103,6 +103,14 @@ impl ApiServer {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
             self.ensure(ns, None, name, obj).await?;
         }
+        let pc = registry::lookup("scheduling.k8s.io", "v1", "priorityclasses").ok_or_else(|| bootstrap_err("priorityclasses", ApiError::internal("not registered")))?;
+        for (name, value, description) in [
+            ("system-node-critical", 2_000_001_000, "Used for system critical pods that must not be moved from their current node."),
+            ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+        ] {
+            let obj = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": value, "description": description, "preemptionPolicy": "PreemptLowerPriority"});
+            self.ensure(pc, None, name, obj).await?;
+        }
         let svc = registry::lookup("", "v1", "services").ok_or_else(|| bootstrap_err("services", ApiError::internal("not registered")))?;
         let ip = self.config.service_ranges.first().to_string();
         let port = self.config.bind.port();
