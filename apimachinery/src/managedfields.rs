@@ -816,7 +816,9 @@ pub fn apply(current: Option<&Value>, applied: &Value, manager: &str, force: boo
 
     let mut result = merge(current, applied, meta, &mut Vec::new());
 
-    // Fields this manager applied before and no longer applies, unless others own them.
+    // Fields this manager applied before and no longer applies, unless someone (the
+    // applier included, for maps and elements whose members it still sets) owns them
+    // or something below them.
     if let Some(prev) = &previous {
         let dropped = prev.fields.difference(&applied_set);
         let others: Vec<&ManagedFieldsEntry> = entries.iter().filter(|e| !mine(e)).collect();
@@ -824,7 +826,8 @@ pub fn apply(current: Option<&Value>, applied: &Value, manager: &str, force: boo
         // found by its key fields, so these must still be there when it goes).
         let mut removed: Vec<&Path> = Vec::new();
         for p in dropped.iter() {
-            if removed.iter().any(|r| p.starts_with(r)) || others.iter().any(|e| e.fields.has_prefix(p)) {
+            let still_owned = applied_set.has_prefix(p) || others.iter().any(|e| e.fields.has_prefix(p));
+            if removed.iter().any(|r| p.starts_with(r)) || still_owned {
                 continue;
             }
             if remove_path(&mut result, p) {

@@ -84,6 +84,17 @@ impl ApiError {
         .with_details(json!({"name": name, "group": res.group, "kind": res.plural}))
     }
 
+    /// 409 for a server-side apply that would change fields other managers own, as
+    /// Kubernetes answers it: the summary message, and one `FieldManagerConflict`
+    /// cause per field.
+    pub fn apply_conflicts(conflicts: &[apimachinery::managedfields::Conflict]) -> ApiError {
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|c| json!({"reason": "FieldManagerConflict", "message": c.cause_message(), "field": c.field}))
+            .collect();
+        ApiError::new(409, "Conflict", apimachinery::managedfields::conflicts_message(conflicts)).with_details(json!({"causes": causes}))
+    }
+
     /// 409 for a write with a stale resourceVersion.
     pub fn stale(res: &ResourceInfo, name: &str) -> ApiError {
         ApiError::conflict(
@@ -226,6 +237,25 @@ mod tests {
         assert_eq!(status["code"], 404);
         assert_eq!(status["reason"], "NotFound");
         assert_eq!(status["details"]["kind"], "deployments");
+    }
+
+    #[test]
+    fn apply_conflicts_list_each_field() {
+        use apimachinery::managedfields::{Conflict, Operation};
+        let c = Conflict {
+            manager: "kubectl-client-side-apply".into(),
+            operation: Operation::Update,
+            api_version: "apps/v1".into(),
+            subresource: String::new(),
+            field: ".spec.replicas".into(),
+        };
+        let status = ApiError::apply_conflicts(&[c]).status();
+        assert_eq!(status["code"], 409);
+        assert_eq!(status["reason"], "Conflict");
+        assert_eq!(status["message"], "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas");
+        assert_eq!(status["details"]["causes"][0]["reason"], "FieldManagerConflict");
+        assert_eq!(status["details"]["causes"][0]["message"], "conflict with \"kubectl-client-side-apply\" using apps/v1");
+        assert_eq!(status["details"]["causes"][0]["field"], ".spec.replicas");
     }
 
     #[test]

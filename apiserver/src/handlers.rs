@@ -12,6 +12,9 @@ use http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
 use tracing::debug;
 
+use apimachinery::managedfields;
+use apimachinery::patch::BuiltinPatchMeta;
+
 use crate::admission;
 use crate::codec::{self, Format, Negotiated, Shape};
 use crate::errors::ApiError;
@@ -56,6 +59,21 @@ impl Params {
             ["All"] => Ok(true),
             other => Err(ApiError::bad_request(format!("dryRun: Unsupported value: {other:?}: supported values: \"All\""))),
         }
+    }
+
+    /// Fills in `fieldManager` for writes that are not applies, from the User-Agent as
+    /// Kubernetes does (`kubectl/v1.32.0 …` → `kubectl`).
+    fn with_default_field_manager(mut self, headers: &HeaderMap) -> Params {
+        if self.get("fieldManager").is_none_or(str::is_empty) && !codec::content_type(headers).starts_with("application/apply-patch") {
+            let ua = headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            self.0.push(("fieldManager".into(), managedfields::manager_from_user_agent(ua)));
+        }
+        self
+    }
+
+    /// The manager an Update is recorded for (none for internal writes).
+    fn field_manager(&self) -> Option<&str> {
+        self.get("fieldManager").filter(|m| !m.is_empty())
     }
 
     fn positive(&self, key: &str) -> Result<Option<i64>, ApiError> {
@@ -124,6 +142,7 @@ impl ApiServer {
                 )));
             }
         }
+        let params = params.with_default_field_manager(&headers);
         let warnings = self.check_fields(&target, &method, &params, &headers, &body)?;
         let mut response = self.dispatch_verb(method, target, params, headers, body, negotiated).await?;
         for w in warnings {
@@ -514,7 +533,13 @@ impl ApiServer {
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
     }
 
-    async fn create(&self, target: &Target, mut obj: Value, params: &Params) -> Result<(StatusCode, Value), ApiError> {
+    async fn create(&self, target: &Target, obj: Value, params: &Params) -> Result<(StatusCode, Value), ApiError> {
+        self.create_recording(target, obj, params, true).await
+    }
+
+    /// Creates an object; with `record`, the request's field manager comes to own every
+    /// field (an apply that creates has recorded its own entry already).
+    async fn create_recording(&self, target: &Target, mut obj: Value, params: &Params, record: bool) -> Result<(StatusCode, Value), ApiError> {
         let res = target.res;
         check_type(res, &obj)?;
         let meta = obj
@@ -565,6 +590,9 @@ impl ApiServer {
         }
         let dry_run = params.dry_run()?;
         let _allocation = admission::admit_create(self, res, &mut obj, dry_run).await?;
+        if let Some(manager) = params.field_manager().filter(|_| record) {
+            obj = managedfields::update(None, &obj, manager, &BuiltinPatchMeta::for_kind(res.group, res.kind), &now_rfc3339());
+        }
         let key = res.key(namespace.as_deref(), &name);
         if dry_run {
             if self.store.get(&key).await.map_err(|e| ApiError::from_store(res, &name, e))?.0.is_some() {
@@ -624,7 +652,8 @@ impl ApiServer {
         };
         let dry_run = params.dry_run()?;
         let sub = target.sub.clone();
-        self.guaranteed_update(target, dry_run, move |current, current_rev| {
+        let manager = params.field_manager().map(|m| (m, target.sub.as_deref().unwrap_or_default()));
+        self.guaranteed_update_as(target, dry_run, manager, move |current, current_rev| {
             if let Some(rv) = precondition {
                 if rv != current_rev {
                     return Err(ApiError::stale(res, &name));
@@ -637,7 +666,16 @@ impl ApiServer {
 
     /// Reads, transforms and writes an object, retrying on write conflicts, with
     /// admission on the way. `change` gets the current object and its revision.
-    pub async fn guaranteed_update<F>(&self, target: &Target, dry_run: bool, mut change: F) -> Result<(StatusCode, Value), ApiError>
+    pub async fn guaranteed_update<F>(&self, target: &Target, dry_run: bool, change: F) -> Result<(StatusCode, Value), ApiError>
+    where
+        F: FnMut(&Value, Revision) -> Result<Value, ApiError>,
+    {
+        self.guaranteed_update_as(target, dry_run, None, change).await
+    }
+
+    /// [`Self::guaranteed_update`], recording the fields the write changes (after
+    /// admission) as owned by `manager` = (field manager, subresource).
+    async fn guaranteed_update_as<F>(&self, target: &Target, dry_run: bool, manager: Option<(&str, &str)>, mut change: F) -> Result<(StatusCode, Value), ApiError>
     where
         F: FnMut(&Value, Revision) -> Result<Value, ApiError>,
     {
@@ -650,6 +688,10 @@ impl ApiServer {
             preserve_system_meta(&mut updated, &current, res);
             let status_only = target.sub.as_deref() == Some("status");
             admission::admit_update(self, res, &mut updated, &current, status_only).await?;
+            if let Some((manager, subresource)) = manager {
+                let meta = BuiltinPatchMeta::for_kind(res.group, res.kind);
+                updated = managedfields::update_subresource(Some(&current), &updated, manager, subresource, &meta, &now_rfc3339());
+            }
             if updated_without_change(&updated, &current) {
                 return Ok((StatusCode::OK, current));
             }
@@ -701,29 +743,23 @@ impl ApiServer {
             _ => codec::decode_json(body)?,
         };
         if kind == PatchKind::Apply {
-            if params.get("fieldManager").is_none_or(str::is_empty) {
+            let Some(manager) = params.field_manager().map(str::to_string) else {
                 return Err(ApiError::bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"));
+            };
+            if !patch.is_object() {
+                return Err(ApiError::bad_request("apply patch must be an object"));
             }
-            match self.read(target).await {
-                Err(e) if e.code == 404 => {
-                    let mut obj = patch.clone();
-                    if !obj.is_object() {
-                        return Err(ApiError::bad_request("apply patch must be an object"));
-                    }
-                    if target.sub.is_some() {
-                        return Err(e);
-                    }
-                    obj["metadata"]["name"] = Value::String(name.clone());
-                    return self.create(target, obj, params).await;
-                }
-                Err(e) => return Err(e),
-                Ok(_) => {}
+            if target.sub.is_none() {
+                return self.server_side_apply(target, patch, &manager, params).await;
             }
+            // An apply to a subresource: merged as before, recorded as an Update.
+            self.read(target).await?;
         }
         let sub = target.sub.clone();
         let group = res.group;
         let kind_name = res.kind;
-        self.guaranteed_update(target, dry_run, move |current, _| {
+        let manager = params.field_manager().map(|m| (m, target.sub.as_deref().unwrap_or_default()));
+        self.guaranteed_update_as(target, dry_run, manager, move |current, _| {
             let base = if sub.as_deref() == Some("scale") { admission::scale_of(res, current)? } else { current.clone() };
             let mut patched = match kind {
                 PatchKind::Json => apimachinery::patch::json_patch(&base, &patch),
@@ -755,6 +791,39 @@ impl ApiServer {
             Some("scale") => Ok((code, admission::scale_of(res, &obj)?)),
             _ => Ok((code, obj)),
         })
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`) to the main resource: merges
+    /// the configuration, records `manager`'s ownership in `managedFields`, and answers
+    /// 409 with the conflicting fields unless `force=true`; creates missing objects.
+    async fn server_side_apply(&self, target: &Target, applied: Value, manager: &str, params: &Params) -> Result<(StatusCode, Value), ApiError> {
+        let res = target.res;
+        let name = self.name_of(target).to_string();
+        let force = params.flag("force");
+        let dry_run = params.dry_run()?;
+        let meta = BuiltinPatchMeta::for_kind(res.group, res.kind);
+        let to_api_error = |e: managedfields::ApplyError| match e {
+            managedfields::ApplyError::Conflicts(c) => ApiError::apply_conflicts(&c),
+            other => ApiError::invalid(res, &name, vec![crate::errors::Cause { reason: "FieldValueInvalid", field: String::new(), message: other.to_string() }]),
+        };
+        match self.read(target).await {
+            Err(e) if e.code == 404 => {
+                let mut obj = managedfields::apply(None, &applied, manager, force, &meta, &now_rfc3339()).map_err(to_api_error)?;
+                obj["metadata"]["name"] = Value::String(name.clone());
+                return self.create_recording(target, obj, params, false).await;
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        let precondition = applied.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|rv| !rv.is_empty()).map(str::to_string);
+        self.guaranteed_update(target, dry_run, |current, rev| {
+            if precondition.as_ref().is_some_and(|rv| *rv != rev.to_string()) {
+                return Err(ApiError::stale(res, &name));
+            }
+            let merged = managedfields::apply(Some(current), &applied, manager, force, &meta, &now_rfc3339()).map_err(to_api_error)?;
+            Ok(merged.with_current(current, None))
+        })
+        .await
     }
 
     async fn delete(&self, target: &Target, options: &Value, params: &Params) -> Result<(StatusCode, Value), ApiError> {
@@ -896,8 +965,9 @@ impl ApiServer {
         }
         let precondition = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
         let dry_run = params.dry_run()?;
+        let manager = params.field_manager().map(|m| (m, "scale"));
         let (code, obj) = self
-            .guaranteed_update(&Target { sub: None, ..target.clone() }, dry_run, |current, rev| {
+            .guaranteed_update_as(&Target { sub: None, ..target.clone() }, dry_run, manager, |current, rev| {
                 if let Some(p) = &precondition {
                     if *p != rev.to_string() {
                         return Err(ApiError::stale(res, &name));

@@ -110,8 +110,12 @@ async fn edit_commands(s: &TestServer) -> anyhow::Result<()> {
     ensure!(s.ok(&["scale", "deploy", "web", "--replicas=3"]).await?.contains("scaled"));
     ensure!(s.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]).await? == "3");
 
-    let out = s.ok(&["apply", "--server-side", "-f", &file]).await?;
-    ensure!(out.contains("serverside-applied"), "{out}");
+    // Scale and patch took replicas and the web image from the applier: server-side
+    // apply of the original file conflicts on them, as in Kubernetes, unless forced.
+    let err = s.fails(&["apply", "--server-side", "-f", &file]).await?;
+    ensure!(err.contains("Apply failed with 2 conflicts") && err.contains(".spec.replicas"), "{err}");
+    let out = s.ok(&["apply", "--server-side", "--force-conflicts", "-f", &file]).await?;
+    ensure!(out.contains("serverside-applied") && !out.contains("Warning"), "{out}");
 
     // diff exits 1 when the live object differs from the file.
     let edited = write_manifest(s, "edited.yaml", &APP.replace("replicas: 2", "replicas: 5"))?;
@@ -214,6 +218,67 @@ async fn generators(s: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+const SSA: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ssa
+  labels: {app: ssa, tier: front}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: ssa}
+  template:
+    metadata:
+      labels: {app: ssa}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        command: ["sleep", "3600"]
+        ports: [{containerPort: 8080}]
+"#;
+
+async fn server_side_apply(s: &TestServer) -> anyhow::Result<()> {
+    let file = write_manifest(s, "ssa.yaml", SSA)?;
+    let out = s.ok(&["apply", "--server-side", "-f", &file]).await?;
+    ensure!(out.contains("deployment.apps/ssa serverside-applied"), "{out}");
+
+    // Ownership is recorded, and shown only on request.
+    let yaml = s.ok(&["get", "deploy", "ssa", "-o", "yaml"]).await?;
+    ensure!(!yaml.contains("managedFields"), "managedFields shown by default: {yaml}");
+    let yaml = s.ok(&["get", "deploy", "ssa", "-o", "yaml", "--show-managed-fields"]).await?;
+    ensure!(yaml.contains("manager: kubectl") && yaml.contains("operation: Apply") && yaml.contains("f:replicas: {}"), "{yaml}");
+    ensure!(yaml.contains(r#"k:{"name":"web"}"#), "containers keyed by name: {yaml}");
+
+    // Another manager takes replicas; applying a different value conflicts.
+    ensure!(s.ok(&["scale", "deploy", "ssa", "--replicas=5"]).await?.contains("scaled"));
+    let changed = SSA.replace("replicas: 2", "replicas: 3");
+    let file = write_manifest(s, "ssa.yaml", &changed)?;
+    let err = s.fails(&["apply", "--server-side", "-f", &file]).await?;
+    ensure!(err.contains("Apply failed with 1 conflict") && err.contains(".spec.replicas"), "{err}");
+    let got = s.ok(&["get", "deploy", "ssa", "-o", "jsonpath={.spec.replicas}"]).await?;
+    ensure!(got == "5", "replicas after a refused apply: {got}");
+
+    // Forced, the applier takes the field.
+    let out = s.ok(&["apply", "--server-side", "--force-conflicts", "-f", &file]).await?;
+    ensure!(out.contains("serverside-applied"), "{out}");
+    let got = s.ok(&["get", "deploy", "ssa", "-o", "jsonpath={.spec.replicas}"]).await?;
+    ensure!(got == "3", "replicas after a forced apply: {got}");
+
+    // Re-applying without a label removes it; an image edit by another manager conflicts.
+    let without = changed.replace("labels: {app: ssa, tier: front}", "labels: {app: ssa}");
+    let file = write_manifest(s, "ssa.yaml", &without)?;
+    s.ok(&["apply", "--server-side", "-f", &file]).await?;
+    let got = s.ok(&["get", "deploy", "ssa", "-o", "jsonpath={.metadata.labels}"]).await?;
+    ensure!(got.contains("app") && !got.contains("tier"), "labels after dropping tier: {got}");
+    s.ok(&["set", "image", "deploy/ssa", "web=busybox:1.37"]).await?;
+    let edited = without.replace("busybox:1.36", "busybox:1.38");
+    let file = write_manifest(s, "ssa.yaml", &edited)?;
+    let err = s.fails(&["apply", "--server-side", "-f", &file]).await?;
+    ensure!(err.contains(r#".spec.template.spec.containers[name="web"].image"#), "{err}");
+    Ok(())
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -237,4 +302,4 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(apply_and_reapply, edit_commands, watch_sees_changes, errors_read_like_kubernetes, delete_cascades, generators);
+on_both_backends!(apply_and_reapply, edit_commands, watch_sees_changes, errors_read_like_kubernetes, delete_cascades, generators, server_side_apply);

@@ -333,3 +333,22 @@ fn manager_from_the_user_agent() {
     assert_eq!(manager_from_user_agent("python-requests/2.31"), "python-requests");
     assert_eq!(manager_from_user_agent(""), "");
 }
+
+#[test]
+fn reapply_after_owning_whole_maps_keeps_what_is_still_applied() {
+    // After kubectl's client-side-apply migration the Apply entry owns `.spec` and
+    // `.metadata` themselves, and defaulted fields.
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+    let meta = BuiltinPatchMeta::for_kind("", "Service");
+    let mut current = svc.clone();
+    current["spec"]["type"] = json!("ClusterIP");
+    current["spec"]["ports"][0]["protocol"] = json!("TCP");
+    let migrated = update(None, &current, "kubectl", &meta, T0);
+    let mut migrated = migrated;
+    migrated["metadata"]["managedFields"][0]["operation"] = json!("Apply");
+    let out = apply(Some(&migrated), &svc, "kubectl", false, &meta, T1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out["spec"]["ports"][0]["port"], 80, "{out}");
+    assert_eq!(out["spec"]["selector"]["app"], "web", "{out}");
+    assert!(out["spec"].get("type").is_none(), "{out}");
+}
