@@ -21,10 +21,10 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     let name = name_of(obj);
     decode_check(res, obj, &name)?;
     prepare_for_create(res, obj);
-    default(res, obj);
     if res.group.is_empty() && res.kind == "Pod" {
         resolve_priority(api, res, obj).await?;
     }
+    default(res, obj);
     let mut causes = validate(res, obj, None);
     let mut guard = None;
     if res.group.is_empty() && res.plural == "services" && causes.is_empty() {

@@ -38,9 +38,31 @@ pub async fn run_all(store: &dyn Store) -> anyhow::Result<()> {
     concurrent_creates(store, &fresh_prefix("concurrent"), 200)
         .await
         .context("case concurrent_creates")?;
+    large_range(store, &fresh_prefix("large"))
+        .await
+        .context("case large_range")?;
     compaction(store, &fresh_prefix("compact"))
         .await
         .context("case compaction")?;
+    Ok(())
+}
+
+/// A range whose answer is far larger than one gRPC message's default limit (4 MiB):
+/// a list of every pod of a big cluster must still work.
+pub async fn large_range(store: &dyn Store, base: &str) -> anyhow::Result<()> {
+    let value = vec![b'x'; 16 * 1024];
+    let n = 400;
+    let creates = (0..n).map(|i| {
+        let key = format!("{base}/{i:04}");
+        let value = value.clone();
+        async move { store.create(&key, value).await }
+    });
+    for result in futures::future::join_all(creates).await {
+        result?;
+    }
+    let listed = store.range(&format!("{base}/"), RangeOptions::default()).await?;
+    ensure!(listed.kvs.len() == n, "listed {} of {n} keys", listed.kvs.len());
+    ensure!(listed.kvs.iter().all(|kv| kv.value.len() == value.len()), "a value came back truncated");
     Ok(())
 }
 

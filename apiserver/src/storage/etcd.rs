@@ -35,6 +35,10 @@ use super::{
     WatchStream,
 };
 
+/// The largest etcd answer accepted (a range of every object of a resource, or a watch
+/// replaying history, can be far over gRPC's default 4 MiB).
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
 /// How long [`EtcdStore::connect`] waits for the cluster to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -264,9 +268,11 @@ impl Store for EtcdStore {
             get = get.with_revision(r);
         }
         let resp = match self
-            .call(true, |mut c| {
+            .call(true, |c| {
                 let (start, get) = (start.clone(), get.clone());
-                async move { c.get(start, Some(get)).await }
+                // A list of thousands of objects is larger than tonic's default 4 MiB
+                // message limit.
+                async move { c.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES).get(start, Some(get)).await }
             })
             .await
         {
@@ -416,9 +422,9 @@ impl Store for EtcdStore {
             .with_prev_key()
             .with_progress_notify();
         let mut stream = self
-            .call(true, |mut c| {
+            .call(true, |c| {
                 let options = options.clone();
-                async move { c.watch(prefix, Some(options)).await }
+                async move { c.watch_client().max_decoding_message_size(MAX_RESPONSE_BYTES).watch(prefix, Some(options)).await }
             })
             .await
             .map_err(StoreError::Etcd)?;
