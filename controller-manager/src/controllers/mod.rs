@@ -2,6 +2,10 @@
 //! `Controller`: watches feed keyed work queues, `reconcile` re-reads the object from the
 //! reflector's store and returns when to look again, failures are retried with backoff.
 
+pub mod deployment;
+pub mod podcontrol;
+pub mod replicaset;
+
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -36,7 +40,11 @@ pub struct Registered {
 }
 
 /// Every controller, by the names Kubernetes' `--controllers` flag uses.
-pub static CONTROLLERS: &[Registered] = &[];
+pub static CONTROLLERS: &[Registered] = &[
+    Registered { name: "replicaset", enabled_by_default: true, start: replicaset::start_replicaset },
+    Registered { name: "replicationcontroller", enabled_by_default: true, start: replicaset::start_replicationcontroller },
+    Registered { name: "deployment", enabled_by_default: true, start: deployment::start },
+];
 
 /// The controllers a `--controllers` list selects: `*` means every one enabled by
 /// default, `name` adds one, `-name` removes one.
