@@ -121,7 +121,7 @@ fn decode_check(res: &ResourceInfo, obj: &Value, _name: &str) -> Result<(), ApiE
     macro_rules! check {
         ($($group:literal $kind:literal => $ty:ty),* $(,)?) => {
             match (res.group, res.kind) {
-                $(($group, $kind) => serde_json::from_value::<$ty>(obj.clone()).map(|_| ()).map_err(|e| e.to_string()),)*
+                $(($group, $kind) => <$ty as serde::Deserialize>::deserialize(obj).map(|_| ()).map_err(|e| e.to_string()),)*
                 _ => Ok(()),
             }
         };

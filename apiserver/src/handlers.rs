@@ -136,15 +136,20 @@ impl ApiServer {
             if !target.res.has_subresource(s) {
                 return Err(ApiError::path_not_found(&format!("{}/{}", target.res.plural, s)));
             }
-            if !matches!(s, "status" | "scale" | "binding" | "eviction") {
+            if !matches!(s, "status" | "scale" | "binding" | "eviction" | "finalize") {
                 return Err(ApiError::service_unavailable(format!(
                     "the {s} subresource is served by the kubelet, and no kubelet API is connected to this apiserver yet"
                 )));
             }
         }
         let params = params.with_default_field_manager(&headers);
-        let warnings = self.check_fields(&target, &method, &params, &headers, &body)?;
-        let mut response = self.dispatch_verb(method, target, params, headers, body, negotiated).await?;
+        // A create or update body is decoded once, for field validation and the verb.
+        let decoded = match method {
+            Method::POST | Method::PUT => Some(codec::decode_object(&headers, &body)?),
+            _ => None,
+        };
+        let warnings = self.check_fields(&target, &method, &params, &headers, &body, decoded.as_ref())?;
+        let mut response = self.dispatch_verb(method, target, params, headers, body, decoded, negotiated).await?;
         for w in warnings {
             let text = format!("299 - {}", serde_json::Value::String(w));
             if let Ok(v) = http::HeaderValue::from_str(&text) {
@@ -156,7 +161,15 @@ impl ApiServer {
 
     /// Server-side field validation of a write's body: unknown fields are an error
     /// (Strict), a warning (Warn, the default) or ignored.
-    fn check_fields(&self, target: &Target, method: &Method, params: &Params, headers: &HeaderMap, body: &[u8]) -> Result<Vec<String>, ApiError> {
+    fn check_fields(
+        &self,
+        target: &Target,
+        method: &Method,
+        params: &Params,
+        headers: &HeaderMap,
+        body: &[u8],
+        decoded: Option<&Value>,
+    ) -> Result<Vec<String>, ApiError> {
         if !matches!(*method, Method::POST | Method::PUT | Method::PATCH) || target.sub.as_deref().is_some_and(|s| s != "status") {
             return Ok(vec![]);
         }
@@ -165,22 +178,28 @@ impl ApiServer {
             return Ok(vec![]);
         }
         let ct = codec::content_type(headers);
-        let obj = match ct.as_str() {
-            "application/json-patch+json" => return Ok(vec![]),
-            "application/merge-patch+json" | "application/strategic-merge-patch+json" => match codec::decode_json(body) {
-                Ok(v) => v,
+        let patch_body;
+        let obj = match (decoded, ct.as_str()) {
+            (Some(obj), _) => obj,
+            (None, "application/merge-patch+json" | "application/strategic-merge-patch+json") => match codec::decode_json(body) {
+                Ok(v) => {
+                    patch_body = v;
+                    &patch_body
+                }
                 Err(_) => return Ok(vec![]),
             },
-            "application/apply-patch+yaml" => match codec::decode_yaml(body) {
-                Ok(v) => v,
+            (None, "application/apply-patch+yaml") => match codec::decode_yaml(body) {
+                Ok(v) => {
+                    patch_body = v;
+                    &patch_body
+                }
                 Err(_) => return Ok(vec![]),
             },
-            _ => match codec::decode_object(headers, body) {
-                Ok(v) => v,
-                Err(_) => return Ok(vec![]),
-            },
+            // JSON patch bodies are operations, not objects; the object they produce is
+            // not checked yet (Kubernetes checks it).
+            _ => return Ok(vec![]),
         };
-        let unknown: Vec<String> = crate::openapi::unknown_fields(target.res, &obj).into_iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        let unknown: Vec<String> = crate::openapi::unknown_fields(target.res, obj).into_iter().map(|f| format!("unknown field \"{f}\"")).collect();
         if unknown.is_empty() {
             return Ok(vec![]);
         }
@@ -201,9 +220,11 @@ impl ApiServer {
         params: Params,
         headers: HeaderMap,
         body: Bytes,
+        decoded: Option<Value>,
         negotiated: Negotiated,
     ) -> Result<Response, ApiError> {
         let sub = target.sub.as_deref();
+        let object = move || decoded.ok_or_else(|| ApiError::bad_request("the request has no body"));
         match (method, target.name.is_some()) {
             (Method::GET, false) if params.flag("watch") => self.watch(target, params, negotiated).await,
             (Method::GET, false) => self.list(&target, &params, negotiated).await,
@@ -213,7 +234,7 @@ impl ApiServer {
                 Ok(respond(StatusCode::OK, negotiated, &shape_one(&target, negotiated, obj, &params)))
             }
             (Method::POST, false) => {
-                let obj = codec::decode_object(&headers, &body)?;
+                let obj = object()?;
                 if target.res.plural == "bindings" {
                     let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
                     let pods = crate::registry::lookup("", "v1", "pods").ok_or_else(|| ApiError::internal("pods not registered"))?;
@@ -224,15 +245,20 @@ impl ApiServer {
                 Ok(respond(status, negotiated, &shape_one(&target, negotiated, created, &params)))
             }
             (Method::POST, true) if sub == Some("binding") => {
-                let obj = codec::decode_object(&headers, &body)?;
+                let obj = object()?;
                 self.bind(&target, obj, &params, negotiated).await
             }
             (Method::POST, true) if sub == Some("eviction") => {
-                let _ = codec::decode_object(&headers, &body)?;
+                let _ = object()?;
                 self.evict(&target, &params, negotiated).await
             }
+            (Method::PUT, true) if sub == Some("finalize") => {
+                let obj = object()?;
+                let (status, updated) = self.finalize_namespace(&target, &obj, &params).await?;
+                Ok(respond(status, negotiated, &shape_one(&target, negotiated, updated, &params)))
+            }
             (Method::PUT, true) => {
-                let obj = codec::decode_object(&headers, &body)?;
+                let obj = object()?;
                 let (status, updated) = self.update(&target, obj, &params).await?;
                 Ok(respond(status, negotiated, &shape_one(&target, negotiated, updated, &params)))
             }
@@ -606,13 +632,18 @@ impl ApiServer {
     }
 
     async fn check_namespace_accepts_creates(&self, res: &ResourceInfo, name: &str, ns: &str) -> Result<(), ApiError> {
-        let key = format!("/registry/namespaces/{ns}");
-        let (kv, _) = self.store.get(&key).await.map_err(|e| ApiError::from_store(res, name, e))?;
-        let Some(kv) = kv else {
-            let namespaces = crate::registry::lookup("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces not registered"))?;
-            return Err(ApiError::not_found(namespaces, ns));
+        let namespaces = crate::registry::lookup("", "v1", "namespaces").ok_or_else(|| ApiError::internal("namespaces not registered"))?;
+        let key = namespaces.key(None, ns);
+        // The namespace cache answers without a store round trip; a namespace created a
+        // moment ago may not be in it yet, so a miss asks the store.
+        let namespace = match self.cache(namespaces)?.get(&key) {
+            Some(cached) => cached,
+            None => {
+                let (kv, _) = self.store.get(&key).await.map_err(|e| ApiError::from_store(res, name, e))?;
+                let kv = kv.ok_or_else(|| ApiError::not_found(namespaces, ns))?;
+                Arc::new(watchcache::decode_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?)
+            }
         };
-        let namespace = watchcache::decode_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
         if namespace.pointer("/metadata/deletionTimestamp").is_some() {
             return Err(ApiError::forbidden(
                 res,
@@ -699,7 +730,7 @@ impl ApiServer {
             if dry_run {
                 return Ok((StatusCode::OK, updated));
             }
-            if admission::finalized(&updated) {
+            if admission::finalized(&updated) && updated.pointer("/spec/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty) {
                 match self.store.delete(&key, Some(rev)).await {
                     Ok((_, del_rev)) => {
                         watchcache::set_resource_version(&mut updated, del_rev);
@@ -822,6 +853,19 @@ impl ApiServer {
             }
             let merged = managedfields::apply(Some(current), &applied, manager, force, &meta, &now_rfc3339()).map_err(to_api_error)?;
             Ok(merged.with_current(current, None))
+        })
+        .await
+    }
+
+    /// `PUT namespaces/{name}/finalize`: replaces `spec.finalizers` only; a terminating
+    /// namespace left without finalizers of either kind is then deleted.
+    async fn finalize_namespace(&self, target: &Target, body: &Value, params: &Params) -> Result<(StatusCode, Value), ApiError> {
+        let finalizers = body.pointer("/spec/finalizers").filter(|v| v.is_array()).cloned().unwrap_or_else(|| json!([]));
+        let dry_run = params.dry_run()?;
+        self.guaranteed_update(&Target { sub: None, ..target.clone() }, dry_run, |current, _| {
+            let mut obj = current.clone();
+            obj["spec"]["finalizers"] = finalizers.clone();
+            Ok(obj)
         })
         .await
     }

@@ -274,6 +274,11 @@ impl WatchCache {
         matches!(result, Ok(Ok(_)))
     }
 
+    /// The cached object at `key`, if the cache has seen it.
+    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+        self.lock().objects.get(key).cloned()
+    }
+
     /// A snapshot of the current objects and the revision they are at.
     pub fn snapshot(&self) -> (Vec<Arc<Value>>, Revision) {
         let inner = self.lock();
