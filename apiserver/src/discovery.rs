@@ -79,6 +79,7 @@ fn sub_verbs(sub: &Subresource) -> Vec<&'static str> {
     match sub {
         Subresource::Status | Subresource::Scale => vec!["get", "patch", "update"],
         Subresource::Binding | Subresource::Eviction => vec!["create"],
+        Subresource::Finalize => vec!["update"],
         Subresource::NodeStream("log") => vec!["get"],
         Subresource::NodeStream("exec" | "attach" | "portforward") => vec!["create", "get"],
         Subresource::NodeStream(_) => vec!["create", "delete", "get", "patch", "update"],
@@ -87,7 +88,7 @@ fn sub_verbs(sub: &Subresource) -> Vec<&'static str> {
 
 fn sub_kind(r: &ResourceInfo, sub: &Subresource) -> (&'static str, &'static str, &'static str) {
     match sub {
-        Subresource::Status => (r.group, r.version, r.kind),
+        Subresource::Status | Subresource::Finalize => (r.group, r.version, r.kind),
         Subresource::Scale => ("autoscaling", "v1", "Scale"),
         Subresource::Binding => ("", "v1", "Binding"),
         Subresource::Eviction => ("policy", "v1", "Eviction"),

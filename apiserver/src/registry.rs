@@ -29,6 +29,8 @@ pub enum Subresource {
     Scale,
     Binding,
     Eviction,
+    /// `namespaces/{name}/finalize`: replaces a namespace's `spec.finalizers` only.
+    Finalize,
     /// Routed to the kubelet once it exists (log, exec, attach, portforward, proxy).
     NodeStream(&'static str),
 }
@@ -40,6 +42,7 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
+            Subresource::Finalize => "finalize",
             Subresource::NodeStream(n) => n,
         }
     }
@@ -119,6 +122,7 @@ const POD_SUBS: &[Subresource] = &[
     NodeStream("proxy"),
 ];
 const NODE_SUBS: &[Subresource] = &[Status, NodeStream("proxy")];
+const NAMESPACE_SUBS: &[Subresource] = &[Status, Finalize];
 const SERVICE_SUBS: &[Subresource] = &[Status, NodeStream("proxy")];
 
 #[allow(clippy::too_many_arguments)]
@@ -161,7 +165,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     r("", "v1", "endpoints", "endpoints", "Endpoints", NS, &["ep"], &[], NONE, false),
     r("", "v1", "events", "event", "Event", NS, &["ev"], &[], NONE, false),
     r("", "v1", "limitranges", "limitrange", "LimitRange", NS, &["limits"], &[], NONE, false),
-    r("", "v1", "namespaces", "namespace", "Namespace", CLUSTER, &["ns"], &[], STATUS, false),
+    r("", "v1", "namespaces", "namespace", "Namespace", CLUSTER, &["ns"], &[], NAMESPACE_SUBS, false),
     r("", "v1", "nodes", "node", "Node", CLUSTER, &["no"], &[], NODE_SUBS, false),
     r("", "v1", "persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", NS, &["pvc"], &[], STATUS, false),
     r("", "v1", "persistentvolumes", "persistentvolume", "PersistentVolume", CLUSTER, &["pv"], &[], STATUS, false),
