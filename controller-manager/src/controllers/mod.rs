@@ -13,6 +13,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 
+pub mod endpoint;
+pub mod endpointslice;
+pub mod garbagecollector;
+pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod resources;
+pub mod serviceaccount;
+
 /// What every controller gets: an API client and the configuration.
 #[derive(Clone)]
 pub struct Context {
@@ -44,6 +53,13 @@ pub static CONTROLLERS: &[Registered] = &[
     Registered { name: "replicaset", enabled_by_default: true, start: replicaset::start_replicaset },
     Registered { name: "replicationcontroller", enabled_by_default: true, start: replicaset::start_replicationcontroller },
     Registered { name: "deployment", enabled_by_default: true, start: deployment::start },
+    Registered { name: "garbagecollector", enabled_by_default: true, start: garbagecollector::start },
+    Registered { name: "namespace", enabled_by_default: true, start: namespace::start },
+    Registered { name: "serviceaccount", enabled_by_default: true, start: serviceaccount::start },
+    Registered { name: "endpoint", enabled_by_default: true, start: endpoint::start },
+    Registered { name: "endpointslice", enabled_by_default: true, start: endpointslice::start },
+    Registered { name: "nodeipam", enabled_by_default: true, start: nodeipam::start },
+    Registered { name: "nodelifecycle", enabled_by_default: true, start: nodelifecycle::start },
 ];
 
 /// The controllers a `--controllers` list selects: `*` means every one enabled by
