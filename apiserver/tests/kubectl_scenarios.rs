@@ -279,6 +279,21 @@ async fn server_side_apply(s: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn priority_classes(s: &TestServer) -> anyhow::Result<()> {
+    let out = s.ok(&["get", "priorityclasses"]).await?;
+    ensure!(out.contains("system-node-critical") && out.contains("2000001000"), "{out}");
+    s.ok(&["create", "priorityclass", "high", "--value=1000"]).await?;
+    s.ok(&["run", "urgent", "--image=busybox", r#"--overrides={"spec":{"priorityClassName":"high"}}"#]).await?;
+    let got = s.ok(&["get", "pod", "urgent", "-o", "jsonpath={.spec.priority}"]).await?;
+    ensure!(got == "1000", "priority from the class: {got}");
+    s.ok(&["run", "plain", "--image=busybox"]).await?;
+    let got = s.ok(&["get", "pod", "plain", "-o", "jsonpath={.spec.priority}"]).await?;
+    ensure!(got == "0", "default priority: {got}");
+    let err = s.fails(&["run", "lost", "--image=busybox", r#"--overrides={"spec":{"priorityClassName":"nope"}}"#]).await?;
+    ensure!(err.contains("no PriorityClass with name nope was found"), "{err}");
+    Ok(())
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -302,4 +317,4 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(apply_and_reapply, edit_commands, watch_sees_changes, errors_read_like_kubernetes, delete_cascades, generators, server_side_apply);
+on_both_backends!(priority_classes, apply_and_reapply, edit_commands, watch_sees_changes, errors_read_like_kubernetes, delete_cascades, generators, server_side_apply);
