@@ -128,7 +128,7 @@ pub(crate) fn resolve_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
 
 /// The ports a pod serves for the Service, in the Service's order; ports whose
 /// `targetPort` name the pod does not have are left out.
-pub(crate) fn pod_ports(svc: &Service, pod: &Pod) -> Vec<(Option<String>, i32, String)> {
+pub(crate) fn pod_ports(svc: &Service, pod: &Pod) -> Vec<ResolvedPort> {
     svc.spec
         .as_ref()
         .and_then(|s| s.ports.as_ref())
@@ -167,10 +167,16 @@ pub(crate) fn hostname(svc: &Service, pod: &Pod) -> Option<String> {
     (is_headless(svc) && spec.subdomain.as_deref() == Some(svc.name_any().as_str())).then(|| spec.hostname.clone()).flatten()
 }
 
+/// A resolved port: the Service port's name, the pod's port number, the protocol.
+pub(crate) type ResolvedPort = (Option<String>, i32, String);
+
+/// Ready and not-ready addresses of the pods that resolve the same ports.
+type AddressGroups = BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)>;
+
 /// The subsets of a Service's Endpoints for these pods.
 pub fn desired_subsets(svc: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
     let no_ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).is_none_or(Vec::is_empty);
-    let mut groups: BTreeMap<Vec<(Option<String>, i32, String)>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
+    let mut groups = AddressGroups::new();
     for pod in pods {
         let Some(ip) = has_address(pod) else { continue };
         let terminating = pod.metadata.deletion_timestamp.is_some();
