@@ -378,7 +378,10 @@ impl Collector {
             return Ok(OwnerState::Solid);
         };
         if kind.namespaced && namespace.is_none() {
-            return Ok(OwnerState::Absent);
+            // A cluster-scoped dependent cannot be owned by a namespaced object: the
+            // reference cannot be resolved, and such a dependent is never collected.
+            warn!(owner_kind = %r.kind, owner = %r.name, "cluster-scoped object with a namespaced owner; not collecting it");
+            return Ok(OwnerState::Solid);
         }
         let api = self.api_for(kind, namespace);
         let owner = api
