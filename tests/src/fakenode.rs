@@ -127,3 +127,44 @@ pub fn run_fake_kubelet(client: kube::Client, nodes: Vec<String>, shutdown: Canc
         }
     });
 }
+
+/// Binds pods that have no node to `nodes`, round-robin, until `shutdown`: a stand-in for
+/// kube-scheduler in tests of controllers. It POSTs a Binding to `pods/{name}/binding`
+/// as the scheduler does.
+pub fn run_fake_scheduler(client: kube::Client, nodes: Vec<String>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        if nodes.is_empty() {
+            return;
+        }
+        let pods: Api<Pod> = Api::all(client.clone());
+        let mut stream = watcher(pods, watcher::Config::default()).boxed();
+        let mut next = 0usize;
+        loop {
+            let ev = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ev = stream.next() => ev,
+            };
+            let pod = match ev {
+                Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => p,
+                Some(_) => continue,
+                None => return,
+            };
+            let unbound = pod.spec.as_ref().is_none_or(|s| s.node_name.as_deref().unwrap_or_default().is_empty());
+            if !unbound || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let ns = pod.metadata.namespace.clone().unwrap_or_default();
+            let node = &nodes[next % nodes.len()];
+            next += 1;
+            let binding = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": name, "namespace": ns},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+            });
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let _ = api.create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &binding).await;
+        }
+    });
+}
