@@ -3,6 +3,8 @@
 //! ([`cache`]), in priority order with backoff ([`queue`]), and binds it through
 //! `pods/binding` — under leader election so that only one copy acts.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod cache;
 pub mod config;
 pub mod framework;
@@ -64,9 +66,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let client = component_base::client::client(config.kubeconfig.as_deref()).await?;
     let profile = config.profile.clone();
     let loop_client = client.clone();
-    let lead = move |leading: CancellationToken| scheduler::run_loop(loop_client, profile, leading);
+    let identity = default_identity();
+    let instance = identity.clone();
+    let lead = move |leading: CancellationToken| scheduler::run_loop(loop_client, profile, instance, leading);
     if config.leader_elect {
-        let mut election = LeaderElection::new("kube-scheduler", default_identity());
+        let mut election = LeaderElection::new("kube-scheduler", identity);
         election.lease_duration = config.lease.lease_duration;
         election.renew_deadline = config.lease.renew_deadline;
         election.retry_period = config.lease.retry_period;

@@ -46,6 +46,7 @@ struct BindResult {
 pub struct Scheduler {
     client: kube::Client,
     scheduler_name: String,
+    identity: String,
     framework: Framework,
     cache: Cache,
     queue: Queue,
@@ -59,7 +60,8 @@ pub struct Scheduler {
 }
 
 /// Runs the scheduling loop until `shutdown`.
-pub async fn run_loop(client: kube::Client, profile: Profile, shutdown: CancellationToken) {
+/// `identity` names this scheduler in the events it writes (`reportingInstance`).
+pub async fn run_loop(client: kube::Client, profile: Profile, identity: String, shutdown: CancellationToken) {
     let (binds_tx, binds_rx) = mpsc::unbounded_channel();
     let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff().map(Input::Pod);
     let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff().map(Input::Node);
@@ -68,6 +70,7 @@ pub async fn run_loop(client: kube::Client, profile: Profile, shutdown: Cancella
     let mut s = Scheduler {
         client,
         scheduler_name: profile.scheduler_name.clone(),
+        identity,
         framework: profile.framework(),
         cache: Cache::default(),
         queue: Queue::default(),
@@ -251,23 +254,33 @@ impl Scheduler {
         let tx = self.binds.clone();
         let slots = self.bind_slots.clone();
         let shutdown = self.shutdown.clone();
+        let (component, instance) = (self.scheduler_name.clone(), self.identity.clone());
         tokio::spawn(async move {
-            let Ok(_permit) = slots.acquire().await else { return };
+            let Ok(permit) = slots.acquire().await else { return };
             if shutdown.is_cancelled() {
                 // No longer leading: leave the pod for whoever leads now.
                 return;
             }
             let result = bind(&client, &info, &node).await;
-            let _ = tx.send(BindResult { info, node, attempts, result });
+            drop(permit);
+            let bound = result.is_ok();
+            let _ = tx.send(BindResult { info: info.clone(), node: node.clone(), attempts, result });
+            if bound {
+                let message = format!("Successfully assigned {} to {node}", info.key);
+                let event = pod_event(&info, "Normal", "Scheduled", "Binding", &message, &component, &instance);
+                if let Err(e) = Api::<Event>::namespaced(client, &info.namespace).create(&PostParams::default(), &event).await {
+                    debug!(pod = %info.key, error = %e, "recording the Scheduled event failed");
+                }
+            }
         });
     }
 
     fn spawn_record_failure(&self, info: Arc<PodInfo>, fit: &FitError) {
         let client = self.client.clone();
         let message = fit.to_string();
-        let component = self.scheduler_name.clone();
+        let (component, instance) = (self.scheduler_name.clone(), self.identity.clone());
         tokio::spawn(async move {
-            if let Err(e) = record_failure(&client, &info, &message, &component).await {
+            if let Err(e) = record_failure(&client, &info, &message, &component, &instance).await {
                 warn!(pod = %info.key, error = %e, "recording the scheduling failure failed");
             }
         });
@@ -285,11 +298,10 @@ pub async fn bind(client: &kube::Client, info: &PodInfo, node: &str) -> Result<(
     Ok(())
 }
 
-/// A FailedScheduling event on the pod and its PodScheduled=False condition.
-async fn record_failure(client: &kube::Client, info: &PodInfo, message: &str, component: &str) -> Result<(), kube::Error> {
+/// A core/v1 Event about a pod.
+fn pod_event(info: &PodInfo, type_: &str, reason: &str, action: &str, message: &str, component: &str, instance: &str) -> Event {
     let now = Timestamp::now();
-    let events: Api<Event> = Api::namespaced(client.clone(), &info.namespace);
-    let event = Event {
+    Event {
         metadata: ObjectMeta {
             name: Some(format!("{}.{:x}", info.name, now.as_nanosecond())),
             namespace: Some(info.namespace.clone()),
@@ -304,19 +316,26 @@ async fn record_failure(client: &kube::Client, info: &PodInfo, message: &str, co
             resource_version: info.pod.metadata.resource_version.clone(),
             ..Default::default()
         },
-        reason: Some("FailedScheduling".into()),
+        reason: Some(reason.into()),
         message: Some(message.to_string()),
-        type_: Some("Warning".into()),
-        action: Some("Scheduling".into()),
+        type_: Some(type_.into()),
+        action: Some(action.into()),
         source: Some(EventSource { component: Some(component.to_string()), host: None }),
         reporting_component: Some(component.to_string()),
-        reporting_instance: Some(component.to_string()),
+        reporting_instance: Some(instance.to_string()),
         first_timestamp: Some(Time(now)),
         last_timestamp: Some(Time(now)),
         event_time: Some(MicroTime(now)),
         count: Some(1),
         ..Default::default()
-    };
+    }
+}
+
+/// A FailedScheduling event on the pod and its PodScheduled=False condition.
+async fn record_failure(client: &kube::Client, info: &PodInfo, message: &str, component: &str, instance: &str) -> Result<(), kube::Error> {
+    let now = Timestamp::now();
+    let events: Api<Event> = Api::namespaced(client.clone(), &info.namespace);
+    let event = pod_event(info, "Warning", "FailedScheduling", "Scheduling", message, component, instance);
     events.create(&PostParams::default(), &event).await?;
     let already = info.pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
         cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable") && c.message.as_deref() == Some(message))
