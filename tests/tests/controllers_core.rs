@@ -452,3 +452,55 @@ async fn a_silent_node_goes_unknown_is_tainted_and_loses_its_pods() -> anyhow::R
     cm.cancel();
     Ok(())
 }
+
+async fn kubectl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("kubectl").args(args).env("KUBECONFIG", &cluster.kubeconfig).output(),
+    )
+    .await
+    .with_context(|| format!("kubectl {args:?} did not return"))??;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    anyhow::ensure!(out.status.success(), "kubectl {args:?} failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    Ok(stdout)
+}
+
+#[tokio::test]
+async fn kubectl_cascades_through_a_deployment_with_every_controller() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let _cm = cluster.start_controller_manager(&["*"], false);
+    create_node(&cluster.client, "node-1", &NodeShape::default()).await?;
+    rkube_tests::fakenode::run_fake_scheduler(cluster.client.clone(), vec!["node-1".into()], cluster.shutdown.child_token());
+    run_fake_kubelet(cluster.client.clone(), vec!["node-1".into()], cluster.shutdown.child_token());
+    kubectl(&cluster, &["create", "deployment", "web", "--image=busybox", "--replicas=2"]).await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let lp = ListParams::default().labels("app=web");
+    eventually(WAIT, "two running pods", || async {
+        let list = pods.list(&lp).await?;
+        Ok((list.items.iter().filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count() == 2).then_some(()))
+    })
+    .await?;
+    let rss: Api<ReplicaSet> = Api::namespaced(cluster.client.clone(), "default");
+    let rs = rss.list(&ListParams::default().labels("app=web")).await?.items.into_iter().next().context("the deployment's ReplicaSet")?;
+    kubectl(&cluster, &["delete", "deploy", "web", "--cascade=foreground"]).await?;
+    let deploys: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(cluster.client.clone(), "default");
+    eventually(WAIT, "the deployment to go", || gone(&deploys, "web")).await?;
+    let rs_name = rs.name_any();
+    eventually(WAIT, "its ReplicaSet to go", || gone(&rss, &rs_name)).await?;
+    eventually(WAIT, "its pods to go", || async { Ok(pods.list(&lp).await?.items.is_empty().then_some(())) }).await?;
+
+    kubectl(&cluster, &["create", "deployment", "keep", "--image=busybox", "--replicas=2"]).await?;
+    let keep = ListParams::default().labels("app=keep");
+    eventually(WAIT, "two pods of keep", || async { Ok((pods.list(&keep).await?.items.len() == 2).then_some(())) }).await?;
+    kubectl(&cluster, &["delete", "deploy", "keep", "--cascade=orphan"]).await?;
+    eventually(WAIT, "the deployment keep to go", || gone(&deploys, "keep")).await?;
+    let orphaned = eventually(WAIT, "keep's ReplicaSet without owners", || async {
+        let list = rss.list(&ListParams::default().labels("app=keep")).await?;
+        Ok(list.items.into_iter().next().filter(|rs| rs.owner_references().is_empty()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pods.list(&keep).await?.items.len(), 2, "orphaned pods stay");
+    assert!(rss.get_opt(&orphaned.name_any()).await?.is_some());
+    Ok(())
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::json;
@@ -318,10 +318,12 @@ impl Collector {
         let Some(latest) = latest.filter(|o| o.metadata.uid.as_deref() == Some(uid)) else { return Ok(None) };
         if latest.metadata.deletion_timestamp.is_some() {
             if latest.finalizers().iter().any(|f| f == ORPHAN) {
-                return self.orphan_dependents(uid, &api, &node.name, &what).await;
+                let dependents = self.dependents_now(uid, node.namespace.as_deref()).await?;
+                return self.orphan_dependents(uid, dependents, &api, &node.name, &what).await;
             }
             if latest.finalizers().iter().any(|f| f == FOREGROUND) {
-                return self.delete_dependents_first(uid, &api, &node.name, &what).await;
+                let dependents = self.dependents_now(uid, node.namespace.as_deref()).await?;
+                return self.delete_dependents_first(uid, dependents, &api, &node.name, &what).await;
             }
             return Ok(None);
         }
@@ -400,9 +402,39 @@ impl Collector {
         })
     }
 
+    /// An owner's dependents before a decision that cannot be undone (orphaning, or
+    /// ending a foreground deletion): the graph's, and — for a namespaced owner — those
+    /// a fresh list of its namespace finds, since a dependent created just before may
+    /// not have reached the graph through its watch yet.
+    async fn dependents_now(&self, uid: &str, namespace: Option<&str>) -> Result<Vec<(String, GraphNode)>, GcError> {
+        let mut dependents = self.graph.lock().map(|g| g.dependents_of(uid)).unwrap_or_default();
+        let Some(ns) = namespace else { return Ok(dependents) };
+        for (idx, kind) in self.kinds.iter().enumerate().filter(|(_, k)| k.namespaced) {
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &kind.resource);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|source| GcError::Read { what: format!("{} in {ns}", kind.group_resource()), source })?;
+            for obj in list.items {
+                let Some(dep_uid) = obj.metadata.uid.clone() else { continue };
+                let owned = obj.owner_references().iter().any(|r| r.uid == uid);
+                if owned && !dependents.iter().any(|(u, _)| *u == dep_uid) {
+                    let node = GraphNode {
+                        kind: idx,
+                        namespace: obj.metadata.namespace.clone(),
+                        name: obj.name_any(),
+                        owners: obj.owner_references().to_vec(),
+                        deleting: obj.metadata.deletion_timestamp.is_some(),
+                    };
+                    dependents.push((dep_uid, node));
+                }
+            }
+        }
+        Ok(dependents)
+    }
+
     /// The `orphan` finalizer: drop this owner from every dependent, then the finalizer.
-    async fn orphan_dependents(&self, uid: &str, api: &Api<DynamicObject>, name: &str, what: &str) -> Result<Option<Duration>, GcError> {
-        let dependents = self.graph.lock().map(|g| g.dependents_of(uid)).unwrap_or_default();
+    async fn orphan_dependents(&self, uid: &str, dependents: Vec<(String, GraphNode)>, api: &Api<DynamicObject>, name: &str, what: &str) -> Result<Option<Duration>, GcError> {
         for (_, dep) in &dependents {
             let kind = &self.kinds[dep.kind];
             let dep_api = self.api_for(kind, dep.namespace.as_deref());
@@ -415,8 +447,7 @@ impl Collector {
 
     /// The `foregroundDeletion` finalizer: delete the dependents, and drop the
     /// finalizer once none that blocks the owner's deletion is left.
-    async fn delete_dependents_first(&self, uid: &str, api: &Api<DynamicObject>, name: &str, what: &str) -> Result<Option<Duration>, GcError> {
-        let dependents = self.graph.lock().map(|g| g.dependents_of(uid)).unwrap_or_default();
+    async fn delete_dependents_first(&self, uid: &str, dependents: Vec<(String, GraphNode)>, api: &Api<DynamicObject>, name: &str, what: &str) -> Result<Option<Duration>, GcError> {
         let blocking = dependents
             .iter()
             .filter(|(_, d)| d.owners.iter().any(|r| r.uid == uid && r.block_owner_deletion == Some(true)))
