@@ -459,3 +459,60 @@ async fn replicaset_adopts_orphans_and_releases_relabelled_pods() -> anyhow::Res
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn progress_deadline_and_revision_history_limit() -> anyhow::Result<()> {
+    let cluster = setup().await?;
+    let client = &cluster.client;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), NS);
+
+    // Pods bound to a node no kubelet runs never get Ready: the deadline passes.
+    let stuck = json!({
+        "metadata": {"name": "stuck"},
+        "spec": {
+            "replicas": 2,
+            "progressDeadlineSeconds": 2,
+            "selector": {"matchLabels": {"app": "stuck"}},
+            "template": {"metadata": {"labels": {"app": "stuck"}}, "spec": {"nodeName": "ghost", "containers": [{"name": "c", "image": "busybox:1"}]}},
+        },
+    });
+    api.create(&PostParams::default(), &from_json(stuck)?).await?;
+    let d = eventually(WAIT, "ProgressDeadlineExceeded", || async {
+        let d = api.get("stuck").await?;
+        let conds = d.status.clone().and_then(|s| s.conditions).unwrap_or_default();
+        let exceeded = conds.iter().any(|c| c.type_ == "Progressing" && c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+        Ok(exceeded.then_some(d))
+    })
+    .await?;
+    let status = d.status.unwrap_or_default();
+    assert_eq!(status.unavailable_replicas, Some(2));
+    let available = status.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "Available").context("no Available condition")?;
+    assert_eq!((available.status.as_str(), available.reason.as_deref()), ("False", Some("MinimumReplicasUnavailable")));
+    let err = kubectl(&cluster, &["rollout", "status", "deployment/stuck", "--timeout=20s"]).await.err().context("rollout status succeeded")?;
+    assert!(format!("{err:#}").contains("exceeded its progress deadline"), "{err:#}");
+
+    // revisionHistoryLimit 1: after three rollouts only the current and one old remain.
+    let kept = json!({
+        "metadata": {"name": "kept"},
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 1,
+            "selector": {"matchLabels": {"app": "kept"}},
+            "template": {"metadata": {"labels": {"app": "kept"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}},
+        },
+    });
+    api.create(&PostParams::default(), &from_json(kept)?).await?;
+    wait_complete(client, "kept").await?;
+    for image in ["busybox:2", "busybox:3", "busybox:4"] {
+        set_image(client, "kept", image).await?;
+        wait_running(client, "kept", 1, image).await?;
+        wait_complete(client, "kept").await?;
+    }
+    let rss = eventually(WAIT, "old replica sets cleaned up", || async {
+        let rss = replicasets(client, "kept").await?;
+        Ok((rss.len() == 2).then_some(rss))
+    })
+    .await?;
+    assert_eq!(rss.iter().map(revision).collect::<Vec<_>>(), ["3", "4"]);
+    Ok(())
+}

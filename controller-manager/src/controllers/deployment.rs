@@ -910,8 +910,11 @@ impl Sync<'_> {
             *rs = updated;
             cleaned += down;
         }
-        // Then healthy ones, as long as enough stay available.
-        let available: i32 = old.iter().map(rs_available).sum::<i32>() + rs_available(new);
+        // Then healthy ones, as long as enough stay available. A replica set's available
+        // count is capped by its spec: a status written before a scale-down still counts
+        // the pods being deleted, and trusting it would take availability below the floor.
+        let capped = |r: &ReplicaSet| rs_available(r).min(rs_replicas(r));
+        let available: i32 = old.iter().map(capped).sum::<i32>() + capped(new);
         let mut scaled = 0;
         if available > min_available {
             let total = available - min_available;
