@@ -97,6 +97,14 @@ impl Expectations {
         }
     }
 
+    /// Counts as seen every expected deletion whose pod is no longer `present` (a watch
+    /// that re-listed delivers no delete events for pods that went meanwhile).
+    pub fn observe_gone(&self, key: &str, present: impl Fn(&str) -> bool) {
+        if let Some(e) = self.lock().get_mut(key) {
+            e.deletes.retain(|uid| present(uid));
+        }
+    }
+
     /// Forgets a controller (it was deleted).
     pub fn forget(&self, key: &str) {
         self.lock().remove(key);

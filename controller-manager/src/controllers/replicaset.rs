@@ -243,15 +243,14 @@ async fn watch_pods<K: Replicated>(
             _ = shutdown.cancelled() => return,
             ev = stream.next() => ev,
         };
-        let (pod, deleted, initial) = match ev {
+        let (pod, deleted) = match ev {
             None => return,
             Some(Err(e)) => {
                 debug!(error = %e, "pod watch");
                 continue;
             }
-            Some(Ok(watcher::Event::Apply(p))) => (p, false, false),
-            Some(Ok(watcher::Event::InitApply(p))) => (p, false, true),
-            Some(Ok(watcher::Event::Delete(p))) => (p, true, false),
+            Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => (p, false),
+            Some(Ok(watcher::Event::Delete(p))) => (p, true),
             Some(Ok(_)) => continue,
         };
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
@@ -260,7 +259,8 @@ async fn watch_pods<K: Replicated>(
         let previous = if deleted { last_owner.remove(&uid) } else { last_owner.insert(uid.clone(), owner.clone()) };
         if let Some(name) = &owner {
             let key = format!("{ns}/{name}");
-            if previous.is_none() && !initial && !deleted {
+            // A pod first seen in a re-list (after a watch gap) is a creation seen too.
+            if previous.is_none() && !deleted {
                 expectations.creation_observed(&key);
             }
             if deleted || pod.metadata.deletion_timestamp.is_some() {
@@ -296,13 +296,15 @@ async fn reconcile<K: Replicated>(obj: Arc<K>, st: Arc<State<K>>) -> Result<Acti
 async fn sync<K: Replicated>(obj: Arc<K>, st: Arc<State<K>>, key: String) -> Result<Action, ReplicaSetError> {
     let ns = obj.meta().namespace.clone().unwrap_or_default();
     let view = obj.spec_view().map_err(|reason| ReplicaSetError::InvalidSelector { key: key.clone(), reason })?;
-    let satisfied = st.expectations.satisfied(&key);
     let candidates: Vec<Arc<Pod>> = st
         .pods
         .state()
         .into_iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()) && podcontrol::is_active(p))
         .collect();
+    let present: std::collections::HashSet<&str> = candidates.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
+    st.expectations.observe_gone(&key, |uid| present.contains(uid));
+    let satisfied = st.expectations.satisfied(&key);
     let client = st.client.clone();
     let claimer = Claimer { owner: &*obj, selector: &view.selector };
     let pods = podcontrol::claim(|ns| Api::<Pod>::namespaced(client.clone(), ns), &claimer, candidates)
