@@ -189,7 +189,8 @@ mod tests {
     #[test]
     fn a_lease_expires_after_its_duration() {
         let now = Timestamp::now();
-        let spec = LeaseSpec { renew_time: Some(MicroTime(now - chrono::Duration::seconds(20))), lease_duration_seconds: Some(15), ..Default::default() };
+        let ago = |s: i64| MicroTime(now.checked_sub(SignedDuration::from_secs(s)).expect("in range"));
+        let spec = LeaseSpec { renew_time: Some(ago(20)), lease_duration_seconds: Some(15), ..Default::default() };
         assert!(expired(&spec, now));
         let spec = LeaseSpec { renew_time: Some(ago(5)), lease_duration_seconds: Some(15), ..Default::default() };
         assert!(!expired(&spec, now));
