@@ -2,9 +2,12 @@
 //! `Controller`: watches feed keyed work queues, `reconcile` re-reads the object from the
 //! reflector's store and returns when to look again, failures are retried with backoff.
 
+pub mod daemonset;
 pub mod deployment;
+pub mod history;
 pub mod podcontrol;
 pub mod replicaset;
+pub mod statefulset;
 
 use std::sync::Arc;
 
@@ -13,14 +16,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 
+pub mod cronjob;
 pub mod endpoint;
 pub mod endpointslice;
 pub mod garbagecollector;
+pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod resources;
 pub mod serviceaccount;
+pub mod ttlafterfinished;
 
 /// What every controller gets: an API client and the configuration.
 #[derive(Clone)]
@@ -53,6 +59,8 @@ pub static CONTROLLERS: &[Registered] = &[
     Registered { name: "replicaset", enabled_by_default: true, start: replicaset::start_replicaset },
     Registered { name: "replicationcontroller", enabled_by_default: true, start: replicaset::start_replicationcontroller },
     Registered { name: "deployment", enabled_by_default: true, start: deployment::start },
+    Registered { name: "daemonset", enabled_by_default: true, start: daemonset::start },
+    Registered { name: "statefulset", enabled_by_default: true, start: statefulset::start },
     Registered { name: "garbagecollector", enabled_by_default: true, start: garbagecollector::start },
     Registered { name: "namespace", enabled_by_default: true, start: namespace::start },
     Registered { name: "serviceaccount", enabled_by_default: true, start: serviceaccount::start },
@@ -60,6 +68,9 @@ pub static CONTROLLERS: &[Registered] = &[
     Registered { name: "endpointslice", enabled_by_default: true, start: endpointslice::start },
     Registered { name: "nodeipam", enabled_by_default: true, start: nodeipam::start },
     Registered { name: "nodelifecycle", enabled_by_default: true, start: nodelifecycle::start },
+    Registered { name: "job", enabled_by_default: true, start: job::start },
+    Registered { name: "cronjob", enabled_by_default: true, start: cronjob::start },
+    Registered { name: "ttl-after-finished", enabled_by_default: true, start: ttlafterfinished::start },
 ];
 
 /// The controllers a `--controllers` list selects: `*` means every one enabled by
