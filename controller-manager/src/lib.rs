@@ -26,6 +26,9 @@ pub struct Config {
     /// How long a node's Lease may go unrenewed before it is NotReady
     /// (`--node-monitor-grace-period`).
     pub node_monitor_grace_period: Duration,
+    /// The Job controller's wait before the first retry of a failed pod, doubled per
+    /// consecutive failure up to 6 minutes (Kubernetes' `DefaultJobPodFailureBackOff`).
+    pub job_pod_failure_backoff: Duration,
 }
 
 impl Default for Config {
@@ -37,6 +40,7 @@ impl Default for Config {
             cluster_cidr: None,
             node_cidr_mask_size: 24,
             node_monitor_grace_period: Duration::from_secs(40),
+            job_pod_failure_backoff: Duration::from_secs(10),
         }
     }
 }

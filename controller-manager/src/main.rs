@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         cluster_cidr: o.cluster_cidr,
         node_cidr_mask_size: o.node_cidr_mask_size,
         node_monitor_grace_period: Duration::from_secs(o.node_monitor_grace_period),
+        ..Default::default()
     };
     let shutdown = component_base::signals::shutdown_on_signals();
     controller_manager::run(config, shutdown).await.context("kube-controller-manager failed")

@@ -14,6 +14,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
+/// The annotation that makes a pod finish on the fake kubelet with this exit code.
+pub const EXIT_CODE_ANNOTATION: &str = "rkube.test/exit-code";
+/// How long (milliseconds) a pod with [`EXIT_CODE_ANNOTATION`] runs before it finishes.
+pub const RUN_MILLIS_ANNOTATION: &str = "rkube.test/run-ms";
+
 /// What a fake node offers.
 #[derive(Debug, Clone)]
 pub struct NodeShape {
@@ -92,7 +97,7 @@ pub fn run_fake_kubelet(client: kube::Client, nodes: Vec<String>, shutdown: Canc
                 continue;
             }
             let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
-            if phase.as_deref() == Some("Running") {
+            if matches!(phase.as_deref(), Some("Running" | "Succeeded" | "Failed")) {
                 continue;
             }
             let now = Time(Timestamp::now());
@@ -124,8 +129,44 @@ pub fn run_fake_kubelet(client: kube::Client, nodes: Vec<String>, shutdown: Canc
             };
             let patch = serde_json::json!({"status": status});
             let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+            let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+            if let Some(code) = annotations.get(EXIT_CODE_ANNOTATION).and_then(|c| c.parse::<i32>().ok()) {
+                let millis = annotations.get(RUN_MILLIS_ANNOTATION).and_then(|m| m.parse::<u64>().ok()).unwrap_or(200);
+                tokio::spawn(finish_pod(api, name, containers, code, std::time::Duration::from_millis(millis), shutdown.clone()));
+            }
         }
     });
+}
+
+/// Ends a "running" pod after `after`: every container terminated with `code`, the pod
+/// Succeeded (code 0) or Failed, and no longer Ready.
+async fn finish_pod(api: Api<Pod>, name: String, containers: Vec<k8s_openapi::api::core::v1::Container>, code: i32, after: std::time::Duration, shutdown: CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = tokio::time::sleep(after) => {}
+    }
+    let now = Time(Timestamp::now());
+    let reason = if code == 0 { "Completed" } else { "Error" };
+    let conditions: Vec<serde_json::Value> = ["PodScheduled", "Initialized", "ContainersReady", "Ready"]
+        .iter()
+        .map(|t| {
+            let ok = *t == "PodScheduled" || *t == "Initialized";
+            let reason = if ok { serde_json::Value::Null } else { serde_json::json!("PodCompleted") };
+            serde_json::json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": now, "reason": reason})
+        })
+        .collect();
+    let container_statuses: Vec<serde_json::Value> = containers
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "name": c.name, "image": c.image, "imageID": "", "ready": false, "started": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": code, "reason": reason, "startedAt": now, "finishedAt": now}},
+            })
+        })
+        .collect();
+    let phase = if code == 0 { "Succeeded" } else { "Failed" };
+    let status = serde_json::json!({"phase": phase, "conditions": conditions, "containerStatuses": container_statuses});
+    let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": status}))).await;
 }
 
 /// Binds pods that have no node to `nodes`, round-robin, until `shutdown`: a stand-in for
