@@ -281,3 +281,70 @@ async fn suspended_job_runs_no_pods_until_resumed() -> anyhow::Result<()> {
     assert_eq!(condition(&job, "Suspended"), Some(("False".into(), "JobResumed".into())));
     Ok(())
 }
+
+#[tokio::test]
+async fn cronjob_creates_the_due_job_tracks_it_and_trims_history() -> anyhow::Result<()> {
+    let cluster = setup().await?;
+    let client = &cluster.client;
+    let cj = json!({
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "tick"},
+        "spec": {
+            "schedule": "* * * * *",
+            "timeZone": "Asia/Tokyo",
+            "concurrencyPolicy": "Forbid",
+            "jobTemplate": {
+                "metadata": {"labels": {"app": "tick"}},
+                "spec": {"template": {
+                    "metadata": {"annotations": {EXIT_CODE_ANNOTATION: "0", RUN_MILLIS_ANNOTATION: "1500"}},
+                    "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox:1", "command": ["date"]}]},
+                }},
+            },
+        },
+    });
+    let api: Api<CronJob> = Api::namespaced(client.clone(), NS);
+    api.create(&PostParams::default(), &serde_json::from_value(cj)?).await?;
+    // Pretend the last run was three minutes ago: the most recent minute is due now,
+    // without waiting for the clock.
+    let earlier = k8s_openapi::jiff::Timestamp::now().as_second() - 180;
+    let earlier = k8s_openapi::jiff::Timestamp::from_second(earlier - earlier.rem_euclid(60))?;
+    api.patch_status("tick", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&json!({"status": {"lastScheduleTime": earlier.to_string()}}))).await?;
+
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let job = eventually(WAIT, "a job of tick", || async {
+        Ok(jobs.list(&ListParams::default().labels("app=tick")).await?.items.into_iter().next())
+    })
+    .await?;
+    let cj = api.get("tick").await?;
+    let last = cj.status.as_ref().and_then(|s| s.last_schedule_time.clone()).context("no lastScheduleTime")?;
+    assert!(last.0.as_second() > earlier.as_second() && last.0.as_second() % 60 == 0, "{last:?}");
+    let stamp = job.annotations().get("batch.kubernetes.io/cronjob-scheduled-timestamp").cloned().unwrap_or_default();
+    assert!(stamp.ends_with("+09:00"), "scheduled timestamp in the CronJob's zone: {stamp}");
+    let scheduled: k8s_openapi::jiff::Timestamp = stamp.parse()?;
+    assert!(scheduled.as_second() > earlier.as_second() && scheduled <= last.0, "{stamp} vs {last:?}");
+    assert_eq!(job.name_any(), format!("tick-{}", scheduled.as_second() / 60));
+    let owner = job.owner_references().first().cloned().context("job without owner")?;
+    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("CronJob", "tick", Some(true)));
+    let active = eventually(WAIT, "tick's job active", || async {
+        let cj = api.get("tick").await?;
+        Ok(cj.status.and_then(|s| s.active).filter(|a| !a.is_empty()))
+    })
+    .await?;
+    assert!(active.iter().all(|r| r.name.as_deref().is_some_and(|n| n.starts_with("tick-"))), "{active:?}");
+
+    // Once it completes: off the active list, lastSuccessfulTime set.
+    eventually(WAIT, "tick's job done", || async {
+        let cj = api.get("tick").await?;
+        let s = cj.status.unwrap_or_default();
+        Ok((s.active.unwrap_or_default().is_empty() && s.last_successful_time.is_some()).then_some(()))
+    })
+    .await?;
+    let out = kubectl(&cluster, &["get", "cronjobs", "tick"]).await?;
+    assert!(out.contains("* * * * *") && out.contains("Asia/Tokyo"), "{out}");
+
+    // No successful history kept: the finished job goes.
+    api.patch("tick", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&json!({"spec": {"successfulJobsHistoryLimit": 0, "suspend": true}}))).await?;
+    eventually(WAIT, "tick's finished job deleted", || async { Ok(jobs.get_opt(&job.name_any()).await?.is_none().then_some(())) }).await?;
+    Ok(())
+}

@@ -282,7 +282,16 @@ async fn sync(cj: Arc<CronJob>, st: Arc<State>, key: String) -> Result<Action, C
                 info!(job = %name, scheduled = %scheduled, "created job");
                 active.push(job_ref(&created));
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => debug!(job = %name, "job already exists"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // Created by an earlier sync whose status write was lost or refused: track it.
+                debug!(job = %name, "job already exists");
+                if let Ok(Some(existing)) = jobs_api.get_opt(&name).await {
+                    let ours = podcontrol::controller_of(&existing.metadata).is_some_and(|r| r.uid == uid);
+                    if ours && !job::is_finished(&existing) && !active.iter().any(|r| r.uid == existing.metadata.uid) {
+                        active.push(job_ref(&existing));
+                    }
+                }
+            }
             Err(source) => return Err(CronJobError::CreateJob { key, job: name, source }),
         }
         last_schedule = Some(Time(scheduled));
@@ -291,7 +300,9 @@ async fn sync(cj: Arc<CronJob>, st: Arc<State>, key: String) -> Result<Action, C
     let changed = Some(&active) != old.active.as_ref().or(Some(&Vec::new())) || last_schedule != old.last_schedule_time || last_successful != old.last_successful_time;
     if changed {
         let api: Api<CronJob> = Api::namespaced(st.client.clone(), &ns);
-        let patch = json!({"status": {
+        // Guarded by the resourceVersion read, as an update would be: a stale active list
+        // must not overwrite a newer one.
+        let patch = json!({"metadata": {"resourceVersion": cj.metadata.resource_version}, "status": {
             "active": if active.is_empty() { serde_json::Value::Null } else { json!(active) },
             "lastScheduleTime": last_schedule,
             "lastSuccessfulTime": last_successful,
@@ -299,6 +310,7 @@ async fn sync(cj: Arc<CronJob>, st: Arc<State>, key: String) -> Result<Action, C
         match api.patch_status(&cj.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => debug!(active = active.len(), "status updated"),
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
+            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::from_millis(200))),
             Err(source) => return Err(CronJobError::UpdateStatus { key, source }),
         }
     }

@@ -462,10 +462,16 @@ async fn sync(job: Arc<Job>, st: Arc<State>, key: String) -> Result<Action, JobE
     status.conditions = (!conds.is_empty()).then_some(conds);
     if status != old {
         let api = Api::<Job>::namespaced(st.client.clone(), &ns);
-        let patch = json!({ "status": status });
+        // Guarded by the resourceVersion read: a status computed from a stale cache is
+        // refused (409) and recomputed on the retry.
+        let patch = json!({ "metadata": {"resourceVersion": job.metadata.resource_version}, "status": status });
         match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => debug!(active = active.len(), succeeded, failed, "status updated"),
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                debug!("status computed from a stale job; retrying");
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
             Err(source) => return Err(JobError::UpdateStatus { key, source }),
         }
     }
