@@ -59,7 +59,7 @@ fn group_json(group: &str, versions: &[&str]) -> Value {
 }
 
 pub fn group_list() -> Value {
-    let groups: Vec<Value> = registry::group_versions()
+    let groups: Vec<Value> = registry::served_group_versions()
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
         .map(|(g, vs)| group_json(g, &vs))
@@ -68,7 +68,7 @@ pub fn group_list() -> Value {
 }
 
 pub fn group(group: &str) -> Option<Value> {
-    let (_, versions) = registry::group_versions().into_iter().find(|(g, _)| *g == group && !g.is_empty())?;
+    let (_, versions) = registry::served_group_versions().into_iter().find(|(g, _)| *g == group && !g.is_empty())?;
     let mut v = group_json(group, &versions);
     v["kind"] = json!("APIGroup");
     v["apiVersion"] = json!("v1");
@@ -101,7 +101,7 @@ fn sub_kind(r: &ResourceInfo, sub: &Subresource) -> (&'static str, &'static str,
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    for r in registry::resources_of(group, version) {
+    for r in registry::served_resources_of(group, version) {
         let mut entry = json!({
             "name": r.plural,
             "singularName": r.singular,
@@ -137,14 +137,14 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
 /// (`/apis`).
 pub fn aggregated(core: bool, media: &str) -> Value {
     let api_version = if media.contains("v2beta1") { "apidiscovery.k8s.io/v2beta1" } else { "apidiscovery.k8s.io/v2" };
-    let items: Vec<Value> = registry::group_versions()
+    let items: Vec<Value> = registry::served_group_versions()
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
         .map(|(g, versions)| {
             let versions: Vec<Value> = versions
                 .iter()
                 .map(|v| {
-                    let resources: Vec<Value> = registry::resources_of(g, v)
+                    let resources: Vec<Value> = registry::served_resources_of(g, v)
                         .map(|r| {
                             let mut e = json!({
                                 "resource": r.plural,

@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod errors;
 pub mod filter;
 pub mod handlers;
+pub mod metrics;
 pub mod openapi;
 pub mod printers;
 pub mod protobuf;

@@ -80,6 +80,7 @@ impl ResourceInfo {
     pub fn verbs(&self) -> &'static [&'static str] {
         match (self.group, self.plural) {
             ("", "bindings") => &["create"],
+            ("metrics.k8s.io", _) => &["get", "list"],
             _ => &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
         }
     }
@@ -219,11 +220,37 @@ const fn hpa(version: &'static str) -> ResourceInfo {
     }
 }
 
+/// Resources served from memory by [`crate::metrics`], not from storage: listed in
+/// discovery, never cached, stored or given an OpenAPI schema.
+pub static METRICS_RESOURCES: &[ResourceInfo] = &[
+    r("metrics.k8s.io", "v1beta1", "nodes", "", "NodeMetrics", CLUSTER, &[], &[], NONE, false),
+    r("metrics.k8s.io", "v1beta1", "pods", "", "PodMetrics", NS, &[], &[], NONE, false),
+];
+
+/// What discovery lists: the stored resources and the [`METRICS_RESOURCES`].
+fn discoverable() -> impl Iterator<Item = &'static ResourceInfo> {
+    RESOURCES.iter().chain(METRICS_RESOURCES.iter())
+}
+
+/// The group versions discovery lists (stored and in-memory resources), in order.
+pub fn served_group_versions() -> Vec<(&'static str, Vec<&'static str>)> {
+    group_versions_of(discoverable())
+}
+
+/// The resources of one group version discovery lists.
+pub fn served_resources_of<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static ResourceInfo> + 'a {
+    discoverable().filter(move |r| r.group == group && r.version == version)
+}
+
 /// The group versions served, in the order discovery lists them; the first version of a
 /// group is its preferred one.
 pub fn group_versions() -> Vec<(&'static str, Vec<&'static str>)> {
+    group_versions_of(RESOURCES.iter())
+}
+
+fn group_versions_of(resources: impl Iterator<Item = &'static ResourceInfo>) -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-    for r in RESOURCES {
+    for r in resources {
         match out.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, versions)) => {
                 if !versions.contains(&r.version) {

@@ -59,6 +59,8 @@ pub struct ApiServer {
     caches: HashMap<&'static str, Arc<WatchCache>>,
     /// Serialises Service address allocation.
     pub service_allocation: Arc<tokio::sync::Mutex<()>>,
+    /// The latest resource usage nodes reported (`metrics.k8s.io`).
+    pub metrics: crate::metrics::MetricsStore,
     pub shutdown: CancellationToken,
 }
 
@@ -86,7 +88,7 @@ impl ApiServer {
                 .map_err(|source| ServerError::StartCache { prefix: r.prefix(), source: Box::new(source) })?;
             caches.insert(r.storage_resource, cache);
         }
-        let api = Arc::new(ApiServer { store, config, caches, service_allocation: Default::default(), shutdown });
+        let api = Arc::new(ApiServer { store, config, caches, service_allocation: Default::default(), metrics: Default::default(), shutdown });
         api.bootstrap().await?;
         Ok(api)
     }
@@ -196,6 +198,12 @@ async fn route(api: Arc<ApiServer>, method: Method, uri: &Uri, headers: HeaderMa
                 return Ok(aggregated_response(discovery::aggregated(false, media), media));
             }
             return Ok(json_response(&discovery::group_list()));
+        }
+        ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] if !rest.is_empty() => {
+            return api.serve_metrics(&method, rest, uri.query()).map(|v| json_response(&v));
+        }
+        ["rkube", "v1", "nodes", node, "stats", "summary"] if method == Method::PUT || method == Method::POST => {
+            return api.record_node_summary(node, &body).map(|v| json_response(&v));
         }
         ["api", "v1"] => return discovery::resource_list("", "v1").map(|v| json_response(&v)).ok_or_else(|| ApiError::path_not_found(path)),
         ["apis", group] => return discovery::group(group).map(|v| json_response(&v)).ok_or_else(|| ApiError::path_not_found(path)),

@@ -29,6 +29,11 @@ pub struct Config {
     /// The Job controller's wait before the first retry of a failed pod, doubled per
     /// consecutive failure up to 6 minutes (Kubernetes' `DefaultJobPodFailureBackOff`).
     pub job_pod_failure_backoff: Duration,
+    /// How often each HorizontalPodAutoscaler is synced
+    /// (`--horizontal-pod-autoscaler-sync-period`).
+    pub hpa_sync_period: Duration,
+    /// The HPA's tolerance, readiness delays and default scale-down window.
+    pub hpa_tuning: controllers::hpa::recommend::Tuning,
 }
 
 impl Default for Config {
@@ -41,6 +46,8 @@ impl Default for Config {
             node_cidr_mask_size: 24,
             node_monitor_grace_period: Duration::from_secs(40),
             job_pod_failure_backoff: Duration::from_secs(10),
+            hpa_sync_period: Duration::from_secs(15),
+            hpa_tuning: Default::default(),
         }
     }
 }

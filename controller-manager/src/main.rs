@@ -28,6 +28,22 @@ struct Options {
     /// Seconds a node may go without renewing its Lease before it is NotReady.
     #[arg(long, default_value_t = 40)]
     node_monitor_grace_period: u64,
+    /// Seconds between syncs of each HorizontalPodAutoscaler.
+    #[arg(long, default_value_t = 15)]
+    horizontal_pod_autoscaler_sync_period: u64,
+    /// Seconds of recommendations a scale-down looks back over, unless the HPA's
+    /// behavior sets its own window.
+    #[arg(long, default_value_t = 300)]
+    horizontal_pod_autoscaler_downscale_stabilization: u64,
+    /// The ratio of usage to target within which the HPA does not scale.
+    #[arg(long, default_value_t = 0.1)]
+    horizontal_pod_autoscaler_tolerance: f64,
+    /// Seconds after a pod starts during which its cpu samples may be skipped.
+    #[arg(long, default_value_t = 300)]
+    horizontal_pod_autoscaler_cpu_initialization_period: u64,
+    /// Seconds after a pod starts during which its readiness changes are taken as initial.
+    #[arg(long, default_value_t = 30)]
+    horizontal_pod_autoscaler_initial_readiness_delay: u64,
 }
 
 #[tokio::main]
@@ -43,6 +59,13 @@ async fn main() -> anyhow::Result<()> {
         cluster_cidr: o.cluster_cidr,
         node_cidr_mask_size: o.node_cidr_mask_size,
         node_monitor_grace_period: Duration::from_secs(o.node_monitor_grace_period),
+        hpa_sync_period: Duration::from_secs(o.horizontal_pod_autoscaler_sync_period),
+        hpa_tuning: controller_manager::controllers::hpa::recommend::Tuning {
+            tolerance: o.horizontal_pod_autoscaler_tolerance,
+            cpu_initialization_period: Duration::from_secs(o.horizontal_pod_autoscaler_cpu_initialization_period),
+            initial_readiness_delay: Duration::from_secs(o.horizontal_pod_autoscaler_initial_readiness_delay),
+            downscale_stabilization: Duration::from_secs(o.horizontal_pod_autoscaler_downscale_stabilization),
+        },
         ..Default::default()
     };
     let shutdown = component_base::signals::shutdown_on_signals();

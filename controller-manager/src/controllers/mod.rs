@@ -20,6 +20,7 @@ pub mod cronjob;
 pub mod endpoint;
 pub mod endpointslice;
 pub mod garbagecollector;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
@@ -68,6 +69,7 @@ pub static CONTROLLERS: &[Registered] = &[
     Registered { name: "endpointslice", enabled_by_default: true, start: endpointslice::start },
     Registered { name: "nodeipam", enabled_by_default: true, start: nodeipam::start },
     Registered { name: "nodelifecycle", enabled_by_default: true, start: nodelifecycle::start },
+    Registered { name: "horizontalpodautoscaling", enabled_by_default: true, start: hpa::start },
     Registered { name: "job", enabled_by_default: true, start: job::start },
     Registered { name: "cronjob", enabled_by_default: true, start: cronjob::start },
     Registered { name: "ttl-after-finished", enabled_by_default: true, start: ttlafterfinished::start },
