@@ -1,0 +1,79 @@
+//! The controller-manager under leader election: of two copies only the Lease holder
+//! acts, and when the leader crashes (its task aborted, so it cannot release the lease)
+//! the standby takes the lease once it expires and acts in its place.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
+use rkube_tests::cluster::{eventually, Cluster};
+use serde_json::json;
+
+async fn lease_holder(client: &kube::Client) -> anyhow::Result<Option<String>> {
+    let lease = Api::<Lease>::namespaced(client.clone(), "kube-system").get_opt("kube-controller-manager").await?;
+    Ok(lease.and_then(|l| l.spec).and_then(|s| s.holder_identity).filter(|h| !h.is_empty()))
+}
+
+async fn create_rs(client: &kube::Client, name: &str, replicas: i32) -> anyhow::Result<()> {
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}},
+        },
+    }))?;
+    Api::<ReplicaSet>::namespaced(client.clone(), "default").create(&PostParams::default(), &rs).await?;
+    Ok(())
+}
+
+async fn pod_count(client: &kube::Client, app: &str) -> anyhow::Result<usize> {
+    let pods = Api::<Pod>::namespaced(client.clone(), "default").list(&ListParams::default().labels(&format!("app={app}"))).await?;
+    Ok(pods.items.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_controller_manager_takes_over_from_a_crashed_leader() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let c = &cluster.client;
+
+    // The first copy runs in a task of its own, so that aborting it is a crash: no
+    // release of the lease.
+    let config = controller_manager::Config {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        controllers: vec!["replicaset".into()],
+        leader_elect: true,
+        ..Default::default()
+    };
+    let token = cluster.shutdown.child_token();
+    let leader_task = tokio::spawn(async move { controller_manager::run(config, token).await });
+    let leader = eventually(Duration::from_secs(15), "a controller-manager leader", || lease_holder(c)).await?;
+
+    // The second copy stands by.
+    cluster.start_controller_manager(&["replicaset"], true);
+
+    // Only one acts: a ReplicaSet of 3 gets exactly 3 pods, and the lease stays put.
+    create_rs(c, "first", 3).await?;
+    eventually(Duration::from_secs(15), "3 pods of first", || async { Ok((pod_count(c, "first").await? == 3).then_some(())) }).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pod_count(c, "first").await?, 3, "two controller-managers acted");
+    assert_eq!(lease_holder(c).await?.as_deref(), Some(leader.as_str()));
+
+    // Crash the leader; the standby takes the lease when it expires (15 s after the last
+    // renewal, plus one retry period) and then acts.
+    leader_task.abort();
+    let crashed_at = Instant::now();
+    let new_leader = eventually(Duration::from_secs(25), "a new leader", || async {
+        Ok(lease_holder(c).await?.filter(|h| *h != leader))
+    })
+    .await?;
+    let took = crashed_at.elapsed();
+    assert!(took <= Duration::from_secs(20), "takeover took {took:?}");
+    assert_ne!(new_leader, leader);
+    create_rs(c, "second", 2).await?;
+    eventually(Duration::from_secs(15), "2 pods of second", || async { Ok((pod_count(c, "second").await? == 2).then_some(())) }).await?;
+    assert_eq!(pod_count(c, "first").await?, 3);
+    Ok(())
+}
