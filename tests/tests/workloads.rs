@@ -136,6 +136,97 @@ async fn daemonset_follows_nodes_taints_and_rolls_updates() -> anyhow::Result<()
     Ok(())
 }
 
+/// Watches the app's pods and counts the moments, after `armed` is set, at which one of
+/// `nodes` had no Ready pod that is not being deleted.
+fn count_uncovered(client: &kube::Client, app: &str, nodes: &[&str], armed: Arc<std::sync::atomic::AtomicBool>, shutdown: tokio_util::sync::CancellationToken) -> Arc<Mutex<Vec<String>>> {
+    let gaps: Arc<Mutex<Vec<String>>> = Arc::default();
+    let api: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let mut stream = watcher(api, watcher::Config::default().labels(&format!("app={app}"))).boxed();
+    let (g, nodes) = (gaps.clone(), nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+    tokio::spawn(async move {
+        let mut pods: std::collections::HashMap<String, Pod> = std::collections::HashMap::new();
+        loop {
+            let ev = tokio::select! { _ = shutdown.cancelled() => return, ev = stream.next() => ev };
+            match ev {
+                None => return,
+                Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
+                    pods.insert(p.name_any(), p);
+                }
+                Some(Ok(watcher::Event::Delete(p))) => {
+                    pods.remove(&p.name_any());
+                }
+                Some(_) => continue,
+            }
+            if !armed.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            for n in &nodes {
+                if !pods.values().any(|p| node_of(p) == *n && is_ready(p) && p.metadata.deletion_timestamp.is_none()) {
+                    if let Ok(mut g) = g.lock() {
+                        g.push(n.clone());
+                    }
+                }
+            }
+        }
+    });
+    gaps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_surge_keeps_every_node_served_and_on_delete_waits() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let c = &cluster.client;
+    let all = ["node-a", "node-b", "node-c"];
+    for n in &all {
+        create_node(c, n, &NodeShape::default()).await?;
+    }
+    run_fake_kubelet(c.clone(), all.iter().map(|s| s.to_string()).collect(), cluster.shutdown.clone());
+    cluster.start_controller_manager(&["daemonset"], false);
+    let api: Api<DaemonSet> = Api::namespaced(c.clone(), NS);
+    let ds = |name: &str, strategy: serde_json::Value| {
+        json!({
+            "metadata": {"name": name},
+            "spec": {
+                "updateStrategy": strategy,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}},
+            },
+        })
+    };
+    let image2 = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}}});
+
+    // maxSurge 1, maxUnavailable 0: the new pod is Ready before the old one goes.
+    api.create(&PostParams::default(), &from_json(ds("surge", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})))?).await?;
+    wait_daemon_pods(c, "surge", &all, "busybox:1").await?;
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gaps = count_uncovered(c, "surge", &all, armed.clone(), cluster.shutdown.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    api.patch("surge", &PatchParams::default(), &Patch::Strategic(&image2)).await?;
+    let out = kubectl(&cluster, &["rollout", "status", "ds/surge", "--timeout=60s"]).await?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    wait_daemon_pods(c, "surge", &all, "busybox:2").await?;
+    let gaps = gaps.lock().map(|g| g.clone()).unwrap_or_default();
+    assert!(gaps.is_empty(), "nodes left without a ready pod: {gaps:?}");
+
+    // OnDelete: the update waits until a pod is deleted by hand.
+    api.create(&PostParams::default(), &from_json(ds("manual", json!({"type": "OnDelete"})))?).await?;
+    wait_daemon_pods(c, "manual", &all, "busybox:1").await?;
+    api.patch("manual", &PatchParams::default(), &Patch::Strategic(&image2)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(pods(c, "manual").await?.iter().all(|p| image_of(p) == "busybox:1"));
+    let victim = pods(c, "manual").await?.into_iter().find(|p| node_of(p) == "node-b").context("pod on node-b")?;
+    Api::<Pod>::namespaced(c.clone(), NS).delete(&victim.name_any(), &DeleteParams::default()).await?;
+    eventually(WAIT, "node-b's pod replaced with busybox:2", || async {
+        let ps = pods(c, "manual").await?;
+        let ok = ps.len() == 3 && ps.iter().all(|p| is_ready(p) && (image_of(p) == "busybox:2") == (node_of(p) == "node-b"));
+        let s = api.get("manual").await?.status.unwrap_or_default();
+        Ok((ok && s.updated_number_scheduled == Some(1) && s.number_ready == 3).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
 /// Pod events in the order the watch saw them: (name, event) with event one of
 /// "created", "ready", "deleting".
 type Timeline = Arc<Mutex<Vec<(String, &'static str)>>>;

@@ -399,7 +399,7 @@ impl Sync<'_> {
 
         if set.metadata.deletion_timestamp.is_none() {
             let partition = spec.update_strategy.as_ref().and_then(|s| s.rolling_update.as_ref()).and_then(|r| r.partition).unwrap_or(0);
-            let plan = Plan { start, end, partition, rolling, current: &current_template, current_name: &current_name, update_name: &update_name };
+            let plan = Plan { start, end, partition, rolling, min_ready_seconds: min_ready, current: &current_template, current_name: &current_name, update_name: &update_name };
             self.manage(&plan, &slots, &condemned).await?;
         }
 
@@ -448,8 +448,8 @@ impl Sync<'_> {
                         return Ok(());
                     }
                 }
-                Some(pod) if ordered && (is_terminating(pod) || !is_running_and_ready(pod)) => {
-                    debug!(pod = %pod.name_any(), "waiting for the pod to be Running and Ready");
+                Some(pod) if ordered && (is_terminating(pod) || !is_running_and_ready(pod) || !podcontrol::is_available(pod, plan.min_ready_seconds, Timestamp::now())) => {
+                    debug!(pod = %pod.name_any(), "waiting for the pod to be Running and Ready for minReadySeconds");
                     return Ok(());
                 }
                 Some(_) => {}
@@ -552,6 +552,7 @@ struct Plan<'a> {
     end: i32,
     partition: i32,
     rolling: bool,
+    min_ready_seconds: i32,
     current: &'a PodTemplateSpec,
     current_name: &'a str,
     update_name: &'a str,
