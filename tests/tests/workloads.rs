@@ -129,10 +129,24 @@ async fn daemonset_follows_nodes_taints_and_rolls_updates() -> anyhow::Result<()
     let mut numbers: Vec<i64> = revs.iter().map(|r| r.revision).collect();
     numbers.sort_unstable();
     assert_eq!(numbers, [1, 2]);
+    let history = kubectl(&cluster, &["rollout", "history", "ds/agent"]).await?;
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    // Undo goes back to revision 1's template, which becomes revision 3.
+    let out = kubectl(&cluster, &["rollout", "undo", "ds/agent"]).await?;
+    assert!(out.contains("rolled back"), "{out}");
+    wait_daemon_pods(c, "agent", &["node-a", "node-b", "node-c", "node-d"], "busybox:1").await?;
+    let numbers = eventually(WAIT, "revisions renumbered", || async {
+        let mut n: Vec<i64> = revisions.list(&ListParams::default().labels("app=agent")).await?.items.iter().map(|r| r.revision).collect();
+        n.sort_unstable();
+        Ok((n == [2, 3]).then_some(n))
+    })
+    .await?;
+    assert_eq!(numbers, [2, 3]);
 
     // A node removed: its pod goes.
     nodes.delete("node-d", &DeleteParams::default()).await?;
-    wait_daemon_pods(c, "agent", &["node-a", "node-b", "node-c"], "busybox:2").await?;
+    wait_daemon_pods(c, "agent", &["node-a", "node-b", "node-c"], "busybox:1").await?;
     Ok(())
 }
 
@@ -378,6 +392,27 @@ async fn statefulset_orders_pods_keeps_claims_and_partitions_updates() -> anyhow
     })
     .await?;
     assert!(pods(c, "web").await?.iter().all(|p| image_of(p) == "busybox:2"));
+
+    // History and undo through the stock kubectl: revision 1's template comes back (as
+    // revision 3) and replaces every pod, web-2 first.
+    let history = kubectl(&cluster, &["rollout", "history", "sts/web"]).await?;
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    let before = events(&timeline, "deleting").len();
+    let out = kubectl(&cluster, &["rollout", "undo", "sts/web"]).await?;
+    assert!(out.contains("rolled back"), "{out}");
+    eventually(WAIT, "web back on busybox:1", || async {
+        let ps = pods(c, "web").await?;
+        let s = api.get("web").await?.status.unwrap_or_default();
+        let ok = ps.len() == 3 && ps.iter().all(|p| is_ready(p) && image_of(p) == "busybox:1") && s.current_revision == s.update_revision;
+        Ok(ok.then_some(()))
+    })
+    .await?;
+    let replaced: Vec<String> = events(&timeline, "deleting").into_iter().skip(before).collect();
+    assert_eq!(replaced, ["web-2", "web-1", "web-0"]);
+    let revisions: Api<ControllerRevision> = Api::namespaced(c.clone(), NS);
+    let mut numbers: Vec<i64> = revisions.list(&ListParams::default().labels("app=web")).await?.items.iter().map(|r| r.revision).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, [2, 3]);
     Ok(())
 }
 

@@ -357,7 +357,7 @@ impl Sync<'_> {
                 o => condemned.push((o.unwrap_or(-1), p.clone())),
             }
         }
-        condemned.sort_by(|a, b| b.0.cmp(&a.0));
+        condemned.sort_by_key(|c| std::cmp::Reverse(c.0));
 
         // Status from the pods as they are now.
         let now = Timestamp::now();
