@@ -19,13 +19,12 @@ use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus,
 };
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{Event, EventSource, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
@@ -61,7 +60,6 @@ struct State {
     source: Arc<dyn MetricsSource>,
     tuning: Tuning,
     sync_period: Duration,
-    recorder: Recorder,
     /// Recommendations and scale events per HPA (`namespace/name`).
     history: Mutex<HashMap<String, History>>,
     /// When each HPA was last synced, and at which generation: events in between (our
@@ -94,9 +92,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, source: Arc<dyn Metr
         _ = shutdown.cancelled() => return Ok(()),
         r = pods.wait_until_ready() => r.map_err(|e| ControllerError::Config(e.to_string()))?,
     }
-    let reporter = Reporter { controller: "horizontal-pod-autoscaler".into(), instance: None };
     let state = Arc::new(State {
-        recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         pods,
         source,
@@ -283,10 +279,37 @@ fn recommend_condition(type_: &'static str, status: bool, reason: &str, message:
     Condition { type_, status, reason: reason.into(), message: message.into() }
 }
 
-async fn publish(st: &State, hpa: &HorizontalPodAutoscaler, type_: EventType, reason: &str, note: String) {
-    let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Scale".into(), secondary: None };
-    if let Err(e) = st.recorder.publish(&ev, &hpa.object_ref(&())).await {
-        tracing::debug!(error = %e, "publishing an event failed");
+/// Which kind of event: `Normal` or `Warning`.
+#[derive(Debug, Clone, Copy)]
+enum EventType {
+    Normal,
+    Warning,
+}
+
+/// Records a core/v1 Event about the HPA (what `kubectl describe hpa` lists).
+async fn publish(st: &State, hpa: &HorizontalPodAutoscaler, type_: EventType, reason: &str, message: String) {
+    let now = Timestamp::now();
+    let ns = hpa.namespace().unwrap_or_default();
+    let component = "horizontal-pod-autoscaler";
+    let event = Event {
+        metadata: ObjectMeta { name: Some(format!("{}.{:x}", hpa.name_any(), now.as_nanosecond())), namespace: Some(ns.clone()), ..Default::default() },
+        involved_object: hpa.object_ref(&()),
+        reason: Some(reason.into()),
+        message: Some(message),
+        type_: Some(format!("{type_:?}")),
+        action: Some("Scale".into()),
+        source: Some(EventSource { component: Some(component.into()), host: None }),
+        reporting_component: Some(component.into()),
+        reporting_instance: Some(component.into()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        count: Some(1),
+        ..Default::default()
+    };
+    let api: Api<Event> = Api::namespaced(st.client.clone(), &ns);
+    if let Err(e) = api.create(&PostParams::default(), &event).await {
+        tracing::debug!(error = %e, "recording an event failed");
     }
 }
 
