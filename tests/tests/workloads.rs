@@ -4,7 +4,8 @@
 //! node; a StatefulSet creates web-0, web-1, web-2 in order (each after the previous is
 //! Ready), makes a claim per ordinal, scales down from the highest ordinal keeping
 //! claims, and a partitioned rolling update replaces only the ordinals at or above the
-//! partition. The stock `kubectl rollout status` accepts both.
+//! partition; Parallel sets create at once and honour the claim retention policy and
+//! revisionHistoryLimit. The stock `kubectl rollout status/history/undo` work on both.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -424,15 +425,16 @@ async fn parallel_statefulset_and_claim_deletion_on_scale_down() -> anyhow::Resu
     create_node(c, "node-a", &NodeShape::default()).await?;
     run_fake_kubelet(c.clone(), names.clone(), cluster.shutdown.clone());
     run_fake_scheduler(c.clone(), names, cluster.shutdown.clone());
-    cluster.start_controller_manager(&["statefulset"], false);
+    cluster.start_controller_manager(&["statefulset", "garbagecollector"], false);
 
     let api: Api<StatefulSet> = Api::namespaced(c.clone(), NS);
     let sts = json!({
         "metadata": {"name": "db"},
         "spec": {
             "replicas": 3,
+            "revisionHistoryLimit": 0,
             "podManagementPolicy": "Parallel",
-            "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Retain"},
+            "persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete", "whenDeleted": "Delete"},
             "selector": {"matchLabels": {"app": "db"}},
             "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}},
             "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
@@ -449,6 +451,27 @@ async fn parallel_statefulset_and_claim_deletion_on_scale_down() -> anyhow::Resu
     eventually(WAIT, "claims of db-1, db-2 deleted", || async {
         let left: Vec<String> = claims.list(&ListParams::default()).await?.items.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).map(|c| c.name_any()).collect();
         Ok((left == ["data-db-0"]).then_some(()))
+    })
+    .await?;
+
+    // revisionHistoryLimit 0: once the rollout is done only the update revision is left.
+    for image in ["busybox:2", "busybox:3"] {
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}});
+        api.patch("db", &PatchParams::default(), &Patch::Strategic(&patch)).await?;
+        kubectl(&cluster, &["rollout", "status", "sts/db", "--timeout=60s"]).await?;
+    }
+    let revisions: Api<ControllerRevision> = Api::namespaced(c.clone(), NS);
+    eventually(WAIT, "one revision left", || async {
+        let revs = revisions.list(&ListParams::default().labels("app=db")).await?.items;
+        Ok((revs.len() == 1 && revs[0].revision == 3).then_some(()))
+    })
+    .await?;
+
+    // whenDeleted Delete: the claims are owned by the set and go with it.
+    api.delete("db", &DeleteParams::default()).await?;
+    eventually(WAIT, "claims deleted with the set", || async {
+        let left = claims.list(&ListParams::default()).await?.items.iter().filter(|c| c.metadata.deletion_timestamp.is_none()).count();
+        Ok((left == 0).then_some(()))
     })
     .await?;
     Ok(())
