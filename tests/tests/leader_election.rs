@@ -70,6 +70,7 @@ async fn the_standby_controller_manager_takes_over_from_a_crashed_leader() -> an
     })
     .await?;
     let took = crashed_at.elapsed();
+    eprintln!("the standby took over {took:?} after the leader crashed");
     assert!(took <= Duration::from_secs(20), "takeover took {took:?}");
     assert_ne!(new_leader, leader);
     create_rs(c, "second", 2).await?;
