@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apimachinery::labels::Selector;
 use futures::channel::mpsc;
@@ -86,6 +86,39 @@ struct State {
     pods: Store<Pod>,
     nodes: Store<Node>,
     expectations: Arc<Expectations>,
+    failed_backoff: FailedBackoff,
+}
+
+/// The back-off between deletions of failed daemon pods on one node, so that a pod
+/// that keeps failing is not recreated in a hot loop (Kubernetes' `failedPodsBackoff`:
+/// 1 s doubling to 15 min), keyed by `namespace/daemonset/node`.
+#[derive(Default)]
+struct FailedBackoff {
+    inner: std::sync::Mutex<HashMap<String, (Instant, Duration)>>,
+}
+
+const FAILED_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const FAILED_BACKOFF_MAX: Duration = Duration::from_secs(15 * 60);
+
+impl FailedBackoff {
+    /// Whether a failed pod on the node may be deleted now; if not, how long to wait.
+    /// Allowing one starts (or doubles) the wait for the next.
+    fn try_delete(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, (next, delay)| now < *next + *delay * 2);
+        match m.get(key) {
+            Some((next, _)) if now < *next => Err(*next - now),
+            Some(&(_, delay)) => {
+                let delay = (delay * 2).min(FAILED_BACKOFF_MAX);
+                m.insert(key.to_string(), (now + delay, delay));
+                Ok(())
+            }
+            None => {
+                m.insert(key.to_string(), (now + FAILED_BACKOFF_INITIAL, FAILED_BACKOFF_INITIAL));
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Expectations of deletions are kept under their own key, creations under the
@@ -188,7 +221,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
             r.map_err(|e| ControllerError::Config(e.to_string()))?;
         }
     }
-    let state = Arc::new(State { client, pods: pod_reader, nodes: node_reader, expectations });
+    let state = Arc::new(State { client, pods: pod_reader, nodes: node_reader, expectations, failed_backoff: FailedBackoff::default() });
     let applier = controller::applier(
         |ds, st| Box::pin(reconcile(ds, st)),
         |ds: Arc<DaemonSet>, err: &DaemonSetError, _| {
@@ -430,6 +463,8 @@ struct Plan {
     delete: Vec<Arc<Pod>>,
     /// Pods on nodes that are gone: deleted at once, nothing will run them.
     force_delete: Vec<Arc<Pod>>,
+    /// Failed pods, by node: deleted subject to the node's back-off.
+    failed: Vec<(String, Arc<Pod>)>,
 }
 
 async fn sync(ds: Arc<DaemonSet>, st: Arc<State>, key: String) -> Result<Action, DaemonSetError> {
@@ -512,8 +547,22 @@ async fn sync(ds: Arc<DaemonSet>, st: Arc<State>, key: String) -> Result<Action,
     };
 
     let satisfied = st.expectations.satisfied(&key) && st.expectations.satisfied(&deletions_key(&key));
+    let mut retry_after: Option<Duration> = None;
     let manage = if satisfied && ds.metadata.deletion_timestamp.is_none() {
-        let plan = plan(&ds, &spec.template, &hash, &nodes, &mut by_node, nodeless, &available);
+        let mut plan = plan(&ds, &spec.template, &hash, &nodes, &mut by_node, nodeless, &available);
+        let now = Instant::now();
+        for (node, pod) in std::mem::take(&mut plan.failed) {
+            match st.failed_backoff.try_delete(&format!("{key}/{node}"), now) {
+                Ok(()) => {
+                    info!(pod = %pod.name_any(), %node, "deleting failed daemon pod");
+                    plan.delete.push(pod);
+                }
+                Err(wait) => {
+                    debug!(pod = %pod.name_any(), %node, ?wait, "failed daemon pod: backing off");
+                    retry_after = Some(retry_after.map_or(wait, |r: Duration| r.min(wait)));
+                }
+            }
+        }
         execute(&ds, &st, &key, &hash, plan).await
     } else {
         Ok(())
@@ -543,6 +592,9 @@ async fn sync(ds: Arc<DaemonSet>, st: Arc<State>, key: String) -> Result<Action,
 
     let ready = status["numberReady"].as_i64().unwrap_or(0);
     let avail = status["numberAvailable"].as_i64().unwrap_or(0);
+    if let Some(wait) = retry_after {
+        return Ok(Action::requeue(wait));
+    }
     if min_ready > 0 && ready != avail {
         return Ok(Action::requeue(Duration::from_secs(u64::try_from(min_ready).unwrap_or(1))));
     }
@@ -574,9 +626,11 @@ fn plan(
             continue;
         }
         let (failed, alive): (Vec<_>, Vec<_>) = on.into_iter().partition(|p| is_failed(p));
-        plan.delete.extend(failed);
+        let had_failed = !failed.is_empty();
+        plan.failed.extend(failed.into_iter().map(|p| (name.clone(), p)));
         if alive.is_empty() {
-            if should_run {
+            // A failed pod is replaced once its deletion is seen.
+            if should_run && !had_failed {
                 plan.create_on.push(name);
             }
             continue;
@@ -603,7 +657,7 @@ fn plan(
     }
     // Pods on nodes that no longer exist.
     plan.force_delete = by_node.drain().flat_map(|(_, v)| v).collect();
-    if !rolling || !plan.create_on.is_empty() || !plan.delete.is_empty() {
+    if !rolling || !plan.create_on.is_empty() || !plan.delete.is_empty() || !plan.failed.is_empty() {
         return plan;
     }
 
@@ -752,6 +806,19 @@ mod tests {
             assert_eq!(node_should_run(&t, &node("e", &[("role", "edge")], vec![taint(k, e)])), (true, true), "{k}");
         }
         assert_eq!(node_should_run(&t, &node("f", &[("role", "edge")], vec![taint("node.kubernetes.io/network-unavailable", "NoSchedule")])), (false, true));
+    }
+
+    #[test]
+    fn failed_pod_deletions_back_off() {
+        let b = FailedBackoff::default();
+        let t0 = Instant::now();
+        assert!(b.try_delete("ns/ds/n", t0).is_ok());
+        assert!(b.try_delete("ns/ds/n", t0 + Duration::from_millis(500)).is_err());
+        assert!(b.try_delete("ns/ds/other", t0).is_ok());
+        assert!(b.try_delete("ns/ds/n", t0 + Duration::from_millis(1100)).is_ok());
+        // Doubled: 2 s now.
+        assert!(b.try_delete("ns/ds/n", t0 + Duration::from_millis(2500)).is_err());
+        assert!(b.try_delete("ns/ds/n", t0 + Duration::from_millis(3200)).is_ok());
     }
 
     #[test]
