@@ -343,6 +343,16 @@ async fn statefulset_orders_pods_keeps_claims_and_partitions_updates() -> anyhow
     let out = kubectl(&cluster, &["rollout", "status", "sts/web", "--timeout=60s"]).await?;
     assert!(out.contains("roll out complete") || out.contains("rolling update complete"), "{out}");
 
+    // A pod that lost its identity label gets it back.
+    let pod_api: Api<Pod> = Api::namespaced(c.clone(), NS);
+    let unlabel = json!({"metadata": {"labels": {"statefulset.kubernetes.io/pod-name": null}}});
+    pod_api.patch("web-1", &PatchParams::default(), &Patch::Merge(&unlabel)).await?;
+    eventually(WAIT, "web-1's pod-name label restored", || async {
+        let p = pod_api.get("web-1").await?;
+        Ok((p.labels().get("statefulset.kubernetes.io/pod-name").map(String::as_str) == Some("web-1")).then_some(()))
+    })
+    .await?;
+
     // Scale down to 1: web-2 goes first, then web-1; the claims stay.
     api.patch("web", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": 1}}))).await?;
     eventually(WAIT, "only web-0 left", || async {

@@ -76,6 +76,13 @@ pub enum StatefulSetError {
         #[source]
         source: kube::Error,
     },
+    #[error("restoring the identity of pod {pod} of {key}")]
+    RepairPod {
+        key: String,
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("deleting pod {pod} of {key}")]
     DeletePod {
         key: String,
@@ -99,6 +106,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> BoxFuture<'static, Re
 struct State {
     client: kube::Client,
     pods: Store<Pod>,
+    claims: Store<PersistentVolumeClaim>,
 }
 
 async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), ControllerError> {
@@ -139,15 +147,31 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
         }
     });
 
+    // Claims: kept to notice a pod whose claim went missing.
+    let (claim_reader, claim_writer) = reflector::store::<PersistentVolumeClaim>();
+    let claim_stream = reflector::reflector(claim_writer, watcher(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default()).default_backoff());
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(claim_stream);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return,
+                ev = s.next() => if ev.is_none() { return },
+            }
+        }
+    });
+
     let sts_stream = reflector::reflector(sts_writer, watcher(Api::<StatefulSet>::all(client.clone()), watcher::Config::default()).default_backoff());
     let sts_refs = sts_stream.applied_objects().map(|r| r.map(|s| ObjectRef::from_obj(&s)));
     let queue = futures::stream::select(sts_refs, rx.map(Ok::<_, watcher::Error>));
 
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
-        r = pod_reader.wait_until_ready() => r.map_err(|e| ControllerError::Config(e.to_string()))?,
+        r = async { pod_reader.wait_until_ready().await?; claim_reader.wait_until_ready().await } => {
+            r.map_err(|e| ControllerError::Config(e.to_string()))?;
+        }
     }
-    let state = Arc::new(State { client, pods: pod_reader });
+    let state = Arc::new(State { client, pods: pod_reader, claims: claim_reader });
     let applier = controller::applier(
         |set, st| Box::pin(reconcile(set, st)),
         |set: Arc<StatefulSet>, err: &StatefulSetError, _| {
@@ -452,6 +476,7 @@ impl Sync<'_> {
                     debug!(pod = %pod.name_any(), "waiting for the pod to be Running and Ready for minReadySeconds");
                     return Ok(());
                 }
+                Some(pod) if !is_terminating(pod) => self.repair(ordinal, pod).await?,
                 Some(_) => {}
             }
         }
@@ -518,6 +543,35 @@ impl Sync<'_> {
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
             Err(source) => Err(StatefulSetError::CreatePod { key: key.clone(), pod: pod_name, source }),
         }
+    }
+
+    /// Gives a pod back the identity labels and the claims its ordinal implies
+    /// (`identityMatches`/`storageMatches` failing → `updateStatefulSetPod`).
+    async fn repair(&self, ordinal: i32, pod: &Pod) -> Result<(), StatefulSetError> {
+        let pod_name = pod.name_any();
+        let labels = pod.labels();
+        let index = ordinal.to_string();
+        if labels.get(POD_NAME_LABEL) != Some(&pod_name) || labels.get(POD_INDEX_LABEL) != Some(&index) {
+            let patch = json!({"metadata": {"labels": {POD_NAME_LABEL: pod_name, POD_INDEX_LABEL: index}}});
+            match self.pods_api().patch(&pod_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => info!(pod = %pod_name, "restored the pod's identity labels"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(source) => return Err(StatefulSetError::RepairPod { key: self.key.clone(), pod: pod_name.clone(), source }),
+            }
+        }
+        for claim in claims_for(self.set, ordinal) {
+            let claim_name = claim.name_any();
+            let key = ObjectRef::<PersistentVolumeClaim>::new(&claim_name).within(&self.set.namespace().unwrap_or_default());
+            if self.st.claims.get(&key).is_some() {
+                continue;
+            }
+            match self.claims_api().create(&PostParams::default(), &claim).await {
+                Ok(_) => info!(claim = %claim_name, pod = %pod_name, "re-created a missing claim"),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(source) => return Err(StatefulSetError::CreateClaim { key: self.key.clone(), claim: claim_name, source }),
+            }
+        }
+        Ok(())
     }
 
     async fn delete_pod(&self, pod: &Pod) -> Result<(), StatefulSetError> {
