@@ -71,6 +71,9 @@ impl LeaderElection {
         }
         info!(lease = %self.name, identity = %self.identity, "became leader");
         let leading = shutdown.child_token();
+        // Leading ends with this call, however it ends: a caller that drops (aborts) it
+        // stops the work it started too.
+        let _stop_leading = leading.clone().drop_guard();
         let task = tokio::spawn(lead(leading.clone()));
         let mut last_renew = tokio::time::Instant::now();
         let result = loop {

@@ -19,6 +19,14 @@ pub struct Config {
     /// The `--controllers` list: `*` for the defaults, `name` to add, `-name` to remove.
     pub controllers: Vec<String>,
     pub leader_elect: bool,
+    /// How long a leader's Lease lasts without renewal (`--leader-elect-lease-duration`);
+    /// a standby takes over this long after the leader dies.
+    pub leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops leading
+    /// (`--leader-elect-renew-deadline`).
+    pub leader_elect_renew_deadline: Duration,
+    /// How often candidates try to take or renew the Lease (`--leader-elect-retry-period`).
+    pub leader_elect_retry_period: Duration,
     /// The pod network nodes' podCIDRs are carved from (`--cluster-cidr`).
     pub cluster_cidr: Option<String>,
     /// The prefix length of each node's podCIDR (`--node-cidr-mask-size`).
@@ -42,6 +50,9 @@ impl Default for Config {
             kubeconfig: None,
             controllers: vec!["*".into()],
             leader_elect: true,
+            leader_elect_lease_duration: Duration::from_secs(15),
+            leader_elect_renew_deadline: Duration::from_secs(10),
+            leader_elect_retry_period: Duration::from_secs(2),
             cluster_cidr: None,
             node_cidr_mask_size: 24,
             node_monitor_grace_period: Duration::from_secs(40),
@@ -82,7 +93,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         while tasks.join_next().await.is_some() {}
     };
     if config.leader_elect {
-        LeaderElection::new("kube-controller-manager", default_identity()).run(client, shutdown, start).await?;
+        let election = LeaderElection {
+            lease_duration: config.leader_elect_lease_duration,
+            renew_deadline: config.leader_elect_renew_deadline,
+            retry_period: config.leader_elect_retry_period,
+            ..LeaderElection::new("kube-controller-manager", default_identity())
+        };
+        election.run(client, shutdown, start).await?;
     } else {
         start(shutdown).await;
     }

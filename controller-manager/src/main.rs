@@ -19,6 +19,15 @@ struct Options {
     /// Elect a leader through a Lease so that only one copy acts.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
+    /// Seconds a leader's Lease lasts without renewal.
+    #[arg(long, default_value = "15s", value_parser = seconds)]
+    leader_elect_lease_duration: Duration,
+    /// Seconds the leader keeps trying to renew before it stops leading.
+    #[arg(long, default_value = "10s", value_parser = seconds)]
+    leader_elect_renew_deadline: Duration,
+    /// Seconds between attempts to take or renew the Lease.
+    #[arg(long, default_value = "2s", value_parser = seconds)]
+    leader_elect_retry_period: Duration,
     /// The pod network, from which each node gets a podCIDR.
     #[arg(long)]
     cluster_cidr: Option<String>,
@@ -46,6 +55,12 @@ struct Options {
     horizontal_pod_autoscaler_initial_readiness_delay: u64,
 }
 
+/// A duration flag as Kubernetes writes them for these options: `15s` (or just `15`).
+fn seconds(text: &str) -> Result<Duration, String> {
+    let n = text.strip_suffix('s').unwrap_or(text);
+    n.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{text:?} is not a duration in seconds such as 15s"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -56,6 +71,9 @@ async fn main() -> anyhow::Result<()> {
         kubeconfig: o.kubeconfig,
         controllers: o.controllers,
         leader_elect: o.leader_elect,
+        leader_elect_lease_duration: o.leader_elect_lease_duration,
+        leader_elect_renew_deadline: o.leader_elect_renew_deadline,
+        leader_elect_retry_period: o.leader_elect_retry_period,
         cluster_cidr: o.cluster_cidr,
         node_cidr_mask_size: o.node_cidr_mask_size,
         node_monitor_grace_period: Duration::from_secs(o.node_monitor_grace_period),
