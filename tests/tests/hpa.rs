@@ -196,6 +196,10 @@ async fn hpa_scales_a_deployment_on_cpu_and_kubectl_shows_it() -> anyhow::Result
     .await?;
     let out = kubectl(&cluster, &["get", "hpa", "web"]).await?;
     assert!(out.contains("cpu: 20%/50%"), "{out}");
+    let described = kubectl(&cluster, &["describe", "hpa", "web"]).await?;
+    for want in ["resource cpu on pods  (as a percentage of request):  20% (20m) / 50%", "ScalingLimited", "TooFewReplicas", "SuccessfulRescale", "Stabilization Window: 0 seconds"] {
+        assert!(described.contains(want), "no {want:?} in {described}");
+    }
     let events = kubectl(&cluster, &["get", "events", "--field-selector", "reason=SuccessfulRescale"]).await?;
     assert!(events.contains("New size: 5") && events.contains("New size: 2"), "{events}");
     let pods = Api::<Pod>::namespaced(client.clone(), NS).list(&ListParams::default().labels("app=web")).await?;

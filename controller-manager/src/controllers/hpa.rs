@@ -65,6 +65,11 @@ struct State {
     /// When each HPA was last synced, and at which generation: events in between (our
     /// own status writes) wait for the sync period, as in Kubernetes.
     last_sync: Mutex<HashMap<String, (Instant, Option<i64>)>>,
+    /// The last warning recorded per HPA: a failure repeated every sync is recorded once
+    /// until it changes (client-go's recorder aggregates them into one event too).
+    last_warning: Mutex<HashMap<String, String>>,
+    /// The controller's HPA cache, to forget deleted HPAs.
+    hpas: std::sync::OnceLock<reflector::Store<HorizontalPodAutoscaler>>,
 }
 
 /// Starts the controller with metrics from the resource metrics API.
@@ -100,9 +105,13 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, source: Arc<dyn Metr
         sync_period: ctx.config.hpa_sync_period,
         history: Mutex::default(),
         last_sync: Mutex::default(),
+        last_warning: Mutex::default(),
+        hpas: std::sync::OnceLock::new(),
     });
     let hpas: Api<HorizontalPodAutoscaler> = Api::all(client);
-    Controller::new(hpas, watcher::Config::default())
+    let controller = Controller::new(hpas, watcher::Config::default());
+    let _ = state.hpas.set(controller.store());
+    controller
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, state)
         .for_each(|_| async {})
@@ -123,6 +132,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Forgets the history of HPAs that no longer exist.
+fn forget_deleted(st: &State) {
+    let Some(store) = st.hpas.get() else { return };
+    let live: std::collections::HashSet<String> = store.state().iter().map(|h| key_of(h)).collect();
+    lock(&st.history).retain(|k, _| live.contains(k));
+    lock(&st.last_sync).retain(|k, _| live.contains(k));
+    lock(&st.last_warning).retain(|k, _| live.contains(k));
+}
+
 async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>) -> Result<Action, HpaError> {
     let key = key_of(&hpa);
     {
@@ -135,6 +153,7 @@ async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>) -> Result<
         }
         last.insert(key.clone(), (Instant::now(), hpa.metadata.generation));
     }
+    forget_deleted(&st);
     let span = info_span!("sync", controller = "horizontalpodautoscaling", object = %key);
     sync(hpa, st.clone(), key).instrument(span).await?;
     Ok(Action::requeue(st.sync_period))
@@ -188,7 +207,7 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>, key: String) ->
 
     let scale_api = scale_resource(target).map(|ar| Api::<DynamicObject>::namespaced_with(st.client.clone(), &ns, &ar));
     let scale = match &scale_api {
-        Ok(api) => api.get_scale(&target.name).await.map_err(|e| e.to_string()),
+        Ok(api) => api.get_scale(&target.name).await.map_err(|e| api_message(&e)),
         Err(e) => Err(e.clone()),
     };
     let scale = match scale {
@@ -203,7 +222,8 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>, key: String) ->
     };
     set_condition(&mut conditions, &recommend_condition("AbleToScale", true, "SucceededGetScale", "the HPA controller was able to get the target's current scale"), now);
     let current = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-    status.current_replicas = Some(scale.status.as_ref().map(|s| s.replicas).unwrap_or(0));
+    // As Kubernetes, the target's desired count (`scale.spec.replicas`) is "current".
+    status.current_replicas = Some(current);
 
     let selector_text = scale.status.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default();
     let selector = match Selector::parse(&selector_text) {
@@ -240,9 +260,7 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>, key: String) ->
     for c in &decision.conditions {
         set_condition(&mut conditions, c, now);
     }
-    if !decision.metric_statuses.is_empty() {
-        status.current_metrics = Some(decision.metric_statuses.clone());
-    }
+    status.current_metrics = (!decision.metric_statuses.is_empty()).then(|| decision.metric_statuses.clone());
     if let Some(err) = &decision.error {
         publish(&st, &hpa, EventType::Warning, "FailedComputeMetricsReplicas", err.clone()).await;
         status.conditions = Some(conditions);
@@ -256,9 +274,9 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>, key: String) ->
             Err(_) => Ok(()),
         };
         if let Err(source) = result {
-            let c = recommend_condition("AbleToScale", false, "FailedUpdateScale", format!("the HPA controller was unable to update the target scale: {source}"));
+            let c = recommend_condition("AbleToScale", false, "FailedUpdateScale", format!("the HPA controller was unable to update the target scale: {}", api_message(&source)));
             set_condition(&mut conditions, &c, now);
-            publish(&st, &hpa, EventType::Warning, "FailedRescale", format!("New size: {}; reason: {}; error: {source}", decision.desired_replicas, decision.reason)).await;
+            publish(&st, &hpa, EventType::Warning, "FailedRescale", format!("New size: {}; reason: {}; error: {}", decision.desired_replicas, decision.reason, api_message(&source))).await;
             status.desired_replicas = old.desired_replicas;
             status.conditions = Some(conditions);
             write_status(&st, &hpa, &key, old, status).await?;
@@ -273,6 +291,14 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>, key: String) ->
     }
     status.conditions = Some(conditions);
     write_status(&st, &hpa, &key, old, status).await
+}
+
+/// The API's own message for an API error (`deployments.apps "web" not found`).
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn recommend_condition(type_: &'static str, status: bool, reason: &str, message: impl Into<String>) -> Condition {
@@ -290,6 +316,22 @@ enum EventType {
 async fn publish(st: &State, hpa: &HorizontalPodAutoscaler, type_: EventType, reason: &str, message: String) {
     let now = Timestamp::now();
     let ns = hpa.namespace().unwrap_or_default();
+    {
+        let mut last = lock(&st.last_warning);
+        let key = key_of(hpa);
+        match type_ {
+            EventType::Warning => {
+                let text = format!("{reason}: {message}");
+                if last.get(&key) == Some(&text) {
+                    return;
+                }
+                last.insert(key, text);
+            }
+            EventType::Normal => {
+                last.remove(&key);
+            }
+        }
+    }
     let component = "horizontal-pod-autoscaler";
     let event = Event {
         metadata: ObjectMeta { name: Some(format!("{}.{:x}", hpa.name_any(), now.as_nanosecond())), namespace: Some(ns.clone()), ..Default::default() },
