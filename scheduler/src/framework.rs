@@ -115,6 +115,10 @@ impl FitError {
 
 impl fmt::Display for FitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.num_all_nodes == 0 && self.pre_filter_msg.is_none() {
+            // kube-scheduler's ErrNoNodesAvailable.
+            return write!(f, "no nodes available to schedule pods");
+        }
         write!(f, "0/{} nodes are available:", self.num_all_nodes)?;
         if let Some(msg) = &self.pre_filter_msg {
             write!(f, " {msg}.")?;
@@ -281,6 +285,11 @@ mod tests {
             pre_filter_msg: None,
             node_status: statuses.iter().map(|(n, u)| (n.to_string(), u.clone())).collect(),
         }
+    }
+
+    #[test]
+    fn a_cluster_without_nodes_says_so() {
+        assert_eq!(fit_error(&[]).to_string(), "no nodes available to schedule pods");
     }
 
     #[test]
