@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use support::etcd::start_etcd;
 
-use anyhow::{anyhow, bail, ensure, Context};
+use anyhow::{anyhow, bail, ensure};
 use apiserver::storage::conformance;
 use apiserver::storage::embedded::{EmbeddedStore, LOG_FILE};
-use apiserver::storage::etcd::EtcdStore;
 use apiserver::storage::{RangeOptions, Store, StoreError};
 
 // ---------------------------------------------------------------------------------------
