@@ -120,17 +120,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
         queue,
         controller::Config::default(),
     );
-    let mut applier = std::pin::pin!(applier);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = applier.next() => match next {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => debug!(controller = "cronjob", error = %e, "reconcile loop"),
-                None => return Ok(()),
-            }
-        }
-    }
+    super::drive("cronjob", applier, &shutdown).await
 }
 
 async fn reconcile(cj: Arc<CronJob>, st: Arc<State>) -> Result<Action, CronJobError> {

@@ -233,17 +233,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
         queue,
         controller::Config::default(),
     );
-    let mut applier = std::pin::pin!(applier);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = applier.next() => match next {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => debug!(error = %e, "daemonset reconcile loop"),
-                None => return Ok(()),
-            }
-        }
-    }
+    super::drive("daemonset", applier, &shutdown).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -251,8 +241,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
 
 fn selector_of(ds: &DaemonSet) -> Result<Selector, String> {
     let spec = ds.spec.as_ref().ok_or("no spec")?;
-    let v = serde_json::to_value(&spec.selector).map_err(|e| e.to_string())?;
-    Selector::from_label_selector(&v).map_err(|e| e.to_string())
+    super::selector_of(&spec.selector)
 }
 
 /// Whether `tol` tolerates `taint` (`ToleratesTaint`).

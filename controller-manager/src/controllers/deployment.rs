@@ -28,7 +28,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{info, info_span, warn, Instrument};
 
 use super::podcontrol::{self, Claimer, PodControlError};
 use super::{Context, ControllerError};
@@ -177,17 +177,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
         queue,
         controller::Config::default(),
     );
-    let mut applier = std::pin::pin!(applier);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = applier.next() => match next {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => debug!(error = %e, "deployment reconcile loop"),
-                None => return Ok(()),
-            }
-        }
-    }
+    super::drive("deployment", applier, &shutdown).await
 }
 
 use futures::TryStreamExt;
@@ -205,8 +195,7 @@ async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action, Deploym
 
 fn selector_of(d: &Deployment) -> Result<Selector, String> {
     let spec = d.spec.as_ref().ok_or("no spec")?;
-    let v = serde_json::to_value(&spec.selector).map_err(|e| e.to_string())?;
-    Selector::from_label_selector(&v).map_err(|e| e.to_string())
+    super::selector_of(&spec.selector)
 }
 
 fn d_replicas(d: &Deployment) -> i32 {

@@ -126,17 +126,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
         queue,
         controller::Config::default(),
     );
-    let mut applier = std::pin::pin!(applier);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = applier.next() => match next {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => debug!(controller = "job", error = %e, "reconcile loop"),
-                None => return Ok(()),
-            }
-        }
-    }
+    super::drive("job", applier, &shutdown).await
 }
 
 /// Consumes the pod watch: records creations and deletions against expectations and

@@ -45,6 +45,34 @@ pub enum ControllerError {
     Config(String),
 }
 
+/// Runs a kube-runtime applier until `shutdown` or until its input streams end. Failed
+/// reconciles are logged and requeued by each controller's error policy; what reaches
+/// here (a missing object, a queue error) is only traced.
+pub async fn drive<T, E, S>(controller: &'static str, applier: S, shutdown: &CancellationToken) -> Result<(), ControllerError>
+where
+    S: futures::Stream<Item = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt;
+    let mut applier = std::pin::pin!(applier);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = applier.next() => match next {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => tracing::debug!(controller, error = %e, "reconcile loop"),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The label selector of a workload's spec, as a matcher.
+pub fn selector_of(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Result<apimachinery::Selector, String> {
+    let v = serde_json::to_value(selector).map_err(|e| e.to_string())?;
+    apimachinery::Selector::from_label_selector(&v).map_err(|e| e.to_string())
+}
+
 /// Starts a controller; it runs until the token is cancelled.
 pub type StartFn = fn(Context, CancellationToken) -> BoxFuture<'static, Result<(), ControllerError>>;
 

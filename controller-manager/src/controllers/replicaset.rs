@@ -95,11 +95,10 @@ impl Replicated for ReplicaSet {
 
     fn spec_view(&self) -> Result<SpecView, String> {
         let spec = self.spec.as_ref().ok_or("no spec")?;
-        let sel = serde_json::to_value(&spec.selector).map_err(|e| e.to_string())?;
         Ok(SpecView {
             replicas: spec.replicas.unwrap_or(1),
             min_ready_seconds: spec.min_ready_seconds.unwrap_or(0),
-            selector: Selector::from_label_selector(&sel).map_err(|e| e.to_string())?,
+            selector: super::selector_of(&spec.selector)?,
             template: spec.template.clone(),
         })
     }
@@ -210,17 +209,7 @@ async fn run<K: Replicated>(ctx: Context, shutdown: CancellationToken) -> Result
         queue,
         controller::Config::default(),
     );
-    let mut applier = std::pin::pin!(applier);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = applier.next() => match next {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => debug!(controller = K::CONTROLLER, error = %e, "reconcile loop"),
-                None => return Ok(()),
-            }
-        }
-    }
+    super::drive(K::CONTROLLER, applier, &shutdown).await
 }
 
 /// Consumes the pod watch: records creations and deletions against expectations and

@@ -183,17 +183,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
         queue,
         controller::Config::default(),
     );
-    let mut applier = std::pin::pin!(applier);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            next = applier.next() => match next {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => debug!(error = %e, "statefulset reconcile loop"),
-                None => return Ok(()),
-            }
-        }
-    }
+    super::drive("statefulset", applier, &shutdown).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -201,8 +191,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
 
 fn selector_of(set: &StatefulSet) -> Result<Selector, String> {
     let spec = set.spec.as_ref().ok_or("no spec")?;
-    let v = serde_json::to_value(&spec.selector).map_err(|e| e.to_string())?;
-    Selector::from_label_selector(&v).map_err(|e| e.to_string())
+    super::selector_of(&spec.selector)
 }
 
 /// The ordinal in a pod's name `<set>-<ordinal>`, if the pod is named for this set.
