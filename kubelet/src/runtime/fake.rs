@@ -1,0 +1,1 @@
+//! A runtime with no processes (being written).
