@@ -3,5 +3,6 @@
 //! leader election on a `coordination.k8s.io` Lease so that only one copy acts.
 
 pub mod client;
+pub mod events;
 pub mod leaderelection;
 pub mod signals;

@@ -2,4 +2,104 @@
 //! through the embedded runtime, writes their status back, and serves the kubelet API
 //! (logs, exec, port-forward, stats) that the apiserver proxies to.
 
+pub mod config;
+pub mod node;
+pub mod pods;
 pub mod runtime;
+pub mod server;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::{KubeletConfig, RuntimeKind};
+use runtime::{ImageService, Runtime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("building the API client: {0}")]
+    Client(#[from] component_base::client::ClientError),
+    #[error("setting up the container runtime: {0}")]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("listening on {address}: {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The runtime and image service a kubelet drives.
+#[derive(Clone)]
+pub struct Runtimes {
+    pub runtime: Arc<dyn Runtime>,
+    pub images: Arc<dyn ImageService>,
+}
+
+/// Builds the runtime `config` asks for (the real one imports the air-gap archives in
+/// `ROOT/images/` and makes sure the busybox demo image exists).
+pub async fn build_runtime(config: &KubeletConfig) -> Result<Runtimes, KubeletError> {
+    match config.runtime {
+        RuntimeKind::Fake => {
+            let fake = Arc::new(runtime::fake::FakeRuntime::new());
+            Ok(Runtimes { runtime: fake.clone(), images: fake })
+        }
+        RuntimeKind::Linux => Ok(runtime::linux_runtime(config).await?),
+    }
+}
+
+/// Runs a kubelet until `shutdown`. Containers keep running after it returns: a new
+/// kubelet over the same root finds them.
+pub async fn run(config: KubeletConfig, shutdown: CancellationToken) -> Result<(), KubeletError> {
+    let client = component_base::client::client(config.kubeconfig.as_deref()).await?;
+    let runtimes = build_runtime(&config).await?;
+    run_with(config, client, runtimes, shutdown).await
+}
+
+/// Runs a kubelet with a given client and runtime (tests start hollow kubelets this way).
+pub async fn run_with(config: KubeletConfig, client: kube::Client, runtimes: Runtimes, shutdown: CancellationToken) -> Result<(), KubeletError> {
+    let address = std::net::SocketAddr::from((config.address, config.port));
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| KubeletError::Listen { address: address.to_string(), source })?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.port);
+    tracing::info!(node = %config.node_name, %port, "kubelet starting");
+
+    let agent = Arc::new(node::NodeAgent::new(config.clone(), client.clone(), runtimes.runtime.clone(), runtimes.images.clone(), port));
+    let allocatable: BTreeMap<String, String> = node::capacity(&config).into_iter().map(|(k, v)| (k, v.0)).collect();
+    let ctx = pods::Context {
+        config: config.clone(),
+        client: client.clone(),
+        runtime: runtimes.runtime.clone(),
+        images: runtimes.images.clone(),
+        recorder: component_base::events::EventRecorder::new(client.clone(), "kubelet", Some(&config.node_name)),
+        network: agent.network_ready(),
+        node_allocatable: allocatable,
+    };
+    let manager = pods::PodManager::new(ctx, shutdown.clone());
+    let node_task = tokio::spawn(agent.clone().run(shutdown.clone()));
+    let pods_task = tokio::spawn(manager.clone().run());
+    let stats_task = tokio::spawn(stats::run(config.clone(), client.clone(), manager.clone(), shutdown.clone()));
+    let server_task = tokio::spawn(serve_api(listener, runtimes.clone(), manager.clone(), shutdown.clone()));
+    shutdown.cancelled().await;
+    let _ = tokio::join!(node_task, pods_task, stats_task, server_task);
+    tracing::info!("kubelet stopped; containers keep running");
+    Ok(())
+}
+
+async fn serve_api(listener: tokio::net::TcpListener, _runtimes: Runtimes, _pods: Arc<pods::PodManager>, shutdown: CancellationToken) {
+    // The kubelet API (logs, exec, port-forward) is served here once wired; until then the
+    // port is held so the Node's daemonEndpoints point at a live socket.
+    shutdown.cancelled().await;
+    drop(listener);
+}
+
+/// Stops every container of the node and removes what the runtime set up on the host
+/// (mounts, network namespaces, veths, the bridge, cgroups): `rkube down`.
+pub async fn teardown(config: &KubeletConfig) -> Result<(), KubeletError> {
+    let runtimes = build_runtime(config).await?;
+    runtimes.runtime.teardown().await?;
+    Ok(())
+}

@@ -1,1 +1,83 @@
-fn main() {}
+//! `kubelet`: flags → checked config → `kubelet::run`.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "kubelet", version = kubelet::node::KUBELET_VERSION, about = "The rkube node agent: runs the pods bound to this node in the embedded container runtime.")]
+struct Options {
+    /// kubeconfig with the API server's address and credentials.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The node's name (defaults to the host name).
+    #[arg(long)]
+    hostname_override: Option<String>,
+    /// The node's address (InternalIP).
+    #[arg(long)]
+    node_ip: Option<Ipv4Addr>,
+    /// Where images, containers, pod volumes and logs live.
+    #[arg(long, default_value = "/var/lib/rkube/kubelet")]
+    root_dir: PathBuf,
+    /// Parent cgroup for all pods, on every hierarchy.
+    #[arg(long, default_value = "rkube")]
+    cgroup_root: String,
+    /// The node bridge pods attach to.
+    #[arg(long, default_value = "rkube0")]
+    bridge_name: String,
+    /// Port of the kubelet API (logs, exec, port-forward).
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// Address the kubelet API listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: Ipv4Addr,
+    /// DNS server IPs written into pods' resolv.conf (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<String>,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// `fake` runs no processes (hollow nodes for scale tests).
+    #[arg(long, default_value = "linux", value_parser = ["linux", "fake"])]
+    runtime: String,
+    /// Labels to add at registration, `key=value,…`.
+    #[arg(long, value_delimiter = ',')]
+    node_labels: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    kubelet::runtime::linux::shim_main_if_requested();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    let options = Options::parse();
+    let hostname = options
+        .hostname_override
+        .clone()
+        .or_else(|| nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "localhost".into());
+    let mut config = kubelet::KubeletConfig::new(&hostname, options.root_dir);
+    config.kubeconfig = options.kubeconfig;
+    config.node_ip = match options.node_ip {
+        Some(ip) => ip,
+        None => kubelet::node::default_node_ip(),
+    };
+    config.cgroup_root = options.cgroup_root;
+    config.bridge_name = options.bridge_name;
+    config.port = options.port;
+    config.address = options.address;
+    config.cluster_dns = options.cluster_dns;
+    config.cluster_domain = options.cluster_domain;
+    config.max_pods = options.max_pods;
+    config.runtime = if options.runtime == "fake" { kubelet::RuntimeKind::Fake } else { kubelet::RuntimeKind::Linux };
+    for label in options.node_labels {
+        let (k, v) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("--node-labels: {label:?} is not key=value"))?;
+        config.node_labels.push((k.to_string(), v.to_string()));
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = component_base::signals::shutdown_on_signals();
+        kubelet::run(config, shutdown).await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! A lab's identity and files: everything lives under its data dir (`DIR/server` for the
+//! apiserver's store, `DIR/agent` for the kubelet's root, `DIR/lab.json` for the names
+//! chosen at first start, `DIR/rkube.pid`, `DIR/rkube.log`). The bridge, cgroup root and
+//! pod network are chosen per lab, so two labs can run on one machine.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The default lab's directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/rkube";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a lab settings file: {source}")]
+    Settings {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no free 10.x.0.0/16 network for the lab's pods (10.42 to 10.99 are all in use)")]
+    NoFreeNetwork,
+}
+
+/// Names and networks chosen once per lab and kept in `DIR/lab.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LabSettings {
+    pub port: u16,
+    pub cluster_cidr: String,
+    pub service_cidr: String,
+    pub bridge_name: String,
+    pub cgroup_root: String,
+}
+
+pub struct Lab {
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    pub fn new(dir: &Path) -> Lab {
+        // An absolute path, so a detached child and `rkube down` from elsewhere agree.
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Lab { dir }
+    }
+
+    pub fn server_dir(&self) -> PathBuf {
+        self.dir.join("server")
+    }
+    pub fn agent_dir(&self) -> PathBuf {
+        self.dir.join("agent")
+    }
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("rkube.pid")
+    }
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("rkube.log")
+    }
+    fn settings_file(&self) -> PathBuf {
+        self.dir.join("lab.json")
+    }
+
+    /// A short tag that names this lab's host objects (bridge, cgroups).
+    fn tag(&self) -> String {
+        // FNV-1a of the path: stable, and short enough for a 15-byte interface name.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in self.dir.to_string_lossy().bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        format!("{:06x}", h & 0xff_ffff)
+    }
+
+    pub fn load_settings(&self) -> Result<Option<LabSettings>, LabError> {
+        let path = self.settings_file();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| LabError::Settings { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(LabError::Io { path, source }),
+        }
+    }
+
+    /// The lab's settings: as saved, or chosen now (a free pod network) and saved.
+    pub fn settings(&self, port: Option<u16>) -> Result<LabSettings, LabError> {
+        if let Some(mut s) = self.load_settings()? {
+            if let Some(p) = port {
+                s.port = p;
+                self.save(&s)?;
+            }
+            return Ok(s);
+        }
+        let octet = free_pod_network().ok_or(LabError::NoFreeNetwork)?;
+        let tag = self.tag();
+        let settings = LabSettings {
+            port: port.unwrap_or(6443),
+            cluster_cidr: format!("10.{octet}.0.0/16"),
+            // Services take the next /16 (10.43 beside k3s's 10.42, and so on).
+            service_cidr: format!("10.{}.0.0/16", octet + 1),
+            bridge_name: format!("rkube-{tag}"),
+            cgroup_root: format!("rkube-{tag}"),
+        };
+        self.save(&settings)?;
+        Ok(settings)
+    }
+
+    fn save(&self, s: &LabSettings) -> Result<(), LabError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| LabError::Io { path: self.dir.clone(), source })?;
+        let path = self.settings_file();
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(s).map_err(|source| LabError::Settings { path: path.clone(), source })?;
+        std::fs::write(&tmp, bytes).map_err(|source| LabError::Io { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, &path).map_err(|source| LabError::Io { path, source })
+    }
+
+    /// The pid of the lab's running `rkube up`, if any.
+    pub fn running_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        // A pid reused by an unrelated process is not our lab.
+        let ours = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .map(|c| c.contains("rkube") && c.contains("up"))
+            .unwrap_or(false);
+        (alive && ours).then_some(pid)
+    }
+}
+
+/// The second octet of a 10.x.0.0/16 (and 10.x+1) that no interface on this host uses
+/// (another lab's bridge holds an address in its pod network once it runs).
+fn free_pod_network() -> Option<u8> {
+    let used = host_ipv4_networks();
+    (42u8..=98).step_by(2).find(|o| !used.iter().any(|(a, b)| *a == 10 && (*b == *o || *b == o + 1)))
+}
+
+/// (first, second) octets of every IPv4 address on this host (/proc/net/fib_trie's
+/// local entries).
+fn host_ipv4_networks() -> Vec<(u8, u8)> {
+    let mut out = Vec::new();
+    if let Ok(text) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let lines: Vec<&str> = text.lines().collect();
+        for w in lines.windows(2) {
+            if w[1].contains("/32 host LOCAL") {
+                if let Some(ip) = w[0].split_whitespace().last().and_then(|s| s.parse::<Ipv4Addr>().ok()) {
+                    let o = ip.octets();
+                    out.push((o[0], o[1]));
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,185 @@
+//! `rkube up`: the whole single-node lab in one process, as k3s runs its server —
+//! kube-apiserver on the embedded store, kube-controller-manager, kube-scheduler and the
+//! kubelet with the embedded runtime, each started from its library with one shared
+//! shutdown. `--detach` runs that process in the background and returns once the node
+//! is Ready.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use tokio_util::sync::CancellationToken;
+
+use crate::lab::{Lab, LabSettings};
+
+/// How long `--detach` waits for the node to turn Ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn kubelet_config(lab: &Lab, settings: &LabSettings) -> kubelet::KubeletConfig {
+    let node_name = nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "rkube".into());
+    let mut config = kubelet::KubeletConfig::new(&node_name, lab.agent_dir());
+    config.kubeconfig = Some(lab.kubeconfig());
+    config.node_ip = kubelet::node::default_node_ip();
+    config.cgroup_root = settings.cgroup_root.clone();
+    config.bridge_name = settings.bridge_name.clone();
+    // Two labs on one machine must not fight over 10250: the node reports the real port.
+    config.port = 0;
+    config
+}
+
+/// Runs the lab in this process until a signal.
+pub async fn run_foreground(lab: &Lab, settings: &LabSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&lab.dir).with_context(|| format!("creating {}", lab.dir.display()))?;
+    std::fs::write(lab.pid_file(), std::process::id().to_string()).with_context(|| format!("writing {}", lab.pid_file().display()))?;
+    let result = run_components(lab, settings, shutdown).await;
+    let _ = std::fs::remove_file(lab.pid_file());
+    result
+}
+
+async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let kubelet_config = kubelet_config(lab, settings);
+    let service_ranges = apiserver::admission::ServiceRanges::parse(&settings.service_cidr, "30000-32767")
+        .map_err(|e| anyhow::anyhow!("{}: serviceCidr: {e}", lab.dir.join("lab.json").display()))?;
+    let api_config = apiserver::server::Config {
+        data_dir: lab.dir.clone(),
+        bind: SocketAddr::from(([127, 0, 0, 1], settings.port)),
+        etcd_servers: Vec::new(),
+        service_ranges,
+        advertise_address: std::net::IpAddr::V4(kubelet_config.node_ip),
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let api = tokio::spawn(apiserver::server::run(api_config, shutdown.clone(), Some(ready_tx)));
+    let addr = match ready_rx.await {
+        Ok(addr) => addr,
+        Err(_) => {
+            // The apiserver ended before it was ready: its error says why.
+            return match api.await {
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("starting kube-apiserver")),
+                Ok(Ok(())) => bail!("kube-apiserver stopped before it was ready"),
+                Err(e) => bail!("kube-apiserver panicked: {e}"),
+            };
+        }
+    };
+    tracing::info!(%addr, "kube-apiserver ready");
+
+    let cm_config = controller_manager::Config {
+        kubeconfig: Some(lab.kubeconfig()),
+        leader_elect: false,
+        cluster_cidr: Some(settings.cluster_cidr.clone()),
+        ..Default::default()
+    };
+    let cm = tokio::spawn(controller_manager::run(cm_config, shutdown.clone()));
+    let sched_config = scheduler::Config { kubeconfig: Some(lab.kubeconfig()), leader_elect: false, ..Default::default() };
+    let sched = tokio::spawn(scheduler::run(sched_config, shutdown.clone()));
+    let node = tokio::spawn(kubelet::run(kubelet_config, shutdown.clone()));
+
+    // Any component that ends on its own ends the lab (with its error).
+    let outcome: anyhow::Result<()> = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        r = api => flatten("kube-apiserver", r.map(|r| r.map_err(anyhow::Error::new))),
+        r = cm => flatten("kube-controller-manager", r.map(|r| r.map_err(anyhow::Error::new))),
+        r = sched => flatten("kube-scheduler", r.map(|r| r.map_err(anyhow::Error::new))),
+        r = node => flatten("kubelet", r.map(|r| r.map_err(anyhow::Error::new))),
+    };
+    shutdown.cancel();
+    // Let the components finish their shutdown (leases, open requests).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    outcome
+}
+
+fn flatten(component: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    match r {
+        Ok(Ok(())) => bail!("{component} stopped unexpectedly"),
+        Ok(Err(e)) => Err(e.context(format!("{component} failed"))),
+        Err(e) => bail!("{component} panicked: {e}"),
+    }
+}
+
+/// Starts `rkube up` in the background (its own session, output to `DIR/rkube.log`) and
+/// waits for the node to be Ready.
+pub async fn run_detached(lab: &Lab, settings: &LabSettings) -> anyhow::Result<()> {
+    if let Some(pid) = lab.running_pid() {
+        println!("rkube is already running for {} (pid {pid})", lab.dir.display());
+        return wait_ready(lab, None).await;
+    }
+    std::fs::create_dir_all(&lab.dir).with_context(|| format!("creating {}", lab.dir.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(lab.log_file())
+        .with_context(|| format!("opening {}", lab.log_file().display()))?;
+    let exe = std::env::current_exe().context("finding the rkube binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("up").arg("--data-dir").arg(&lab.dir).arg("--port").arg(settings.port.to_string());
+    cmd.stdin(Stdio::null()).stdout(log.try_clone().context("duplicating the log file")?).stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().context("starting rkube in the background")?;
+    let pid = child.id();
+    // The child is not waited for here: it is the lab, and outlives this command.
+    std::mem::forget(child);
+    wait_ready(lab, Some(pid)).await
+}
+
+async fn wait_ready(lab: &Lab, child: Option<u32>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let kubeconfig = lab.kubeconfig();
+    loop {
+        if let Some(pid) = child {
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() || is_zombie(pid) {
+                bail!("rkube stopped while starting; the end of {}:\n{}", lab.log_file().display(), tail(&lab.log_file(), 15));
+            }
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!("the node was not Ready after {}s; see {}", READY_TIMEOUT.as_secs(), lab.log_file().display());
+        }
+        if kubeconfig.exists() {
+            if let Ok(Some(name)) = ready_node(&kubeconfig).await {
+                println!("rkube is up: node {name} is Ready ({:.1}s)", started.elapsed().as_secs_f64());
+                println!("  export KUBECONFIG={}", kubeconfig.display());
+                println!("  kubectl get nodes");
+                println!("stop it with: rkube down --data-dir {}", lab.dir.display());
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().map(|rest| rest.trim_start().starts_with('Z')).unwrap_or(false))
+        .unwrap_or(true)
+}
+
+/// The name of a Ready node, if there is one.
+async fn ready_node(kubeconfig: &Path) -> anyhow::Result<Option<String>> {
+    let client = component_base::client::client(Some(kubeconfig)).await?;
+    let nodes = Api::<Node>::all(client).list(&Default::default()).await?;
+    Ok(nodes.items.into_iter().find_map(|n| {
+        let ready = n
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .map(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            .unwrap_or(false);
+        if ready {
+            n.metadata.name
+        } else {
+            None
+        }
+    }))
+}
+
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

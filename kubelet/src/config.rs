@@ -1,0 +1,85 @@
+//! The kubelet's checked configuration (what `main.rs` builds from flags and `rkube up`
+//! builds directly).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which container runtime the kubelet drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Real containers (namespaces, cgroups, overlayfs) through libcontainer.
+    Linux,
+    /// No processes: pods go Running at once (hollow nodes for scale tests).
+    Fake,
+}
+
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    /// `--kubeconfig`; None means the in-cluster or default kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--hostname-override` or the host's name, lowercased.
+    pub node_name: String,
+    /// `--node-ip`: the InternalIP the node reports.
+    pub node_ip: Ipv4Addr,
+    /// `--root-dir`: images, containers, pod volumes, logs.
+    pub root_dir: PathBuf,
+    /// `--cgroup-root`: every pod cgroup lives under this name on each hierarchy.
+    pub cgroup_root: String,
+    /// The node bridge pods attach to.
+    pub bridge_name: String,
+    pub runtime: RuntimeKind,
+    /// `--port`: the kubelet API (logs, exec, port-forward). 0 picks a free port.
+    pub port: u16,
+    /// `--address`: where the kubelet API listens.
+    pub address: Ipv4Addr,
+    /// `--cluster-dns` and `--cluster-domain`, written into pods' resolv.conf.
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
+    /// `--max-pods`.
+    pub max_pods: u32,
+    /// `--node-status-update-frequency` and the Lease renewal interval (10 s in Kubernetes).
+    pub node_status_update_frequency: Duration,
+    pub node_lease_renew_interval: Duration,
+    /// How often the pod lifecycle event generator relists containers (1 s in Kubernetes).
+    pub relist_period: Duration,
+    /// `--image-gc-high-threshold` / `--image-gc-low-threshold` (percent of the disk).
+    pub image_gc_high_threshold: u8,
+    pub image_gc_low_threshold: u8,
+    /// Labels set on the Node at registration (`--node-labels`).
+    pub node_labels: Vec<(String, String)>,
+}
+
+impl KubeletConfig {
+    /// Defaults for a node named `node_name` keeping its state under `root_dir`.
+    pub fn new(node_name: &str, root_dir: PathBuf) -> KubeletConfig {
+        KubeletConfig {
+            kubeconfig: None,
+            node_name: node_name.to_ascii_lowercase(),
+            node_ip: Ipv4Addr::LOCALHOST,
+            root_dir,
+            cgroup_root: "rkube".into(),
+            bridge_name: "rkube0".into(),
+            runtime: RuntimeKind::Linux,
+            port: 10250,
+            address: Ipv4Addr::UNSPECIFIED,
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            max_pods: 110,
+            node_status_update_frequency: Duration::from_secs(10),
+            node_lease_renew_interval: Duration::from_secs(10),
+            relist_period: Duration::from_secs(1),
+            image_gc_high_threshold: 85,
+            image_gc_low_threshold: 80,
+            node_labels: Vec::new(),
+        }
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root_dir.join("logs").join("pods")
+    }
+
+    pub fn pods_dir(&self) -> PathBuf {
+        self.root_dir.join("pods")
+    }
+}

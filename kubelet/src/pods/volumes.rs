@@ -1,0 +1,417 @@
+//! Pod volumes, laid out as the real kubelet lays them out
+//! (`ROOT/pods/<uid>/volumes/kubernetes.io~<plugin>/<name>`): emptyDir (on disk, or tmpfs
+//! for `medium: Memory`), hostPath with its type checks, configMap, secret, downwardAPI
+//! and projected volumes written atomically through a `..data` symlink (so updates
+//! appear whole inside running containers), and persistentVolumeClaims bound to
+//! hostPath/local PersistentVolumes.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Volume,
+};
+use kube::api::Api;
+
+use super::env::{config_map_entries, field_value, secret_entries, Sources};
+use super::resources::resource_field_value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("MountVolume.SetUp failed for volume \"{volume}\" : {message}")]
+    SetUp { volume: String, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VolumeError {
+    let context = context.into();
+    move |source| VolumeError::Io { context, source }
+}
+
+fn setup(volume: &str, message: impl Into<String>) -> VolumeError {
+    VolumeError::SetUp { volume: volume.into(), message: message.into() }
+}
+
+/// Where each volume of a pod is on the host, by volume name.
+pub type VolumePaths = BTreeMap<String, PathBuf>;
+
+pub fn pod_dir(pods_dir: &Path, uid: &str) -> PathBuf {
+    pods_dir.join(uid)
+}
+
+/// Sets up (or refreshes) every volume of `pod`; returns the host path of each.
+pub async fn prepare(pods_dir: &Path, pod: &Pod, sources: &mut Sources) -> Result<VolumePaths, VolumeError> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let base = pod_dir(pods_dir, &uid).join("volumes");
+    let mut out = VolumePaths::new();
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+    for v in &volumes {
+        let path = prepare_one(&base, pod, v, sources).await?;
+        out.insert(v.name.clone(), path);
+    }
+    Ok(out)
+}
+
+async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources) -> Result<PathBuf, VolumeError> {
+    let name = v.name.as_str();
+    if let Some(e) = &v.empty_dir {
+        let dir = base.join("kubernetes.io~empty-dir").join(name);
+        std::fs::create_dir_all(&dir).map_err(io(format!("creating emptyDir {}", dir.display())))?;
+        // 0777 as the kubelet makes it, so non-root containers can write.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io("chmod emptyDir"))?;
+        if e.medium.as_deref() == Some("Memory") && !is_mountpoint(&dir) {
+            let size = e.size_limit.as_ref().and_then(|q| apimachinery::quantity::Quantity::parse(&q.0).ok()).map(|q| q.to_bytes());
+            let data = match size {
+                Some(bytes) if bytes > 0 => format!("mode=0777,size={bytes}"),
+                _ => "mode=0777".to_string(),
+            };
+            nix::mount::mount(Some("tmpfs"), &dir, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(data.as_str()))
+                .map_err(|e| setup(name, format!("mounting tmpfs: {e}")))?;
+        }
+        return Ok(dir);
+    }
+    if let Some(h) = &v.host_path {
+        let path = PathBuf::from(&h.path);
+        check_host_path(name, &path, h.type_.as_deref().unwrap_or(""))?;
+        return Ok(path);
+    }
+    if let Some(c) = &v.config_map {
+        let dir = base.join("kubernetes.io~configmap").join(name);
+        let cm_name = c.name.clone();
+        let entries = match sources.config_map(&cm_name).await.map_err(|e| setup(name, e.to_string()))? {
+            Some(cm) => config_map_entries(cm),
+            None if c.optional == Some(true) => BTreeMap::new(),
+            None => return Err(setup(name, format!("configmap \"{cm_name}\" not found"))),
+        };
+        let files = project_keys(name, &entries, c.items.as_deref(), c.default_mode, "configmap", &cm_name)?;
+        write_atomic(&dir, &files)?;
+        return Ok(dir);
+    }
+    if let Some(s) = &v.secret {
+        let dir = base.join("kubernetes.io~secret").join(name);
+        let secret_name = s.secret_name.clone().unwrap_or_default();
+        let entries = match sources.secret(&secret_name).await.map_err(|e| setup(name, e.to_string()))? {
+            Some(secret) => secret_entries(secret),
+            None if s.optional == Some(true) => BTreeMap::new(),
+            None => return Err(setup(name, format!("secret \"{secret_name}\" not found"))),
+        };
+        let files = project_keys(name, &entries, s.items.as_deref(), s.default_mode, "secret", &secret_name)?;
+        write_atomic(&dir, &files)?;
+        return Ok(dir);
+    }
+    if let Some(d) = &v.downward_api {
+        let dir = base.join("kubernetes.io~downward-api").join(name);
+        let files = downward_files(name, pod, d.items.as_deref().unwrap_or_default(), d.default_mode)?;
+        write_atomic(&dir, &files)?;
+        return Ok(dir);
+    }
+    if let Some(p) = &v.projected {
+        let dir = base.join("kubernetes.io~projected").join(name);
+        let mut files = Vec::new();
+        for source in p.sources.iter().flatten() {
+            if let Some(c) = &source.config_map {
+                let cm_name = c.name.clone();
+                match sources.config_map(&cm_name).await.map_err(|e| setup(name, e.to_string()))? {
+                    Some(cm) => files.extend(project_keys(name, &config_map_entries(cm), c.items.as_deref(), p.default_mode, "configmap", &cm_name)?),
+                    None if c.optional == Some(true) => {}
+                    None => return Err(setup(name, format!("configmap \"{cm_name}\" not found"))),
+                }
+            }
+            if let Some(s) = &source.secret {
+                let secret_name = s.name.clone();
+                match sources.secret(&secret_name).await.map_err(|e| setup(name, e.to_string()))? {
+                    Some(secret) => files.extend(project_keys(name, &secret_entries(secret), s.items.as_deref(), p.default_mode, "secret", &secret_name)?),
+                    None if s.optional == Some(true) => {}
+                    None => return Err(setup(name, format!("secret \"{secret_name}\" not found"))),
+                }
+            }
+            if let Some(d) = &source.downward_api {
+                files.extend(downward_files(name, pod, d.items.as_deref().unwrap_or_default(), p.default_mode)?);
+            }
+            if source.service_account_token.is_some() {
+                tracing::debug!(volume = name, "serviceAccountToken projections need the token API; left out");
+            }
+        }
+        write_atomic(&dir, &files)?;
+        return Ok(dir);
+    }
+    if let Some(claim) = &v.persistent_volume_claim {
+        return claim_path(name, &claim.claim_name, sources).await;
+    }
+    Err(setup(name, "this volume type is not supported by rkube's kubelet"))
+}
+
+fn check_host_path(volume: &str, path: &Path, type_: &str) -> Result<(), VolumeError> {
+    let meta = std::fs::metadata(path).ok();
+    let fail = |what: &str| Err(setup(volume, format!("hostPath type check failed: {} is not a {what}", path.display())));
+    match type_ {
+        "" => Ok(()),
+        "DirectoryOrCreate" => {
+            if meta.is_none() {
+                std::fs::create_dir_all(path).map_err(io(format!("creating {}", path.display())))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(io("chmod hostPath"))?;
+            }
+            Ok(())
+        }
+        "FileOrCreate" => {
+            if meta.is_none() {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+                }
+                std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io(format!("creating {}", path.display())))?;
+            }
+            Ok(())
+        }
+        "Directory" => match meta {
+            Some(m) if m.is_dir() => Ok(()),
+            _ => fail("directory"),
+        },
+        "File" => match meta {
+            Some(m) if m.is_file() => Ok(()),
+            _ => fail("file"),
+        },
+        "Socket" | "CharDevice" | "BlockDevice" => {
+            use std::os::unix::fs::FileTypeExt;
+            let ok = meta.map(|m| {
+                let t = m.file_type();
+                match type_ {
+                    "Socket" => t.is_socket(),
+                    "CharDevice" => t.is_char_device(),
+                    _ => t.is_block_device(),
+                }
+            });
+            if ok == Some(true) {
+                Ok(())
+            } else {
+                fail(type_)
+            }
+        }
+        other => Err(setup(volume, format!("unsupported hostPath type {other:?}"))),
+    }
+}
+
+/// The host directory of a bound claim's PersistentVolume (hostPath or local).
+async fn claim_path(volume: &str, claim: &str, sources: &mut Sources) -> Result<PathBuf, VolumeError> {
+    let client = sources.client().clone();
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), sources.namespace())
+        .get_opt(claim)
+        .await
+        .map_err(|e| setup(volume, e.to_string()))?
+        .ok_or_else(|| setup(volume, format!("persistentvolumeclaim \"{claim}\" not found")))?;
+    let pv_name = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| setup(volume, format!("persistentvolumeclaim \"{claim}\" is not bound")))?;
+    let pv = Api::<PersistentVolume>::all(client)
+        .get_opt(&pv_name)
+        .await
+        .map_err(|e| setup(volume, e.to_string()))?
+        .ok_or_else(|| setup(volume, format!("persistentvolume \"{pv_name}\" not found")))?;
+    let spec = pv.spec.unwrap_or_default();
+    let path = spec
+        .host_path
+        .map(|h| h.path)
+        .or_else(|| spec.local.map(|l| l.path))
+        .ok_or_else(|| setup(volume, format!("persistentvolume \"{pv_name}\" is neither hostPath nor local")))?;
+    let path = PathBuf::from(path);
+    std::fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).map_err(io("chmod volume"))?;
+    Ok(path)
+}
+
+/// One file of a projected volume: relative path, content, mode.
+type ProjectedFile = (String, Vec<u8>, u32);
+
+fn project_keys(
+    volume: &str,
+    entries: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+    kind: &str,
+    source: &str,
+) -> Result<Vec<ProjectedFile>, VolumeError> {
+    let default_mode = default_mode.map(|m| m as u32 & 0o777).unwrap_or(0o644);
+    let mut files = Vec::new();
+    match items {
+        Some(items) => {
+            for item in items {
+                let data = entries
+                    .get(&item.key)
+                    .ok_or_else(|| setup(volume, format!("{kind} {source:?} has no key {:?}", item.key)))?;
+                check_relative(volume, &item.path)?;
+                files.push((item.path.clone(), data.clone(), item.mode.map(|m| m as u32 & 0o777).unwrap_or(default_mode)));
+            }
+        }
+        None => {
+            for (k, v) in entries {
+                files.push((k.clone(), v.clone(), default_mode));
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn downward_files(volume: &str, pod: &Pod, items: &[DownwardAPIVolumeFile], default_mode: Option<i32>) -> Result<Vec<ProjectedFile>, VolumeError> {
+    let default_mode = default_mode.map(|m| m as u32 & 0o777).unwrap_or(0o644);
+    let mut files = Vec::new();
+    for item in items {
+        check_relative(volume, &item.path)?;
+        let value = if let Some(f) = &item.field_ref {
+            field_value(pod, &f.field_path).map_err(|e| setup(volume, e.to_string()))?
+        } else if let Some(r) = &item.resource_field_ref {
+            let spec = pod.spec.clone().unwrap_or_default();
+            let container = spec
+                .containers
+                .iter()
+                .find(|c| Some(&c.name) == r.container_name.as_ref())
+                .ok_or_else(|| setup(volume, format!("container {:?} not found", r.container_name.clone().unwrap_or_default())))?;
+            resource_field_value(pod, container, r, &BTreeMap::new()).map_err(|e| setup(volume, e.to_string()))?
+        } else {
+            String::new()
+        };
+        files.push((item.path.clone(), value.into_bytes(), item.mode.map(|m| m as u32 & 0o777).unwrap_or(default_mode)));
+    }
+    Ok(files)
+}
+
+fn check_relative(volume: &str, path: &str) -> Result<(), VolumeError> {
+    if path.is_empty() || path.starts_with('/') || path.split('/').any(|p| p == "..") {
+        return Err(setup(volume, format!("invalid path {path:?}: must be relative and may not contain '..'")));
+    }
+    Ok(())
+}
+
+/// Writes `files` as a new timestamped directory, points `..data` at it with one rename,
+/// links each top-level name through `..data`, and removes the previous generation —
+/// the kubelet's AtomicWriter. Unchanged content is left alone.
+fn write_atomic(dir: &Path, files: &[ProjectedFile]) -> Result<(), VolumeError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let data_link = dir.join("..data");
+    if let Ok(current) = std::fs::read_link(&data_link) {
+        let current_dir = dir.join(&current);
+        let same = files.iter().all(|(p, data, _)| std::fs::read(current_dir.join(p)).ok().as_deref() == Some(data.as_slice()))
+            && count_files(&current_dir) == files.len();
+        if same {
+            return Ok(());
+        }
+    }
+    let generation = format!("..{}", chrono::Utc::now().format("%Y_%m_%d_%H_%M_%S.%f"));
+    let gen_dir = dir.join(&generation);
+    std::fs::create_dir_all(&gen_dir).map_err(io(format!("creating {}", gen_dir.display())))?;
+    for (rel, data, mode) in files {
+        let target = gen_dir.join(rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+        }
+        std::fs::write(&target, data).map_err(io(format!("writing {}", target.display())))?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(*mode)).map_err(io("chmod projected file"))?;
+    }
+    let tmp_link = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp_link);
+    symlink(&generation, &tmp_link).map_err(io("linking ..data_tmp"))?;
+    let previous = std::fs::read_link(&data_link).ok();
+    std::fs::rename(&tmp_link, &data_link).map_err(io("renaming ..data"))?;
+    let tops: std::collections::BTreeSet<String> =
+        files.iter().filter_map(|(p, _, _)| p.split('/').next().map(str::to_string)).collect();
+    for top in &tops {
+        let link = dir.join(top);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new("..data").join(top), &link).map_err(io(format!("linking {top}")))?;
+        }
+    }
+    // Names that are gone from the source disappear from the volume.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("..") && !tops.contains(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    if let Some(prev) = previous {
+        let _ = std::fs::remove_dir_all(dir.join(prev));
+    }
+    Ok(())
+}
+
+fn count_files(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => n += 1,
+                Err(_) => {}
+            }
+        }
+    }
+    n
+}
+
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let p = path.to_string_lossy();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(p.as_ref()))
+}
+
+/// Unmounts a pod's tmpfs volumes and deletes its directory (PersistentVolume and
+/// hostPath data live elsewhere and stay).
+pub fn cleanup(pods_dir: &Path, uid: &str) -> Result<(), VolumeError> {
+    let dir = pod_dir(pods_dir, uid);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let prefix = dir.to_string_lossy().into_owned();
+    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let mut mounts: Vec<&str> = text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            if let Err(e) = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(mount = m, error = %e, "unmounting a pod volume failed");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writer_swaps_generations() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("vol");
+        write_atomic(&dir, &[("a".into(), b"1".to_vec(), 0o644), ("sub/b".into(), b"2".to_vec(), 0o600)]).expect("write");
+        assert_eq!(std::fs::read(dir.join("a")).expect("a"), b"1");
+        assert_eq!(std::fs::read(dir.join("sub/b")).expect("b"), b"2");
+        let first = std::fs::read_link(dir.join("..data")).expect("link");
+        write_atomic(&dir, &[("a".into(), b"1".to_vec(), 0o644), ("sub/b".into(), b"2".to_vec(), 0o600)]).expect("same");
+        assert_eq!(std::fs::read_link(dir.join("..data")).expect("link"), first, "unchanged content keeps its generation");
+        write_atomic(&dir, &[("a".into(), b"3".to_vec(), 0o644)]).expect("update");
+        assert_eq!(std::fs::read(dir.join("a")).expect("a"), b"3");
+        assert!(!dir.join("sub").exists(), "a key that disappeared is gone");
+        assert!(!dir.join(&first).exists(), "the old generation is removed");
+    }
+
+    #[test]
+    fn items_pick_keys_and_reject_escapes() {
+        let entries = BTreeMap::from([("k".to_string(), b"v".to_vec())]);
+        let items = vec![KeyToPath { key: "k".into(), path: "x/y".into(), mode: Some(0o400) }];
+        let files = project_keys("v", &entries, Some(&items), None, "configmap", "cm").expect("files");
+        assert_eq!(files, vec![("x/y".to_string(), b"v".to_vec(), 0o400)]);
+        let bad = vec![KeyToPath { key: "k".into(), path: "../etc".into(), mode: None }];
+        assert!(project_keys("v", &entries, Some(&bad), None, "configmap", "cm").is_err());
+        let missing = vec![KeyToPath { key: "nope".into(), path: "p".into(), mode: None }];
+        assert!(project_keys("v", &entries, Some(&missing), None, "configmap", "cm").is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! The kubelet's control loop against a real apiserver, scheduler and controllers, on
+//! the fake runtime (hollow nodes): registration and Lease, the node turning Ready once
+//! the controller-manager assigns a podCIDR, pods going Running and Ready with an IP
+//! from that podCIDR, events, and deletion through the kubelet's graceful path.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use rkube_tests::cluster::{eventually, Cluster};
+
+async fn start_hollow_kubelet(cluster: &Cluster, name: &str) -> anyhow::Result<tokio_util::sync::CancellationToken> {
+    let root = cluster.dir.path().join(format!("kubelet-{name}"));
+    let mut config = kubelet::KubeletConfig::new(name, root);
+    config.runtime = kubelet::RuntimeKind::Fake;
+    config.port = 0;
+    config.address = std::net::Ipv4Addr::LOCALHOST;
+    let runtimes = kubelet::build_runtime(&config).await?;
+    let token = cluster.shutdown.child_token();
+    let client = cluster.client.clone();
+    let t = token.clone();
+    tokio::spawn(async move {
+        if let Err(e) = kubelet::run_with(config, client, runtimes, t).await {
+            eprintln!("hollow kubelet failed: {e:#}");
+        }
+    });
+    Ok(token)
+}
+
+fn ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hollow_kubelet_registers_runs_and_deletes_pods() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let _cm = cluster.start_controller_manager(&["*"], false);
+    let sched_token = cluster.shutdown.child_token();
+    let sched_config = scheduler::Config { kubeconfig: Some(cluster.kubeconfig.clone()), leader_elect: false, ..Default::default() };
+    tokio::spawn(scheduler::run(sched_config, sched_token));
+    let _kubelet = start_hollow_kubelet(&cluster, "hollow-1").await?;
+
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    let node = eventually(Duration::from_secs(20), "node hollow-1 Ready with a podCIDR", || {
+        let nodes = nodes.clone();
+        async move { Ok(nodes.get_opt("hollow-1").await?.filter(|n| ready(n) && n.spec.as_ref().and_then(|s| s.pod_cidr.clone()).is_some())) }
+    })
+    .await?;
+    let status = node.status.clone().unwrap_or_default();
+    let capacity = status.capacity.unwrap_or_default();
+    for key in ["cpu", "memory", "pods", "ephemeral-storage"] {
+        assert!(capacity.contains_key(key), "capacity has {key}: {capacity:?}");
+    }
+    assert!(status.daemon_endpoints.and_then(|d| d.kubelet_endpoint).map(|e| e.port > 0).unwrap_or(false));
+    let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
+    let lease = leases.get("hollow-1").await?;
+    assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("hollow-1"));
+    let pod_cidr = node.spec.and_then(|s| s.pod_cidr).unwrap_or_default();
+    let prefix = pod_cidr.rsplitn(2, '.').last().unwrap_or_default().to_string();
+
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), "default");
+    let deploy: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "web", "image": "busybox", "command": ["sleep", "3600"]}]}}}
+    }))?;
+    deployments.create(&PostParams::default(), &deploy).await?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let running = eventually(Duration::from_secs(20), "3 Running, Ready pods", || {
+        let pods = pods.clone();
+        async move {
+            let list = pods.list(&ListParams::default().labels("app=web")).await?;
+            let ok: Vec<Pod> = list
+                .items
+                .into_iter()
+                .filter(|p| {
+                    let s = p.status.clone().unwrap_or_default();
+                    s.phase.as_deref() == Some("Running")
+                        && s.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+                .collect();
+            Ok((ok.len() == 3).then_some(ok))
+        }
+    })
+    .await?;
+    for p in &running {
+        let s = p.status.clone().unwrap_or_default();
+        let ip = s.pod_ip.unwrap_or_default();
+        assert!(ip.starts_with(&prefix), "pod IP {ip} is in the node's podCIDR {pod_cidr}");
+        let cs = &s.container_statuses.unwrap_or_default()[0];
+        assert!(cs.ready && cs.started == Some(true), "container ready and started: {cs:?}");
+        assert!(cs.container_id.as_deref().unwrap_or("").starts_with("rkube://"));
+        assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
+    }
+
+    // The kubelet reports what it did as events on the pod.
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    let name = running[0].metadata.name.clone().unwrap_or_default();
+    eventually(Duration::from_secs(10), "Started event", || {
+        let events = events.clone();
+        let name = name.clone();
+        async move {
+            let list = events.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await?;
+            Ok(list.items.iter().any(|e| e.reason.as_deref() == Some("Started")).then_some(()))
+        }
+    })
+    .await?;
+
+    // Deleting a pod goes through the kubelet: it stops the containers and removes the object.
+    pods.delete(&name, &DeleteParams::default()).await?;
+    eventually(Duration::from_secs(20), "the deleted pod gone from the API", || {
+        let pods = pods.clone();
+        let name = name.clone();
+        async move { Ok(pods.get_opt(&name).await?.is_none().then_some(())) }
+    })
+    .await?;
+    Ok(())
+}
