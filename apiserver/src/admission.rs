@@ -24,6 +24,9 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     if res.group.is_empty() && res.kind == "Pod" {
         resolve_priority(api, res, obj).await?;
     }
+    if res.group.is_empty() && res.kind == "PersistentVolumeClaim" {
+        default_storage_class(api, obj).await?;
+    }
     default(res, obj);
     let mut causes = validate(res, obj, None);
     let mut guard = None;
@@ -36,6 +39,31 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
         return Err(ApiError::invalid(res, &name, causes));
     }
     Ok(guard)
+}
+
+/// The DefaultStorageClass admission plugin: a claim that names no class gets the class
+/// annotated `storageclass.kubernetes.io/is-default-class: "true"` (the newest one when
+/// several are, as Kubernetes picks). An explicit `""` means "no class" and stays.
+async fn default_storage_class(api: &ApiServer, pvc: &mut Value) -> Result<(), ApiError> {
+    if pvc.pointer("/spec/storageClassName").is_some_and(|v| !v.is_null()) {
+        return Ok(());
+    }
+    let listed = api.store.range("/registry/storageclasses/", RangeOptions::default()).await.map_err(ApiError::internal)?;
+    let default = listed
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+        .filter(|c| c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(Value::as_str) == Some("true"))
+        .max_by(|a, b| {
+            let t = |c: &Value| c.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or("").to_string();
+            t(a).cmp(&t(b))
+        });
+    if let (Some(class), Some(spec)) = (default, pvc.get_mut("spec").and_then(Value::as_object_mut)) {
+        if let Some(name) = class.pointer("/metadata/name").cloned() {
+            spec.insert("storageClassName".into(), name);
+        }
+    }
+    Ok(())
 }
 
 /// The Priority admission plugin: a pod's `priorityClassName` (or the global default

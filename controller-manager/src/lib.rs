@@ -42,6 +42,8 @@ pub struct Config {
     pub hpa_sync_period: Duration,
     /// The HPA's tolerance, readiness delays and default scale-down window.
     pub hpa_tuning: controllers::hpa::recommend::Tuning,
+    /// Where the local-path provisioner puts volumes' directories (on the node).
+    pub local_path_root: PathBuf,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             job_pod_failure_backoff: Duration::from_secs(10),
             hpa_sync_period: Duration::from_secs(15),
             hpa_tuning: Default::default(),
+            local_path_root: PathBuf::from("/var/lib/rkube/storage"),
         }
     }
 }

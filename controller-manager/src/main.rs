@@ -32,6 +32,9 @@ struct Options {
     #[arg(long)]
     cluster_cidr: Option<String>,
     /// The prefix length of each node's podCIDR.
+    /// Where the local-path provisioner creates volumes' directories.
+    #[arg(long, default_value = "/var/lib/rkube/storage")]
+    local_path_root: std::path::PathBuf,
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
     /// Seconds a node may go without renewing its Lease before it is NotReady.
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         node_cidr_mask_size: o.node_cidr_mask_size,
         node_monitor_grace_period: Duration::from_secs(o.node_monitor_grace_period),
         hpa_sync_period: Duration::from_secs(o.horizontal_pod_autoscaler_sync_period),
+        local_path_root: o.local_path_root,
         hpa_tuning: controller_manager::controllers::hpa::recommend::Tuning {
             tolerance: o.horizontal_pod_autoscaler_tolerance,
             cpu_initialization_period: Duration::from_secs(o.horizontal_pod_autoscaler_cpu_initialization_period),

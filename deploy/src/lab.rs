@@ -1,5 +1,6 @@
-//! A lab's identity and files: everything lives under its data dir (`DIR/server` for the
-//! apiserver's store, `DIR/agent` for the kubelet's root, `DIR/lab.json` for the names
+//! A lab's identity and files: everything lives under its data dir (`DIR/db` for the
+//! apiserver's embedded store, `DIR/admin.kubeconfig`, `DIR/agent` for the kubelet's root,
+//! `DIR/storage` for local-path volumes, `DIR/lab.json` for the names
 //! chosen at first start, `DIR/rkube.pid`, `DIR/rkube.log`). The bridge, cgroup root and
 //! pod network are chosen per lab, so two labs can run on one machine.
 
@@ -51,9 +52,6 @@ impl Lab {
         Lab { dir }
     }
 
-    pub fn server_dir(&self) -> PathBuf {
-        self.dir.join("server")
-    }
     pub fn agent_dir(&self) -> PathBuf {
         self.dir.join("agent")
     }

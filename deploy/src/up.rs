@@ -69,11 +69,13 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
         }
     };
     tracing::info!(%addr, "kube-apiserver ready");
+    install_addons(lab).await.context("installing the lab's add-ons")?;
 
     let cm_config = controller_manager::Config {
         kubeconfig: Some(lab.kubeconfig()),
         leader_elect: false,
         cluster_cidr: Some(settings.cluster_cidr.clone()),
+        local_path_root: lab.dir.join("storage"),
         ..Default::default()
     };
     let cm = tokio::spawn(controller_manager::run(cm_config, shutdown.clone()));
@@ -93,6 +95,29 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
     // Let the components finish their shutdown (leases, open requests).
     tokio::time::sleep(Duration::from_millis(200)).await;
     outcome
+}
+
+/// What every lab has besides the components, as k3s deploys its manifests: the default
+/// StorageClass `local-path` served by the controller-manager's local-path provisioner.
+async fn install_addons(lab: &Lab) -> anyhow::Result<()> {
+    let client = component_base::client::client(Some(&lab.kubeconfig())).await?;
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client);
+    if classes.get_opt("local-path").await?.is_none() {
+        let class = serde_json::from_value(serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {"name": "local-path", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": controller_manager::controllers::persistentvolume::LOCAL_PATH_PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        }))?;
+        match classes.create(&Default::default(), &class).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 fn flatten(component: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {

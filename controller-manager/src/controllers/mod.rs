@@ -25,6 +25,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod persistentvolume;
 pub mod resources;
 pub mod serviceaccount;
 pub mod ttlafterfinished;
@@ -101,6 +102,7 @@ pub static CONTROLLERS: &[Registered] = &[
     Registered { name: "job", enabled_by_default: true, start: job::start },
     Registered { name: "cronjob", enabled_by_default: true, start: cronjob::start },
     Registered { name: "ttl-after-finished", enabled_by_default: true, start: ttlafterfinished::start },
+    Registered { name: "persistentvolume-binder", enabled_by_default: true, start: persistentvolume::start },
 ];
 
 /// The controllers a `--controllers` list selects: `*` means every one enabled by
