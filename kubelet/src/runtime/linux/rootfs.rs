@@ -1,0 +1,178 @@
+//! A container's root filesystem: the image's layers as read-only overlayfs lower
+//! directories with a per-container upper directory, so the container writes
+//! copy-on-write and the layers are shared and never modified. Also: looking paths up
+//! inside a rootfs without following symlinks out of it.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::cgroups::parse_mountinfo_mount_points;
+use super::store::{EMPTY_LOWER_DIR, ROOTFS_DIR, UPPER_DIR, WORK_DIR};
+
+/// Mounts the overlay for `layers` (bottom first) at `<dir>/rootfs`, with upper and work
+/// directories beside it. Returns the rootfs path.
+pub fn mount_overlay(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, String> {
+    let rootfs = dir.join(ROOTFS_DIR);
+    let upper = dir.join(UPPER_DIR);
+    let work = dir.join(WORK_DIR);
+    for d in [&rootfs, &upper, &work] {
+        fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    let mut lower: Vec<PathBuf> = layers.iter().rev().cloned().collect();
+    if lower.is_empty() {
+        let empty = dir.join(EMPTY_LOWER_DIR);
+        fs::create_dir_all(&empty).map_err(|e| format!("creating {}: {e}", empty.display()))?;
+        lower.push(empty);
+    }
+    let mut lower_text = Vec::new();
+    for layer in &lower {
+        let text = layer
+            .to_str()
+            .ok_or_else(|| format!("layer path {layer:?} is not UTF-8"))?;
+        if text.contains([':', ',']) {
+            return Err(format!("layer path {text:?} contains ':' or ','"));
+        }
+        lower_text.push(text.to_string());
+    }
+    let (Some(upper_text), Some(work_text)) = (upper.to_str(), work.to_str()) else {
+        return Err(format!("container directory {dir:?} is not UTF-8"));
+    };
+    let options = format!(
+        "lowerdir={},upperdir={upper_text},workdir={work_text}",
+        lower_text.join(":")
+    );
+    if options.len() >= 4096 {
+        return Err(format!("overlay options too long ({} layers)", lower.len()));
+    }
+    mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|e| format!("mounting overlay at {}: {e}", rootfs.display()))?;
+    Ok(rootfs)
+}
+
+/// Unmounts a rootfs (lazily when still busy). Not mounted is fine.
+pub fn unmount(path: &Path) -> Result<(), String> {
+    match umount2(path, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => umount2(path, MntFlags::MNT_DETACH)
+            .map_err(|e| format!("unmounting {}: {e}", path.display())),
+        Err(e) => Err(format!("unmounting {}: {e}", path.display())),
+    }
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = parse_mountinfo_mount_points(&text)
+        .into_iter()
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
+}
+
+pub fn is_mount_point(path: &Path) -> bool {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    parse_mountinfo_mount_points(&text)
+        .iter()
+        .any(|p| p == path)
+}
+
+/// `path` (as the container sees it) resolved under `root`, following symlinks as the
+/// container would, but never out of `root` (the idea of runc's securejoin).
+pub fn secure_join(root: &Path, path: &str) -> PathBuf {
+    let mut resolved = PathBuf::new(); // relative to root
+    let mut pending: Vec<String> = Path::new(path)
+        .components()
+        .rev()
+        .filter_map(component_name)
+        .collect();
+    let mut links_followed = 0;
+    while let Some(name) = pending.pop() {
+        if name == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = resolved.join(&name);
+        match fs::symlink_metadata(root.join(&candidate)) {
+            Ok(meta) if meta.file_type().is_symlink() && links_followed < 40 => {
+                links_followed += 1;
+                let Ok(target) = fs::read_link(root.join(&candidate)) else {
+                    resolved = candidate;
+                    continue;
+                };
+                if target.is_absolute() {
+                    resolved = PathBuf::new();
+                }
+                let parts: Vec<String> = target.components().filter_map(component_name).collect();
+                pending.extend(parts.into_iter().rev());
+            }
+            _ => resolved = candidate,
+        }
+    }
+    root.join(resolved)
+}
+
+fn component_name(c: Component<'_>) -> Option<String> {
+    match c {
+        Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+        Component::ParentDir => Some("..".to_string()),
+        _ => None,
+    }
+}
+
+/// A small text file of the rootfs (`/etc/passwd`), empty when absent or unreadable.
+pub fn read_rootfs_file(root: &Path, path: &str) -> String {
+    let resolved = secure_join(root, path);
+    match fs::metadata(&resolved) {
+        Ok(meta) if meta.is_file() && meta.len() < (4 << 20) => {
+            fs::read_to_string(resolved).unwrap_or_default()
+        }
+        _ => String::new(),
+    }
+}
+
+/// Creates the working directory in the rootfs if the image lacks it (as runc does).
+pub fn ensure_dir(root: &Path, path: &str) -> Result<(), String> {
+    let resolved = secure_join(root, path);
+    if resolved.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(&resolved).map_err(|e| format!("creating working directory {path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn secure_join_stays_inside_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("etc")).expect("mkdir");
+        fs::create_dir_all(root.join("real")).expect("mkdir");
+        fs::write(root.join("real/passwd"), "root:x:0:0::/root:/bin/sh\n").expect("write");
+        symlink("/real/passwd", root.join("etc/passwd")).expect("symlink");
+        symlink("../../../../../../etc", root.join("escape")).expect("symlink");
+        symlink("loop", root.join("loop")).expect("symlink");
+        assert_eq!(secure_join(root, "/etc/passwd"), root.join("real/passwd"));
+        assert_eq!(secure_join(root, "/escape/shadow"), root.join("etc/shadow"));
+        assert_eq!(secure_join(root, "/../../x"), root.join("x"));
+        assert!(secure_join(root, "/loop/x").starts_with(root));
+        assert!(read_rootfs_file(root, "/etc/passwd").starts_with("root:"));
+        assert_eq!(read_rootfs_file(root, "/etc/group"), "");
+        ensure_dir(root, "/work/dir").expect("ensure");
+        assert!(root.join("work/dir").is_dir());
+    }
+}

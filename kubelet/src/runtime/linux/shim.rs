@@ -1,0 +1,478 @@
+//! The per-container shim: a small process, started by the kubelet from its own binary
+//! (`<exe> __rkube-shim start <container dir>`), that creates and starts the container
+//! with libcontainer, copies its output into the CRI log file, waits for it to end,
+//! records how it ended, and deletes it. It runs in its own session, detached from the
+//! kubelet, so containers outlive a kubelet restart (containerd-shim's role).
+//!
+//! libcontainer forks, so this must run in a single-threaded process: the binaries'
+//! `main` calls [`super::shim_main_if_requested`] before anything starts a thread.
+//!
+//! Protocol with the kubelet, over the shim's stdout (a pipe the kubelet reads to EOF):
+//! `shim <pid>` once forked, then `ok <container pid>` after `state.json` is written, or
+//! `error <message>` after `exit.json` (code 128, reason `StartError`) is written.
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use chrono::Utc;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+use super::cgroups::Cgroups;
+use super::executor::{start_error_message, ContainerExecutor};
+use super::logs::{LineSplitter, Stream};
+use super::store::{
+    process_start_ticks, read_json, write_json_atomic, ContainerRecord, ExitRecord, StartedRecord,
+    EXIT_FILE, META_FILE, SHIM_LOG, STATE_FILE,
+};
+
+/// The hidden first argument that turns the kubelet binary into a shim or exec helper.
+pub const SHIM_SUBCOMMAND: &str = "__rkube-shim";
+
+/// The exit code recorded when the container's process could not be started.
+pub const START_ERROR_EXIT_CODE: i32 = 128;
+
+/// Whether this process has a single thread (libcontainer's forks need that).
+pub(crate) fn single_threaded() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| {
+                    l.strip_prefix("Threads:")
+                        .map(|v| v.trim().parse::<u32>().ok())
+                })
+                .flatten()
+        })
+        .is_some_and(|n| n == 1)
+}
+
+/// Runs the shim or exec helper if `args` (a full argv) asks for it, then exits; returns
+/// otherwise.
+pub fn run_if_requested(args: Vec<OsString>) {
+    if args.get(1).and_then(|a| a.to_str()) != Some(SHIM_SUBCOMMAND) {
+        return;
+    }
+    let mode = args.get(2).and_then(|a| a.to_str()).unwrap_or("");
+    let code = match (mode, args.get(3)) {
+        ("start", Some(dir)) => start_main(Path::new(dir)),
+        ("exec", Some(dir)) => super::exec::helper_main(Path::new(dir), &args[4..]),
+        _ => {
+            eprintln!("usage: {SHIM_SUBCOMMAND} start|exec <container dir> …");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logging(dir: &Path) {
+    let Ok(file) = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(SHIM_LOG))
+    else {
+        return;
+    };
+    // Panics and libcontainer's stray prints land in the log too.
+    if let Ok(copy) = file.try_clone() {
+        let _ = nix::unistd::dup2(copy.as_raw_fd(), 2);
+    }
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("RKUBE_SHIM_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,libcgroups::v1::manager=error")
+        });
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+fn report(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// Points stdout at /dev/null: the kubelet sees EOF on the status pipe.
+fn close_status_pipe() {
+    if let Ok(null) = OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+}
+
+fn start_main(dir: &Path) -> i32 {
+    if !single_threaded() {
+        report("error the shim must run in a single-threaded process");
+        return 1;
+    }
+    // Detach: the launcher exits at once (the kubelet reaps it), the shim lives on with
+    // init (or the nearest subreaper) as its parent, in a session of its own.
+    // SAFETY: the process is single-threaded (checked above), so the child may do anything.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Parent { .. }) => return 0,
+        Ok(ForkResult::Child) => {}
+        Err(e) => {
+            report(&format!("error forking the shim: {e}"));
+            return 1;
+        }
+    }
+    let _ = nix::unistd::setsid();
+    let _ = std::env::set_current_dir("/");
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    report(&format!("shim {}", std::process::id()));
+    init_logging(dir);
+
+    let record: ContainerRecord = match read_json(&dir.join(META_FILE)) {
+        Ok(Some(record)) => record,
+        Ok(None) => return fail_start(dir, None, "container record missing"),
+        Err(e) => return fail_start(dir, None, &e.to_string()),
+    };
+    let _span = tracing::info_span!("shim", container = %record.id).entered();
+    let log_offset = fs::metadata(dir.join(SHIM_LOG)).map_or(0, |m| m.len());
+    match run(dir, &record) {
+        Ok(code) => code,
+        Err(message) => {
+            let message = match first_logged_error(&dir.join(SHIM_LOG), log_offset) {
+                Some(detail) if !message.starts_with("exec: ") => format!("{message}: {detail}"),
+                _ => message,
+            };
+            fail_start(dir, Some(&record), &message)
+        }
+    }
+}
+
+/// The first error libcontainer logged (from any of its processes) since `offset`: its
+/// error values cross process boundaries as bare summaries ("failed syscall"), the log
+/// line says what failed.
+fn first_logged_error(log: &Path, offset: u64) -> Option<String> {
+    let text = fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(text.get(offset as usize..)?);
+    text.lines()
+        .filter(|l| l.contains(" ERROR "))
+        .find_map(|line| {
+            // `<time> ERROR <span>: <target>: <message>`
+            let rest = line.split_once(" ERROR ")?.1;
+            let mut parts = rest.splitn(3, ": ");
+            let (_span, _target, message) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(message.trim().to_string())
+        })
+}
+
+fn fail_start(dir: &Path, record: Option<&ContainerRecord>, message: &str) -> i32 {
+    tracing::error!(%message, "container failed to start");
+    let exit = ExitRecord {
+        exit_code: START_ERROR_EXIT_CODE,
+        finished_at: Utc::now(),
+        oom_killed: false,
+        reason: Some("StartError".to_string()),
+        message: Some(message.to_string()),
+    };
+    if let Err(e) = write_json_atomic(&dir.join(EXIT_FILE), &exit) {
+        tracing::error!(error = %e, "writing exit record");
+    }
+    if let Some(record) = record {
+        // libcontainer removes what it made when `build` fails; this catches a failure
+        // of `start` after a successful build.
+        delete_container(record);
+    }
+    reap_children();
+    report(&format!("error {}", message.replace('\n', " ")));
+    close_status_pipe();
+    1
+}
+
+fn delete_container(record: &ContainerRecord) {
+    let state_dir = record.state_root.join(&record.id);
+    if !state_dir.exists() {
+        return;
+    }
+    match Container::load(state_dir) {
+        Ok(mut container) => {
+            if let Err(e) = container.delete(true) {
+                tracing::warn!(error = %e, "deleting container state");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "loading container state"),
+    }
+}
+
+fn reap_children() {
+    while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        if matches!(status, WaitStatus::StillAlive) {
+            break;
+        }
+    }
+}
+
+/// One output source of the container: a pipe (stdout or stderr) or a pty master.
+struct Source {
+    fd: OwnedFd,
+    split: LineSplitter,
+    open: bool,
+}
+
+fn open_log(path: &Path) -> Result<File, String> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("opening log file {}: {e}", path.display()))
+}
+
+fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
+    let mut log = open_log(&record.config.log_path)?;
+    let null = OpenOptions::new()
+        .read(true)
+        .open("/dev/null")
+        .map_err(|e| format!("opening /dev/null: {e}"))?;
+
+    let tty = record.config.tty;
+    let (stdin, stdout, stderr, sources): (OwnedFd, OwnedFd, OwnedFd, Vec<Source>) = if tty {
+        let pty = nix::pty::openpty(None, None).map_err(|e| format!("allocating a pty: {e}"))?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
+        let (a, b) = (dup(&pty.slave)?, dup(&pty.slave)?);
+        let master = Source {
+            fd: pty.master,
+            split: LineSplitter::new(Stream::Stdout),
+            open: true,
+        };
+        (pty.slave, a, b, vec![master])
+    } else {
+        let (out_r, out_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("creating a pipe: {e}"))?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("creating a pipe: {e}"))?;
+        let sources = vec![
+            Source {
+                fd: out_r,
+                split: LineSplitter::new(Stream::Stdout),
+                open: true,
+            },
+            Source {
+                fd: err_r,
+                split: LineSplitter::new(Stream::Stderr),
+                open: true,
+            },
+        ];
+        (OwnedFd::from(null), out_w, err_w, sources)
+    };
+
+    let builder = ContainerBuilder::new(record.id.clone(), SyscallType::Linux)
+        .with_root_path(&record.state_root)
+        .map_err(|e| format!("state directory: {e}"))?
+        .with_executor(ContainerExecutor {
+            controlling_tty: tty,
+            die_with_parent: false,
+        })
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .as_init(dir)
+        .with_systemd(false)
+        .with_detach(true);
+    let mut container = builder.build().map_err(|e| start_error_message(&e))?;
+    // The write ends now live only in the container's process.
+    let pid = match container.pid() {
+        Some(pid) => pid,
+        None => return Err("libcontainer reported no pid".to_string()),
+    };
+    if let Err(e) = container.start() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        return Err(start_error_message(&e));
+    }
+    let started_at = Utc::now();
+    let raw_pid = pid.as_raw() as u32;
+    let started = StartedRecord {
+        pid: raw_pid,
+        pid_start_ticks: process_start_ticks(raw_pid).unwrap_or(0),
+        shim_pid: std::process::id(),
+        shim_start_ticks: process_start_ticks(std::process::id()).unwrap_or(0),
+        started_at,
+    };
+    if let Err(e) = write_json_atomic(&dir.join(STATE_FILE), &started) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        return Err(format!("writing {STATE_FILE}: {e}"));
+    }
+    tracing::info!(pid = raw_pid, "container started");
+    report(&format!("ok {raw_pid}"));
+    close_status_pipe();
+
+    let status = copy_output_until_exit(pid, sources, &mut log);
+    let (exit_code, by_sigkill) = match status {
+        WaitStatus::Exited(_, code) => (code, false),
+        WaitStatus::Signaled(_, signal, _) => (
+            128 + signal as i32,
+            signal == nix::sys::signal::Signal::SIGKILL,
+        ),
+        _ => (255, false),
+    };
+    let oom_killed = Cgroups::detect()
+        .map(|cg| cg.oom_killed(&record.cgroups_path, by_sigkill))
+        .unwrap_or(false);
+    let exit = ExitRecord {
+        exit_code,
+        finished_at: Utc::now(),
+        oom_killed,
+        reason: None,
+        message: None,
+    };
+    if let Err(e) = write_json_atomic(&dir.join(EXIT_FILE), &exit) {
+        tracing::error!(error = %e, "writing exit record");
+    }
+    tracing::info!(exit_code, oom_killed, "container exited");
+    delete_container(record);
+    reap_children();
+    Ok(0)
+}
+
+fn set_nonblocking(fd: &OwnedFd) {
+    if let Ok(flags) = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        let _ = fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags));
+    }
+}
+
+/// Reads what is available from `source` into the log; false once it reached its end.
+fn pump(source: &mut Source, log: &mut File, buf: &mut [u8]) -> bool {
+    match nix::unistd::read(source.fd.as_raw_fd(), buf) {
+        Ok(0) | Err(nix::errno::Errno::EIO) => {
+            let mut out = Vec::new();
+            let _ = source.split.finish(Utc::now(), &mut out);
+            let _ = log.write_all(&out);
+            false
+        }
+        Ok(n) => {
+            let mut out = Vec::new();
+            let _ = source.split.push(&buf[..n], Utc::now(), &mut out);
+            if let Err(e) = log.write_all(&out) {
+                tracing::warn!(error = %e, "writing the container log");
+            }
+            true
+        }
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, stream = source.split.stream().as_str(), "reading output");
+            false
+        }
+    }
+}
+
+/// Copies the container's output into its log until the process ends; returns how it
+/// ended.
+fn copy_output_until_exit(pid: Pid, mut sources: Vec<Source>, log: &mut File) -> WaitStatus {
+    let mut buf = vec![0u8; 64 * 1024];
+    let status = loop {
+        let open: Vec<usize> = (0..sources.len()).filter(|i| sources[*i].open).collect();
+        if open.is_empty() {
+            // Output closed: the process may live on; wait for it.
+            break wait_for(pid);
+        }
+        let ready: Vec<usize> = {
+            let mut fds: Vec<libc::pollfd> = open
+                .iter()
+                .map(|i| libc::pollfd {
+                    fd: sources[*i].fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd
+            // structs for the duration of the call, and every fd in it is open.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+            if n > 0 {
+                open.iter()
+                    .zip(fds.iter())
+                    .filter(|(_, fd)| fd.revents != 0)
+                    .map(|(i, _)| *i)
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for i in ready {
+            let keep = pump(&mut sources[i], log, &mut buf);
+            sources[i].open = keep;
+        }
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => break status,
+            Err(_) => break WaitStatus::Exited(pid, 255),
+        }
+    };
+    // Drain what the process (and its dying children) left in the pipes.
+    for source in sources.iter_mut().filter(|s| s.open) {
+        set_nonblocking(&source.fd);
+        for _ in 0..1024 {
+            match nix::unistd::read(source.fd.as_raw_fd(), &mut buf) {
+                Ok(n) if n > 0 => {
+                    let mut out = Vec::new();
+                    let _ = source.split.push(&buf[..n], Utc::now(), &mut out);
+                    let _ = log.write_all(&out);
+                }
+                _ => break,
+            }
+        }
+        let mut out = Vec::new();
+        let _ = source.split.finish(Utc::now(), &mut out);
+        let _ = log.write_all(&out);
+    }
+    status
+}
+
+fn wait_for(pid: Pid) -> WaitStatus {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::StillAlive) => continue,
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return status,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return WaitStatus::Exited(pid, 255),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_logged_error_explains_a_bare_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join(SHIM_LOG);
+        let old = "2026-01-01T00:00:00Z ERROR shim{container=a}: x::y: an older failure\n";
+        let new = "2026-01-01T00:00:01Z  INFO shim{container=a}: libcgroups::common: v1\n\
+                   2026-01-01T00:00:02Z ERROR shim{container=a}: libcontainer::process::init::process: failed to drop capabilities err=SetCaps(\"capset: EPERM\")\n\
+                   2026-01-01T00:00:03Z ERROR shim{container=a}: libcontainer::x: failed syscall\n";
+        fs::write(&log, format!("{old}{new}")).expect("write");
+        assert_eq!(
+            first_logged_error(&log, old.len() as u64).as_deref(),
+            Some("failed to drop capabilities err=SetCaps(\"capset: EPERM\")")
+        );
+        assert_eq!(
+            first_logged_error(&log, (old.len() + new.len()) as u64),
+            None
+        );
+    }
+
+    #[test]
+    fn tests_run_multi_threaded() {
+        // The test harness has threads: the shim's guard would refuse to fork here.
+        let handle = std::thread::spawn(single_threaded);
+        assert!(!handle.join().unwrap_or(true));
+    }
+}
