@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod printers;
 pub mod protobuf;
+pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod storage;

@@ -149,7 +149,10 @@ impl ApiServer {
 
     /// The HTTP router of the whole API.
     pub fn router(self: &Arc<Self>) -> Router {
-        Router::new().fallback(dispatch).with_state(self.clone())
+        Router::new()
+            .fallback(dispatch)
+            .layer(axum::middleware::from_fn_with_state(self.clone(), crate::proxy::intercept))
+            .with_state(self.clone())
     }
 }
 
