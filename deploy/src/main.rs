@@ -4,6 +4,8 @@
 
 mod down;
 mod lab;
+mod node;
+mod term;
 mod up;
 
 use std::path::PathBuf;
@@ -48,6 +50,93 @@ enum Command {
         #[command(flatten)]
         lab: LabArgs,
     },
+    /// List the node's images (docker images).
+    Images {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Only show image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Pull an image from a registry into the node's store.
+    Pull {
+        #[command(flatten)]
+        lab: LabArgs,
+        image: String,
+    },
+    /// Remove images (untag; delete when no tag is left).
+    Rmi {
+        #[command(flatten)]
+        lab: LabArgs,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load images from a `docker save` tarball or an OCI archive.
+    Load {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// The archive to read.
+        #[arg(short, long)]
+        input: PathBuf,
+    },
+    /// Save images to a tar archive (docker save format).
+    Save {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Write to this file instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        images: Vec<String>,
+    },
+    /// Image housekeeping (`rkube image prune` removes images no container uses).
+    Image {
+        #[command(flatten)]
+        lab: LabArgs,
+        #[arg(value_parser = ["prune"])]
+        action: String,
+    },
+    /// List containers (docker ps).
+    Ps {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Show all containers, not only running ones.
+        #[arg(short, long)]
+        all: bool,
+        /// Only show container IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print a container's logs.
+    Logs {
+        #[command(flatten)]
+        lab: LabArgs,
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// Only the last N lines.
+        #[arg(short = 'n', long)]
+        tail: Option<usize>,
+        container: String,
+    },
+    /// Run a command in a running container.
+    Exec {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Keep stdin open.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Allocate a pseudo-TTY.
+        #[arg(short, long)]
+        tty: bool,
+        container: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Low-level information on a container or an image, as JSON.
+    Inspect {
+        #[command(flatten)]
+        lab: LabArgs,
+        name: String,
+    },
 }
 
 fn require_root(what: &str) -> anyhow::Result<()> {
@@ -59,10 +148,13 @@ fn require_root(what: &str) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     kubelet::runtime::linux::shim_main_if_requested();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let cli = Cli::parse();
+    // The lab logs what it does; the one-shot commands only what went wrong.
+    let default_level = if matches!(cli.command, Command::Up { .. }) { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         match cli.command {
@@ -88,6 +180,20 @@ fn main() -> anyhow::Result<()> {
                 require_root("reset")?;
                 down::down(&lab::Lab::new(&lab.data_dir), true).await
             }
+            Command::Images { lab, quiet } => node::images(&lab::Lab::new(&lab.data_dir), quiet),
+            Command::Pull { lab, image } => node::pull(&lab::Lab::new(&lab.data_dir), &image).await,
+            Command::Rmi { lab, images } => node::rmi(&lab::Lab::new(&lab.data_dir), &images).await,
+            Command::Load { lab, input } => node::load(&lab::Lab::new(&lab.data_dir), &input),
+            Command::Save { lab, output, images } => node::save(&lab::Lab::new(&lab.data_dir), output.as_deref(), &images),
+            Command::Image { lab, .. } => node::prune(&lab::Lab::new(&lab.data_dir)).await,
+            Command::Ps { lab, all, quiet } => node::ps(&lab::Lab::new(&lab.data_dir), all, quiet).await,
+            Command::Logs { lab, timestamps, tail, container } => node::logs(&lab::Lab::new(&lab.data_dir), &container, timestamps, tail).await,
+            Command::Exec { lab, interactive, tty, container, command } => {
+                require_root("exec")?;
+                let code = node::exec(&lab::Lab::new(&lab.data_dir), &container, command, interactive, tty).await?;
+                std::process::exit(code);
+            }
+            Command::Inspect { lab, name } => node::inspect(&lab::Lab::new(&lab.data_dir), &name).await,
         }
     })
 }

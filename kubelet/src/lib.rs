@@ -46,7 +46,7 @@ pub async fn build_runtime(config: &KubeletConfig) -> Result<Runtimes, KubeletEr
             let fake = Arc::new(runtime::fake::FakeRuntime::new());
             Ok(Runtimes { runtime: fake.clone(), images: fake })
         }
-        RuntimeKind::Linux => Ok(runtime::linux_runtime(config).await?),
+        RuntimeKind::Linux => Ok(runtime::linux_runtime(config, true).await?),
     }
 }
 
@@ -89,17 +89,16 @@ pub async fn run_with(config: KubeletConfig, client: kube::Client, runtimes: Run
     Ok(())
 }
 
-async fn serve_api(listener: tokio::net::TcpListener, _runtimes: Runtimes, _pods: Arc<pods::PodManager>, shutdown: CancellationToken) {
-    // The kubelet API (logs, exec, port-forward) is served here once wired; until then the
-    // port is held so the Node's daemonEndpoints point at a live socket.
-    shutdown.cancelled().await;
-    drop(listener);
+async fn serve_api(listener: tokio::net::TcpListener, runtimes: Runtimes, pods: Arc<pods::PodManager>, shutdown: CancellationToken) {
+    if let Err(e) = server::serve(listener, runtimes.runtime, pods, shutdown).await {
+        tracing::error!(error = %e, "the kubelet API stopped");
+    }
 }
 
 /// Stops every container of the node and removes what the runtime set up on the host
 /// (mounts, network namespaces, veths, the bridge, cgroups): `rkube down`.
 pub async fn teardown(config: &KubeletConfig) -> Result<(), KubeletError> {
-    let runtimes = build_runtime(config).await?;
+    let runtimes = runtime::linux_runtime(config, false).await?;
     runtimes.runtime.teardown().await?;
     Ok(())
 }

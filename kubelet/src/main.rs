@@ -49,7 +49,10 @@ struct Options {
 
 fn main() -> anyhow::Result<()> {
     kubelet::runtime::linux::shim_main_if_requested();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     let options = Options::parse();
     let hostname = options
         .hostname_override

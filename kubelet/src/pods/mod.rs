@@ -5,6 +5,7 @@
 
 mod env;
 pub mod probes;
+mod resolver;
 mod resources;
 mod status;
 pub mod volumes;

@@ -973,7 +973,11 @@ pub fn go_duration(d: Duration) -> String {
     }
     if secs >= 1 {
         let ms = d.subsec_millis();
-        return if ms == 0 { format!("{secs}s") } else { format!("{:.3}s", d.as_secs_f64()).trim_end_matches('0').to_string() };
+        return if ms == 0 {
+            format!("{secs}s")
+        } else {
+            format!("{}s", format!("{:.3}", d.as_secs_f64()).trim_end_matches('0').trim_end_matches('.'))
+        };
     }
     format!("{}ms", d.as_millis())
 }

@@ -304,6 +304,37 @@ pub trait ImageService: Send + Sync {
 }
 
 /// The real runtime for `config`: image store, sandboxes and libcontainer containers.
-pub async fn linux_runtime(_config: &crate::config::KubeletConfig) -> Result<crate::Runtimes> {
-    Err(RuntimeError::InvalidConfig("the linux runtime is being wired".into()))
+/// With `prepare_images`, archives in `ROOT/images/` are imported (air-gapped labs, as
+/// k3s does) and the busybox demo image is built if the store lacks it.
+pub async fn linux_runtime(config: &crate::config::KubeletConfig, prepare_images: bool) -> Result<crate::Runtimes> {
+    let store = image::ImageStore::open(&config.root_dir.join("image-store"))?;
+    if prepare_images {
+        let drop_dir = config.root_dir.join("images");
+        std::fs::create_dir_all(&drop_dir).map_err(|e| RuntimeError::io(format!("creating {}", drop_dir.display()), e))?;
+        let s = store.clone();
+        let imported = tokio::task::spawn_blocking(move || -> Result<Vec<ImageInfo>> {
+            let imported = s.import_dir(&drop_dir)?;
+            if s.status(image::busybox::BUSYBOX_REFERENCE)?.is_none() {
+                if std::path::Path::new(image::busybox::BUSYBOX_PATH).exists() {
+                    image::build_busybox_image(&s, image::busybox::BUSYBOX_REFERENCE)?;
+                } else {
+                    tracing::warn!(path = image::busybox::BUSYBOX_PATH, "no static busybox on this host: the lab has no busybox image (apt-get install busybox-static)");
+                }
+            }
+            Ok(imported)
+        })
+        .await
+        .map_err(|e| RuntimeError::InvalidConfig(format!("preparing images: {e}")))??;
+        for i in imported {
+            tracing::info!(image = %i.repo_tags.join(","), "imported");
+        }
+    }
+    let images = std::sync::Arc::new(store);
+    let sandboxes = std::sync::Arc::new(sandbox::SandboxManager::new(sandbox::SandboxOptions::new(
+        config.root_dir.clone(),
+        config.bridge_name.clone(),
+        config.node_ip,
+    ))?);
+    let runtime = linux::LinuxRuntime::new(config.root_dir.clone(), images.clone(), sandboxes, config.cgroup_root.clone())?;
+    Ok(crate::Runtimes { runtime: std::sync::Arc::new(runtime), images })
 }

@@ -1,0 +1,480 @@
+//! The single-node lab end to end, as a learner uses it: `rkube up --detach`, then the
+//! stock kubectl against it — a Deployment serving HTTP, logs, exec (with a TTY),
+//! port-forward, cp, restarts, OOMKilled, a Job, ConfigMaps and Secrets as files and
+//! env, two containers on localhost, PVC data outliving its pod, the whole lab killed
+//! and restarted with every container still running — and `rkube down` leaving nothing
+//! behind. Needs root (namespaces, cgroups, mounts); one lab serves every step.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+fn skip_or_fail(reason: &str) -> anyhow::Result<()> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        bail!("cannot run under CI: {reason}");
+    }
+    eprintln!("skipping: {reason}");
+    Ok(())
+}
+
+struct Lab {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Lab {
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    fn rkube(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let out = Command::new(env!("CARGO_BIN_EXE_rkube"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .context("running rkube")?;
+        Ok(out)
+    }
+
+    fn kubectl_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.args(args).env("KUBECONFIG", self.kubeconfig());
+        c
+    }
+
+    /// Runs kubectl; Ok(stdout) on success, Err with stderr otherwise.
+    fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.kubectl_cmd(args).output().context("running kubectl")?;
+        if !out.status.success() {
+            bail!("kubectl {} failed: {}{}", args.join(" "), String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn apply(&self, yaml: &str) -> anyhow::Result<String> {
+        let mut child = self.kubectl_cmd(&["apply", "-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        child.stdin.take().context("stdin")?.write_all(yaml.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Polls `kubectl args` until `check` accepts its output.
+    fn wait_for(&self, timeout: Duration, what: &str, args: &[&str], check: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut last;
+        loop {
+            match self.kubectl(args) {
+                Ok(out) if check(&out) => return Ok(out),
+                Ok(out) => last = out,
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() > deadline {
+                let pods = self.kubectl(&["get", "pods", "-A", "-o", "wide"]).unwrap_or_default();
+                let events = self.kubectl(&["get", "events", "-A"]).unwrap_or_default();
+                bail!("timed out after {timeout:?} waiting for {what}; last output:\n{last}\npods:\n{pods}\nevents:\n{events}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn pod_names(&self, selector: &str) -> anyhow::Result<Vec<String>> {
+        let out = self.kubectl(&["get", "pods", "-l", selector, "-o", "jsonpath={.items[*].metadata.name}"])?;
+        Ok(out.split_whitespace().map(str::to_string).collect())
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Lines of /proc/self/mountinfo whose mount point is under `dir`.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&prefix)))
+        .map(str::to_string)
+        .collect()
+}
+
+fn http_get(addr: &str) -> anyhow::Result<String> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn lab_end_to_end_with_the_stock_kubectl_needs_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return skip_or_fail("the lab needs root (namespaces, cgroups, mounts)");
+    }
+    if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
+        return skip_or_fail("kubectl is not on PATH");
+    }
+    let lab = Lab { dir: tempfile::Builder::new().prefix("rkube-lab").tempdir()?, port: free_port()? };
+    let result = run_steps(&lab);
+    // Always take the lab down, and check it left nothing behind.
+    let down = lab.rkube(&["down"]);
+    let settings: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.dir.path().join("lab.json")).unwrap_or_default()).unwrap_or_default();
+    result?;
+    let down = down?;
+    if !down.status.success() {
+        bail!("rkube down failed: {}", String::from_utf8_lossy(&down.stderr));
+    }
+    let left = mounts_under(lab.dir.path());
+    assert!(left.is_empty(), "mounts left under the lab after rkube down: {left:#?}");
+    let bridge = settings["bridgeName"].as_str().unwrap_or_default().to_string();
+    assert!(!bridge.is_empty());
+    let link = Command::new("ip").args(["link", "show", &bridge]).output()?;
+    assert!(!link.status.success(), "bridge {bridge} still exists after rkube down");
+    let cgroup = settings["cgroupRoot"].as_str().unwrap_or_default().to_string();
+    for hierarchy in ["memory", "pids", "cpu", "unified", ""] {
+        let p = Path::new("/sys/fs/cgroup").join(hierarchy).join(&cgroup);
+        assert!(!p.exists(), "cgroup {} still exists after rkube down", p.display());
+    }
+    let ps = Command::new("pgrep").args(["-f", lab.dir.path().to_string_lossy().as_ref()]).output()?;
+    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "processes of the lab still run: {}", String::from_utf8_lossy(&ps.stdout));
+    Ok(())
+}
+
+fn run_steps(lab: &Lab) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let up = lab.rkube(&["up", "--detach", "--port", &lab.port.to_string()])?;
+    if !up.status.success() {
+        bail!("rkube up failed: {}{}", String::from_utf8_lossy(&up.stdout), String::from_utf8_lossy(&up.stderr));
+    }
+    let text = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(text.contains("is Ready"), "rkube up says the node is Ready: {text}");
+    eprintln!("lab up in {:.1}s", started.elapsed().as_secs_f64());
+    let nodes = lab.kubectl(&["get", "nodes"])?;
+    assert!(nodes.contains(" Ready "), "{nodes}");
+    let images = lab.rkube(&["images"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    eprintln!("{images}");
+
+    deployment_serves_http(lab)?;
+    restarts_and_oom(lab)?;
+    job_completes(lab)?;
+    config_and_secrets(lab)?;
+    two_containers_share_localhost(lab)?;
+    pvc_outlives_its_pod(lab)?;
+    containers_survive_a_lab_restart(lab)?;
+    Ok(())
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+        command: ["sh", "-c", "mkdir -p /www && echo hello from $(hostname) > /www/index.html && echo serving && exec httpd -f -v -p 8080 -h /www"]
+        ports: [{containerPort: 8080}]
+        readinessProbe:
+          httpGet: {path: /, port: 8080}
+          periodSeconds: 1
+"#;
+
+fn deployment_serves_http(lab: &Lab) -> anyhow::Result<()> {
+    let applied = Instant::now();
+    lab.apply(WEB)?;
+    lab.wait_for(Duration::from_secs(10), "3 ready web replicas in under 10 s", &["get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas}"], |o| o.trim() == "3")?;
+    eprintln!("deployment of 3 Ready in {:.1}s", applied.elapsed().as_secs_f64());
+    let pods = lab.pod_names("app=web")?;
+    assert_eq!(pods.len(), 3);
+    let pod = &pods[0];
+    // Each pod has its own IP, and answers on it from the node.
+    let ip = lab.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])?;
+    let body = http_get(&format!("{}:8080", ip.trim()))?;
+    assert!(body.contains(&format!("hello from {pod}")), "{body}");
+
+    let logs = lab.kubectl(&["logs", pod])?;
+    assert!(logs.contains("serving"), "kubectl logs: {logs}");
+    let exec = lab.kubectl(&["exec", pod, "--", "cat", "/www/index.html"])?;
+    assert_eq!(exec.trim(), format!("hello from {pod}"));
+    let hostname = lab.kubectl(&["exec", pod, "--", "hostname"])?;
+    assert_eq!(hostname.trim(), pod);
+
+    // logs -f follows new output.
+    let mut follow = lab.kubectl_cmd(&["logs", "-f", pod]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let _ = http_get(&format!("{}:8080", ip.trim()));
+    let mut stdout = follow.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut seen = String::new();
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains("response:200") {
+                let _ = tx.send(seen.clone());
+                break;
+            }
+        }
+    });
+    let _ = http_get(&format!("{}:8080", ip.trim()));
+    let followed = rx.recv_timeout(Duration::from_secs(10));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(followed.is_ok(), "kubectl logs -f showed the access log line");
+
+    // exec -it, through a pseudo-terminal as a user's terminal would be.
+    let mut tty = Command::new("script")
+        .args(["-qfec", &format!("kubectl exec -it {pod} -- sh"), "/dev/null"])
+        .env("KUBECONFIG", lab.kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    {
+        let stdin = tty.stdin.as_mut().context("stdin")?;
+        std::thread::sleep(Duration::from_secs(2));
+        stdin.write_all(b"echo answer=$((6*7))\n")?;
+        std::thread::sleep(Duration::from_millis(500));
+        stdin.write_all(b"exit\n")?;
+    }
+    let out = tty.wait_with_output()?;
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("answer=42"), "exec -it session: {screen:?} {}", String::from_utf8_lossy(&out.stderr));
+
+    // port-forward.
+    let local = free_port()?;
+    let mut pf = lab
+        .kubectl_cmd(&["port-forward", &format!("pod/{pod}"), &format!("{local}:8080")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let forwarded = loop {
+        match http_get(&format!("127.0.0.1:{local}")) {
+            Ok(b) if b.contains("hello from") => break Ok(b),
+            other => {
+                if Instant::now() > deadline {
+                    break other.and_then(|b| Err(anyhow::anyhow!("unexpected answer {b}")));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    let _ = pf.kill();
+    let pf_out = pf.wait_with_output()?;
+    let forwarded = forwarded.with_context(|| format!("port-forward: {}", String::from_utf8_lossy(&pf_out.stderr)))?;
+    assert!(forwarded.contains(&format!("hello from {pod}")), "{forwarded}");
+
+    // cp (tar through exec).
+    let dest = lab.dir.path().join("copied.html");
+    lab.kubectl(&["cp", &format!("{pod}:/www/index.html"), &dest.to_string_lossy()])?;
+    assert_eq!(std::fs::read_to_string(&dest)?.trim(), format!("hello from {pod}"));
+    Ok(())
+}
+
+const RESTARTS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: sleeper}
+spec:
+  containers:
+  - name: sleeper
+    image: busybox
+    command: ["sleep", "3601"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: busybox
+    command: ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+    resources:
+      limits: {memory: 24Mi}
+"#;
+
+fn restarts_and_oom(lab: &Lab) -> anyhow::Result<()> {
+    lab.apply(RESTARTS)?;
+    lab.wait_for(Duration::from_secs(20), "sleeper Running", &["get", "pod", "sleeper", "-o", "jsonpath={.status.phase}"], |o| o == "Running")?;
+    // Kill the container's process from the node, as a crash would.
+    let killed = Command::new("pkill").args(["-9", "-f", "^sleep 3601$"]).status()?;
+    assert!(killed.success(), "found the container's process on the node");
+    lab.wait_for(
+        Duration::from_secs(20),
+        "sleeper restarted once and Running",
+        &["get", "pod", "sleeper", "-o", "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].state.running.startedAt}"],
+        |o| o.starts_with("1 ") && o.trim().len() > 2,
+    )?;
+    let last = lab.kubectl(&["get", "pod", "sleeper", "-o", "jsonpath={.status.containerStatuses[0].lastState.terminated.exitCode}"])?;
+    assert_eq!(last.trim(), "137", "the killed run is lastState with exit 137");
+    let table = lab.kubectl(&["get", "pod", "sleeper"])?;
+    assert!(table.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(3) == Some("1")), "RESTARTS shows 1: {table}");
+
+    lab.wait_for(Duration::from_secs(30), "hog OOMKilled", &["get", "pod", "hog"], |o| o.contains("OOMKilled"))?;
+    let reason = lab.kubectl(&["get", "pod", "hog", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}"])?;
+    assert_eq!(reason.trim(), "OOMKilled 137");
+    lab.kubectl(&["delete", "pod", "sleeper", "hog", "--grace-period=1"])?;
+    Ok(())
+}
+
+fn job_completes(lab: &Lab) -> anyhow::Result<()> {
+    lab.kubectl(&["create", "job", "hello", "--image=busybox", "--", "echo", "hello from a job"])?;
+    lab.wait_for(Duration::from_secs(30), "job hello Complete", &["get", "job", "hello", "-o", "jsonpath={.status.succeeded}"], |o| o == "1")?;
+    let pods = lab.kubectl(&["get", "pods", "-l", "job-name=hello"])?;
+    assert!(pods.contains("Completed"), "{pods}");
+    let logs = lab.kubectl(&["logs", "job/hello"])?;
+    assert_eq!(logs.trim(), "hello from a job");
+    Ok(())
+}
+
+const CONFIG: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {color: blue, "app.conf": "port=8080\n"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cr3t}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: configured}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: show
+    image: busybox
+    command: ["sh", "-c", "echo color=$COLOR pw=$password; cat /etc/settings/app.conf /etc/creds/password; echo; echo pod=$MY_POD"]
+    env:
+    - {name: COLOR, valueFrom: {configMapKeyRef: {name: settings, key: color}}}
+    - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    envFrom:
+    - secretRef: {name: creds}
+      prefix: ""
+    volumeMounts:
+    - {name: settings, mountPath: /etc/settings}
+    - {name: creds, mountPath: /etc/creds, readOnly: true}
+  volumes:
+  - {name: settings, configMap: {name: settings}}
+  - {name: creds, secret: {secretName: creds}}
+"#;
+
+fn config_and_secrets(lab: &Lab) -> anyhow::Result<()> {
+    lab.apply(CONFIG)?;
+    lab.wait_for(Duration::from_secs(30), "configured Succeeded", &["get", "pod", "configured", "-o", "jsonpath={.status.phase}"], |o| o == "Succeeded")?;
+    let logs = lab.kubectl(&["logs", "configured"])?;
+    let expected = "color=blue pw=s3cr3t\nport=8080\ns3cr3t\npod=configured";
+    assert_eq!(logs.trim(), expected);
+    Ok(())
+}
+
+const SIDECAR: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: duo}
+spec:
+  containers:
+  - name: server
+    image: busybox
+    command: ["sh", "-c", "mkdir /www && echo from-the-server > /www/index.html && exec httpd -f -p 9090 -h /www"]
+  - name: client
+    image: busybox
+    command: ["sh", "-c", "while true; do wget -qO- http://127.0.0.1:9090/ && sleep 600; sleep 0.2; done"]
+"#;
+
+fn two_containers_share_localhost(lab: &Lab) -> anyhow::Result<()> {
+    lab.apply(SIDECAR)?;
+    lab.wait_for(Duration::from_secs(30), "the client container read from the server over localhost", &["logs", "duo", "-c", "client"], |o| {
+        o.contains("from-the-server")
+    })?;
+    lab.kubectl(&["delete", "pod", "duo", "--grace-period=1"])?;
+    Ok(())
+}
+
+const PVC: &str = r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 64Mi}}
+"#;
+
+fn writer(name: &str, command: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "{command}"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - {{name: data, persistentVolumeClaim: {{claimName: data}}}}
+"#
+    )
+}
+
+fn pvc_outlives_its_pod(lab: &Lab) -> anyhow::Result<()> {
+    lab.apply(PVC)?;
+    lab.apply(&writer("writer", "echo kept-across-pods > /data/note"))?;
+    lab.wait_for(Duration::from_secs(30), "writer Succeeded", &["get", "pod", "writer", "-o", "jsonpath={.status.phase}"], |o| o == "Succeeded")?;
+    let pvc = lab.kubectl(&["get", "pvc", "data", "-o", "jsonpath={.status.phase} {.spec.storageClassName}"])?;
+    assert_eq!(pvc.trim(), "Bound local-path");
+    lab.kubectl(&["delete", "pod", "writer"])?;
+    lab.apply(&writer("reader", "cat /data/note"))?;
+    lab.wait_for(Duration::from_secs(30), "reader Succeeded", &["get", "pod", "reader", "-o", "jsonpath={.status.phase}"], |o| o == "Succeeded")?;
+    assert_eq!(lab.kubectl(&["logs", "reader"])?.trim(), "kept-across-pods");
+    lab.kubectl(&["delete", "pod", "reader"])?;
+    Ok(())
+}
+
+fn containers_survive_a_lab_restart(lab: &Lab) -> anyhow::Result<()> {
+    let query = ["get", "pods", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.containerStatuses[0].containerID}/{.status.containerStatuses[0].restartCount} {end}"];
+    let before = lab.kubectl(&query)?;
+    let pid: i32 = std::fs::read_to_string(lab.dir.path().join("rkube.pid"))?.trim().parse()?;
+    // The whole lab (apiserver, controllers, scheduler, kubelet) dies at once.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The containers run on without it.
+    let pods = lab.pod_names("app=web").unwrap_or_default();
+    assert!(pods.is_empty(), "the apiserver is down, so nothing answers");
+    let up = lab.rkube(&["up", "--detach"])?;
+    if !up.status.success() {
+        bail!("rkube up after a kill failed: {}", String::from_utf8_lossy(&up.stderr));
+    }
+    lab.wait_for(Duration::from_secs(20), "3 ready web replicas again", &["get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas}"], |o| o.trim() == "3")?;
+    // Give the kubelet a few relists to (wrongly) restart anything.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = lab.kubectl(&query)?;
+    assert_eq!(before, after, "the same containers, not restarted");
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Names to containers for the kubelet API: `kubectl logs/exec/port-forward` arrive as
+//! namespace/pod/container, and this finds the container's current run (and the one
+//! before it, for `--previous`) in the runtime.
+
+use async_trait::async_trait;
+
+use super::PodManager;
+use crate::runtime::{ContainerState, ContainerStatus, LABEL_CONTAINER_NAME, LABEL_POD_UID};
+use crate::server::{choose_container, ContainerTarget, PodResolver, ServerError, DEFAULT_CONTAINER_ANNOTATION};
+
+fn runtime_error(context: &str) -> impl FnOnce(crate::runtime::RuntimeError) -> ServerError + '_ {
+    move |source| ServerError::Runtime { context: context.to_string(), source }
+}
+
+#[async_trait]
+impl PodResolver for PodManager {
+    async fn container(&self, namespace: &str, pod: &str, container: Option<&str>) -> Result<ContainerTarget, ServerError> {
+        let p = self.pod(namespace, pod).ok_or_else(|| ServerError::NotFound(format!("pod {namespace}/{pod} not found on this node")))?;
+        let spec = p.spec.clone().unwrap_or_default();
+        let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+        let init: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+        let annotation = p.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CONTAINER_ANNOTATION)).map(String::as_str);
+        let name = choose_container(pod, container, &names, &init, annotation)?.to_string();
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let mut runs: Vec<ContainerStatus> = self
+            .context()
+            .runtime
+            .list_containers()
+            .await
+            .map_err(runtime_error("listing containers"))?
+            .into_iter()
+            .filter(|c| c.labels.get(LABEL_POD_UID) == Some(&uid) && c.labels.get(LABEL_CONTAINER_NAME) == Some(&name))
+            .collect();
+        runs.sort_by(|a, b| b.attempt.cmp(&a.attempt).then(b.created_at.cmp(&a.created_at)));
+        let Some(latest) = runs.first() else {
+            let reason = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.iter().chain(s.init_container_statuses.iter()).flatten().find(|c| c.name == name).cloned())
+                .and_then(|c| c.state.and_then(|s| s.waiting).and_then(|w| w.reason))
+                .unwrap_or_else(|| "ContainerCreating".into());
+            return Err(ServerError::BadRequest(format!("container {name:?} in pod {pod:?} is waiting to start: {reason}")));
+        };
+        Ok(ContainerTarget {
+            container_id: latest.id.clone(),
+            log_path: latest.log_path.clone(),
+            previous_log_path: runs.get(1).map(|c| c.log_path.clone()),
+            running: latest.state == ContainerState::Running,
+        })
+    }
+
+    async fn sandbox(&self, namespace: &str, pod: &str) -> Result<String, ServerError> {
+        let p = self.pod(namespace, pod).ok_or_else(|| ServerError::NotFound(format!("pod {namespace}/{pod} not found on this node")))?;
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let mut sandboxes: Vec<_> = self
+            .context()
+            .runtime
+            .list_pod_sandboxes()
+            .await
+            .map_err(runtime_error("listing sandboxes"))?
+            .into_iter()
+            .filter(|s| s.pod.uid == uid && s.state == crate::runtime::SandboxState::Ready)
+            .collect();
+        sandboxes.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        sandboxes
+            .into_iter()
+            .next()
+            .map(|s| s.id)
+            .ok_or_else(|| ServerError::BadRequest(format!("pod {pod:?} has no running sandbox")))
+    }
+}
