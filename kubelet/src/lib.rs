@@ -3,6 +3,7 @@
 //! (logs, exec, port-forward, stats) that the apiserver proxies to.
 
 pub mod config;
+pub mod imagegc;
 pub mod node;
 pub mod pods;
 pub mod runtime;
@@ -83,8 +84,9 @@ pub async fn run_with(config: KubeletConfig, client: kube::Client, runtimes: Run
     let pods_task = tokio::spawn(manager.clone().run());
     let stats_task = tokio::spawn(stats::run(config.clone(), client.clone(), manager.clone(), shutdown.clone()));
     let server_task = tokio::spawn(serve_api(listener, runtimes.clone(), manager.clone(), shutdown.clone()));
+    let gc_task = tokio::spawn(imagegc::run(config.clone(), runtimes.runtime.clone(), runtimes.images.clone(), shutdown.clone()));
     shutdown.cancelled().await;
-    let _ = tokio::join!(node_task, pods_task, stats_task, server_task);
+    let _ = tokio::join!(node_task, pods_task, stats_task, server_task, gc_task);
     tracing::info!("kubelet stopped; containers keep running");
     Ok(())
 }

@@ -236,7 +236,8 @@ impl ImageService for FakeRuntime {
     }
 
     async fn remove_image(&self, reference: &str) -> Result<()> {
-        self.lock().images.remove(reference);
+        // By reference or by image id, as the real store accepts both.
+        self.lock().images.retain(|r, info| r != reference && info.id != reference);
         Ok(())
     }
 }
