@@ -66,8 +66,7 @@ pub fn human_ago(t: DateTime<Utc>) -> String {
 
 /// Duration for "Up 5 minutes" (no "ago").
 fn human_for(t: DateTime<Utc>) -> String {
-    let ago = human_ago(t);
-    ago.trim_end_matches(" ago").replace("Less than a second", "Less than a second").to_string()
+    human_ago(t).trim_end_matches(" ago").to_string()
 }
 
 /// Columns separated by at least three spaces, as docker's tabwriter prints them.
@@ -103,7 +102,7 @@ fn split_tag(tag: &str) -> (String, String) {
 
 pub fn images(lab: &Lab, quiet: bool) -> anyhow::Result<()> {
     let mut list = store(lab)?.list()?;
-    list.sort_by(|a, b| b.created.cmp(&a.created));
+    list.sort_by_key(|i| std::cmp::Reverse(i.created));
     if quiet {
         for i in &list {
             println!("{}", short_id(&i.id));
@@ -262,7 +261,7 @@ fn familiar(image: &str) -> String {
 pub async fn ps(lab: &Lab, all: bool, quiet: bool) -> anyhow::Result<()> {
     let rt = runtime(lab).await?;
     let mut list: Vec<ContainerStatus> = rt.list_containers().await?.into_iter().filter(|c| all || c.state == ContainerState::Running).collect();
-    list.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    list.sort_by_key(|c| std::cmp::Reverse(c.created_at));
     if quiet {
         for c in &list {
             println!("{}", short_id(&c.id));

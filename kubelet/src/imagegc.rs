@@ -38,7 +38,7 @@ pub async fn collect(config: &KubeletConfig, runtime: &Arc<dyn Runtime>, images:
         Err(_) => return 0,
     };
     let mut candidates: Vec<_> = images.list_images().await.unwrap_or_default().into_iter().filter(|i| !in_use.contains(&i.id)).collect();
-    candidates.sort_by(|a, b| a.created.cmp(&b.created));
+    candidates.sort_by_key(|i| i.created);
     let mut removed = 0;
     for image in candidates {
         if disk_used_percent(&config.root_dir).unwrap_or(0.0) < f64::from(config.image_gc_low_threshold) {

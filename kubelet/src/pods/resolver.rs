@@ -61,7 +61,7 @@ impl PodResolver for PodManager {
             .into_iter()
             .filter(|s| s.pod.uid == uid && s.state == crate::runtime::SandboxState::Ready)
             .collect();
-        sandboxes.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         sandboxes
             .into_iter()
             .next()

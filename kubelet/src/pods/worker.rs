@@ -133,7 +133,7 @@ impl Worker {
     async fn view(&self) -> crate::runtime::Result<RuntimeView> {
         let mut sandboxes: Vec<SandboxStatus> =
             self.ctx.runtime.list_pod_sandboxes().await?.into_iter().filter(|s| s.pod.uid == self.uid).collect();
-        sandboxes.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         let containers = self
             .ctx
             .runtime
@@ -512,7 +512,7 @@ impl Worker {
                 return Err(("ErrImageNeverPull".into(), message, RETRY));
             }
             "IfNotPresent" if present.is_some() => {
-                if self.waiting.get(&c.name).is_none() {
+                if !self.waiting.contains_key(&c.name) {
                     self.event_for(pod, &c.name, "Normal", "Pulled", &format!("Container image \"{image}\" already present on machine")).await;
                 }
                 return Ok(());
@@ -821,7 +821,7 @@ impl Worker {
         for c in &init_specs {
             let (latest, previous) = view.runs(&c.name);
             let cv = ContainerView { latest, previous, waiting: self.waiting.get(&c.name).cloned(), ready: false, started: false };
-            let mut s = status::container_status(c, &cv, if init_done { "PodInitializing" } else { "PodInitializing" });
+            let mut s = status::container_status(c, &cv, "PodInitializing");
             let done = latest.map(|l| l.state == ContainerState::Exited && l.exit_code == Some(0)).unwrap_or(false);
             if done {
                 s["ready"] = json!(true);
