@@ -166,6 +166,7 @@ fn run_steps(lab: &Lab) -> anyhow::Result<()> {
 
     deployment_serves_http(lab)?;
     restarts_and_oom(lab)?;
+    statuses_read_like_a_real_cluster(lab)?;
     job_completes(lab)?;
     config_and_secrets(lab)?;
     two_containers_share_localhost(lab)?;
@@ -333,6 +334,58 @@ fn restarts_and_oom(lab: &Lab) -> anyhow::Result<()> {
     let reason = lab.kubectl(&["get", "pod", "hog", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}"])?;
     assert_eq!(reason.trim(), "OOMKilled 137");
     lab.kubectl(&["delete", "pod", "sleeper", "hog", "--grace-period=1"])?;
+    Ok(())
+}
+
+const TROUBLE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "echo about to fail; exit 3"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nosuchimage}
+spec:
+  containers:
+  - name: c
+    image: 127.0.0.1:1/nope/nothing:1.0
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 4
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "trap '' TERM; echo ignoring TERM; while true; do sleep 1; done"]
+"#;
+
+/// The STATUS column shows what a real cluster shows.
+fn statuses_read_like_a_real_cluster(lab: &Lab) -> anyhow::Result<()> {
+    lab.apply(TROUBLE)?;
+    let column = |pod: &str| -> anyhow::Result<String> {
+        let out = lab.kubectl(&["get", "pod", pod, "--no-headers"])?;
+        Ok(out.split_whitespace().nth(2).unwrap_or_default().to_string())
+    };
+    lab.wait_for(Duration::from_secs(30), "crasher in CrashLoopBackOff", &["get", "pod", "crasher", "--no-headers"], |o| o.contains("CrashLoopBackOff"))?;
+    let logs = lab.kubectl(&["logs", "crasher", "--previous"])?;
+    assert_eq!(logs.trim(), "about to fail");
+    lab.wait_for(Duration::from_secs(30), "nosuchimage in ErrImagePull", &["get", "pod", "nosuchimage", "--no-headers"], |o| o.contains("ErrImagePull"))?;
+    lab.wait_for(Duration::from_secs(30), "nosuchimage in ImagePullBackOff", &["get", "pod", "nosuchimage", "--no-headers"], |o| o.contains("ImagePullBackOff"))?;
+    lab.wait_for(Duration::from_secs(20), "stubborn Running", &["get", "pod", "stubborn", "-o", "jsonpath={.status.phase}"], |o| o == "Running")?;
+    let deleted = Instant::now();
+    lab.kubectl(&["delete", "pod", "stubborn", "--wait=false"])?;
+    assert_eq!(column("stubborn")?, "Terminating");
+    lab.wait_for(Duration::from_secs(20), "stubborn gone after its grace period", &["get", "pods", "-o", "name"], |o| !o.contains("pod/stubborn"))?;
+    let took = deleted.elapsed();
+    assert!(took >= Duration::from_secs(3), "TERM was ignored, so the kubelet waited out the 4 s grace period before SIGKILL (took {took:?})");
+    lab.kubectl(&["delete", "pod", "crasher", "nosuchimage", "--grace-period=1"])?;
     Ok(())
 }
 

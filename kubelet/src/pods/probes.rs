@@ -157,6 +157,17 @@ impl Tracker {
     }
 }
 
+/// A dial error as Go's net package words it, which is what users see in events.
+fn dial_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connect: connection refused".into(),
+        std::io::ErrorKind::TimedOut => "i/o timeout".into(),
+        std::io::ErrorKind::HostUnreachable => "connect: no route to host".into(),
+        std::io::ErrorKind::NetworkUnreachable => "connect: network is unreachable".into(),
+        _ => e.to_string(),
+    }
+}
+
 fn port_of(container: &Container, port: &IntOrString) -> Result<u16, String> {
     match port {
         IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port {n}")),
@@ -201,7 +212,7 @@ pub async fn run(runtime: &Arc<dyn Runtime>, container_id: &str, container: &Con
         let host = host_of(&tcp.host);
         return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
+            Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {}", dial_error(&e))),
             Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
         };
     }
@@ -220,7 +231,7 @@ pub async fn run(runtime: &Arc<dyn Runtime>, container_id: &str, container: &Con
         request.push_str("\r\n");
         let url = format!("http://{host}:{port}{path}");
         let fut = async {
-            let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("Get \"{url}\": dial tcp {host}:{port}: {e}"))?;
+            let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("Get \"{url}\": dial tcp {host}:{port}: {}", dial_error(&e)))?;
             stream.write_all(request.as_bytes()).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
             let mut buf = vec![0u8; 1024];
             let n = stream.read(&mut buf).await.map_err(|e| format!("Get \"{url}\": {e}"))?;

@@ -95,14 +95,29 @@ impl Worker {
     pub async fn run(mut self, mut pod: watch::Receiver<Option<Arc<Pod>>>, poke: Arc<Notify>, shutdown: CancellationToken) {
         loop {
             let current = pod.borrow_and_update().clone();
+            let synced = current.as_deref().map(kubelet_view);
             let span = tracing::info_span!("sync_pod", pod_uid = %self.uid);
             let next = tracing::Instrument::instrument(self.sync(current), span).await;
             let Some(next) = next else { return };
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = pod.changed() => if changed.is_err() { return },
-                _ = poke.notified() => {}
-                _ = tokio::time::sleep(next) => {}
+            let deadline = tokio::time::Instant::now() + next;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = pod.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        // Our own status writes come back as updates: only a change the
+                        // kubelet acts on (spec, deletion, labels, annotations) syncs early.
+                        let latest = pod.borrow().as_deref().map(kubelet_view);
+                        if latest.is_some() && latest == synced {
+                            continue;
+                        }
+                    }
+                    _ = poke.notified() => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+                break;
             }
         }
     }
@@ -927,6 +942,17 @@ impl Worker {
             Err(e) => tracing::debug!(error = %e, "writing pod status failed; will retry"),
         }
     }
+}
+
+/// What of a pod the kubelet acts on: everything but its status.
+fn kubelet_view(pod: &Pod) -> Value {
+    json!({
+        "spec": pod.spec,
+        "deletionTimestamp": pod.metadata.deletion_timestamp,
+        "deletionGracePeriodSeconds": pod.metadata.deletion_grace_period_seconds,
+        "labels": pod.metadata.labels,
+        "annotations": pod.metadata.annotations,
+    })
 }
 
 /// The status without transition timestamps, to tell real changes from re-renders.

@@ -1,0 +1,583 @@
+//! The single-node lab as a user runs it (`rkube up --detach`, the release binary):
+//!
+//! 1. **Memory of the idle lab**: after the node is Ready and the lab has idled 20 s,
+//!    VmRSS of the lab process (`DIR/rkube.pid`) plus every shim of this lab (processes
+//!    whose command line has `__rkube-shim` and the lab's directory). Goal < 100 MiB
+//!    (k3s documents about 1.6 GB for a server with a workload). PSS (shared pages split
+//!    between the processes sharing them) is printed beside it.
+//! 2. **Pod create-to-Running** for 100 pods (busybox `sleep 3600`, the image present:
+//!    `imagePullPolicy: IfNotPresent`) created as fast as a few concurrent clients can,
+//!    each timed from its create call returning to the first watch event that shows it
+//!    `Running` (one watch, opened before the first create). Goal p99 < 1 s. The
+//!    in-run reference printed beside it: the create calls' own latency.
+//! 3. **Memory with the 100 pods running**: lab process + shims again (and the
+//!    containers' own processes, for context).
+//!
+//! Then `rkube down`, always, and a check that it left no mount, bridge, cgroup or process.
+//!
+//! Needs root; otherwise prints `skipped: …` (exit 1 under CI).
+//! `RKUBE_BENCH_PODS` (100), `RKUBE_BENCH_CREATE_CLIENTS` (8), `RKUBE_BENCH_IDLE_SECS`
+//! (20), `RKUBE_BENCH_SETTLE_SECS` (5) scale it.
+//! Run with `cargo bench -p deploy --bench lab`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+
+const RKUBE: &str = env!("CARGO_BIN_EXE_rkube");
+const MEMORY_GOAL_MIB: f64 = 100.0;
+const RUNNING_P99_GOAL: Duration = Duration::from_secs(1);
+const NAMESPACE: &str = "default";
+const LABEL: &str = "rkube-bench=lab";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(values: &[Duration], p: f64) -> Duration {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn rkube(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(RKUBE)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        // The lab's default log level, whatever this shell has set.
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {RKUBE}"))
+}
+
+/// A `kB` field of a /proc file (`VmRSS:` of status, `Pss:` of smaps_rollup).
+fn proc_kib(path: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    proc_kib(&format!("/proc/{pid}/status"), "VmRSS:").unwrap_or(0)
+}
+
+fn pss_kib(pid: u32) -> u64 {
+    proc_kib(&format!("/proc/{pid}/smaps_rollup"), "Pss:").unwrap_or(0)
+}
+
+/// Processes whose command line contains every one of `needles`.
+fn processes_with(needles: &[&str]) -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| *pid != me)
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                        let c = String::from_utf8_lossy(&c);
+                        needles.iter().all(|n| c.contains(n))
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The container processes of the lab (from the shims' `state.json` records).
+fn container_pids(dir: &Path) -> Vec<u32> {
+    std::fs::read_dir(dir.join("agent/containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("state.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter_map(|v| v.get("pid")?.as_u64())
+        .map(|p| p as u32)
+        .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+        .collect()
+}
+
+struct Memory {
+    lab_rss: u64,
+    lab_pss: u64,
+    shims: usize,
+    shims_rss: u64,
+    shims_pss: u64,
+    containers: usize,
+    containers_rss: u64,
+}
+
+impl Memory {
+    fn measure(dir: &Path, lab_pid: u32) -> Memory {
+        let dir_text = dir.to_string_lossy().into_owned();
+        let shims = processes_with(&["__rkube-shim", &dir_text]);
+        let containers = container_pids(dir);
+        Memory {
+            lab_rss: rss_kib(lab_pid),
+            lab_pss: pss_kib(lab_pid),
+            shims: shims.len(),
+            shims_rss: shims.iter().map(|p| rss_kib(*p)).sum(),
+            shims_pss: shims.iter().map(|p| pss_kib(*p)).sum(),
+            containers: containers.len(),
+            containers_rss: containers.iter().map(|p| rss_kib(*p)).sum(),
+        }
+    }
+
+    fn total_rss(&self) -> u64 {
+        self.lab_rss + self.shims_rss
+    }
+
+    fn total_pss(&self) -> u64 {
+        self.lab_pss + self.shims_pss
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "lab process {:.1} MiB + {} shims {:.1} MiB = {:.1} MiB RSS ({:.1} MiB PSS); \
+             {} container processes {:.1} MiB RSS",
+            mib(self.lab_rss),
+            self.shims,
+            mib(self.shims_rss),
+            mib(self.total_rss()),
+            mib(self.total_pss()),
+            self.containers,
+            mib(self.containers_rss)
+        )
+    }
+}
+
+fn pod(name: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"rkube-bench": "lab"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "sleep", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                "command": ["sleep", "3600"],
+            }],
+        },
+    }))?)
+}
+
+/// The next item of a stream. (`Stream` is reachable here only as the supertrait of
+/// kube's `WatchStreamExt`; the `futures` crate is not a dependency of this package.)
+async fn next_item<S>(stream: &mut S) -> Option<S::Item>
+where
+    S: kube::runtime::WatchStreamExt + Unpin,
+{
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+/// Records, per pod name, when a watch first showed it Running. Re-watches from the
+/// last resourceVersion when the watch ends.
+async fn watch_running(
+    api: Api<Pod>,
+    mut version: String,
+    running: Arc<Mutex<HashMap<String, Instant>>>,
+) -> anyhow::Result<()> {
+    loop {
+        let params = WatchParams::default().labels(LABEL).timeout(290);
+        let mut stream = Box::pin(api.watch(&params, &version).await?);
+        while let Some(event) = next_item(&mut stream).await {
+            let now = Instant::now();
+            let pod = match event? {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) => p,
+                WatchEvent::Bookmark(b) => {
+                    version = b.metadata.resource_version;
+                    continue;
+                }
+                WatchEvent::Deleted(_) => continue,
+                WatchEvent::Error(e) => bail!("watch error: {e:?}"),
+            };
+            if let Some(v) = &pod.metadata.resource_version {
+                version = v.clone();
+            }
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if phase == Some("Running") {
+                if let Some(name) = pod.metadata.name {
+                    running
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(name)
+                        .or_insert(now);
+                }
+            }
+        }
+    }
+}
+
+struct PodTimes {
+    /// Create call latency.
+    create: Vec<Duration>,
+    /// Create call returned → watch shows Running.
+    to_running: Vec<Duration>,
+    /// Create call sent → watch shows Running.
+    sent_to_running: Vec<Duration>,
+    /// First create sent → last pod Running.
+    wall: Duration,
+}
+
+async fn create_pods(kubeconfig: &Path, pods: usize, clients: usize) -> anyhow::Result<PodTimes> {
+    let client = component_base::client::client(Some(kubeconfig)).await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let list = api
+        .list_metadata(&ListParams::default().labels(LABEL))
+        .await?;
+    let version = list.metadata.resource_version.unwrap_or_default();
+    let running: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let watch = tokio::spawn(watch_running(api.clone(), version, running.clone()));
+
+    let sent: Arc<Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut creators = Vec::new();
+    for _ in 0..clients.max(1) {
+        let (api, sent, next) = (api.clone(), sent.clone(), next.clone());
+        creators.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pods {
+                    return anyhow::Ok(());
+                }
+                let name = format!("bench-{i:03}");
+                let body = pod(&name)?;
+                let t0 = Instant::now();
+                api.create(&PostParams::default(), &body)
+                    .await
+                    .with_context(|| format!("creating pod {name}"))?;
+                let t1 = Instant::now();
+                sent.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name, (t0, t1));
+            }
+        }));
+    }
+    for c in creators {
+        c.await??;
+    }
+    let created = start.elapsed();
+    eprintln!("created {pods} pods in {:.2} s", created.as_secs_f64());
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = running.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if done >= pods {
+            break;
+        }
+        if watch.is_finished() {
+            match watch.await {
+                Ok(Err(e)) => return Err(e.context("watching pods")),
+                _ => bail!("the pod watch ended"),
+            }
+        }
+        if Instant::now() > deadline {
+            let names: Vec<String> = {
+                let r = running.lock().unwrap_or_else(|e| e.into_inner());
+                (0..pods)
+                    .map(|i| format!("bench-{i:03}"))
+                    .filter(|n| !r.contains_key(n))
+                    .take(5)
+                    .collect()
+            };
+            bail!("only {done} of {pods} pods Running after 300 s (e.g. not: {names:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watch.abort();
+    let running = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let sent = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut times = PodTimes {
+        create: Vec::new(),
+        to_running: Vec::new(),
+        sent_to_running: Vec::new(),
+        wall: Duration::ZERO,
+    };
+    for (name, (t0, t1)) in &sent {
+        let Some(r) = running.get(name) else { continue };
+        times.create.push(*t1 - *t0);
+        times.to_running.push(r.saturating_duration_since(*t1));
+        times.sent_to_running.push(r.saturating_duration_since(*t0));
+        times.wall = times.wall.max(r.saturating_duration_since(start));
+    }
+    Ok(times)
+}
+
+async fn measure(dir: &Path) -> anyhow::Result<()> {
+    let pods = env_usize("RKUBE_BENCH_PODS", 100);
+    let clients = env_usize("RKUBE_BENCH_CREATE_CLIENTS", 8);
+    let idle = Duration::from_secs(env_usize("RKUBE_BENCH_IDLE_SECS", 20) as u64);
+    let settle = Duration::from_secs(env_usize("RKUBE_BENCH_SETTLE_SECS", 5) as u64);
+
+    let port = free_port()?;
+    let t = Instant::now();
+    let up = rkube(dir, &["up", "--detach", "--port", &port.to_string()])?;
+    if !up.status.success() {
+        bail!(
+            "rkube up failed: {}{}",
+            String::from_utf8_lossy(&up.stdout),
+            String::from_utf8_lossy(&up.stderr)
+        );
+    }
+    let up_time = t.elapsed();
+    let pid: u32 = std::fs::read_to_string(dir.join("rkube.pid"))
+        .context("reading rkube.pid")?
+        .trim()
+        .parse()
+        .context("parsing rkube.pid")?;
+    eprintln!(
+        "lab up (node Ready) in {:.1} s, pid {pid}; idling {} s…",
+        up_time.as_secs_f64(),
+        idle.as_secs()
+    );
+    tokio::time::sleep(idle).await;
+    let idle_memory = Memory::measure(dir, pid);
+    eprintln!("idle: {}", idle_memory.describe());
+
+    let times = create_pods(&dir.join("admin.kubeconfig"), pods, clients).await?;
+    tokio::time::sleep(settle).await;
+    let busy_memory = Memory::measure(dir, pid);
+    eprintln!("with {pods} pods: {}", busy_memory.describe());
+
+    let p50 = percentile(&times.to_running, 0.5);
+    let p99 = percentile(&times.to_running, 0.99);
+    let max = percentile(&times.to_running, 1.0);
+    let c50 = percentile(&times.create, 0.5);
+    let c99 = percentile(&times.create, 0.99);
+    let s50 = percentile(&times.sent_to_running, 0.5);
+    let s99 = percentile(&times.sent_to_running, 0.99);
+    println!();
+    println!(
+        "single-node lab, release binary {RKUBE}; {pods} pods (busybox sleep 3600, image present) \
+         created by {clients} concurrent clients; lab up in {:.1} s",
+        up_time.as_secs_f64()
+    );
+    println!();
+    println!("| figure | value | reference / goal | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| idle lab RSS after {} s (lab process + {} shims) | {:.1} MiB | goal < {MEMORY_GOAL_MIB:.0} MiB (k3s server: ~1.6 GB) | **{:.2}** |",
+        idle.as_secs(),
+        idle_memory.shims,
+        mib(idle_memory.total_rss()),
+        mib(idle_memory.total_rss()) / MEMORY_GOAL_MIB
+    );
+    println!(
+        "| idle lab PSS | {:.1} MiB | | |",
+        mib(idle_memory.total_pss())
+    );
+    println!(
+        "| create returned → Running p50 / p99 / max | {:.0} / {:.0} / {:.0} ms | goal p99 < {} ms | **{:.2}** |",
+        ms(p50),
+        ms(p99),
+        ms(max),
+        RUNNING_P99_GOAL.as_millis(),
+        ms(p99) / ms(RUNNING_P99_GOAL)
+    );
+    println!(
+        "| create sent → Running p50 / p99 | {:.0} / {:.0} ms | | |",
+        ms(s50),
+        ms(s99)
+    );
+    println!(
+        "| reference: create call latency p50 / p99 | {:.1} / {:.1} ms | | |",
+        ms(c50),
+        ms(c99)
+    );
+    println!(
+        "| first create → last Running ({pods} pods) | {:.2} s ({:.1} pods/s) | | |",
+        times.wall.as_secs_f64(),
+        pods as f64 / times.wall.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "| RSS with {pods} pods (lab process + {} shims) | {:.1} MiB (lab {:.1} + shims {:.1}) | goal < {MEMORY_GOAL_MIB:.0} MiB idle | {:.2} |",
+        busy_memory.shims,
+        mib(busy_memory.total_rss()),
+        mib(busy_memory.lab_rss),
+        mib(busy_memory.shims_rss),
+        mib(busy_memory.total_rss()) / MEMORY_GOAL_MIB
+    );
+    println!(
+        "| PSS with {pods} pods (lab + shims) | {:.1} MiB; per shim {:.2} MiB RSS, {:.2} MiB PSS | | |",
+        mib(busy_memory.total_pss()),
+        mib(busy_memory.shims_rss) / busy_memory.shims.max(1) as f64,
+        mib(busy_memory.shims_pss) / busy_memory.shims.max(1) as f64
+    );
+    println!(
+        "| (context) the {} container processes | {:.1} MiB RSS | | |",
+        busy_memory.containers,
+        mib(busy_memory.containers_rss)
+    );
+    Ok(())
+}
+
+/// What `rkube down` should have removed and did not.
+fn leftovers(dir: &Path, settings: &serde_json::Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let prefix = dir.to_string_lossy().into_owned();
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    if !mounts.is_empty() {
+        problems.push(format!("mounts left: {mounts:?}"));
+    }
+    if let Some(bridge) = settings["bridgeName"].as_str().filter(|b| !b.is_empty()) {
+        let left = Command::new("ip")
+            .args(["link", "show", "dev", bridge])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if left {
+            problems.push(format!("bridge {bridge} left"));
+        }
+    }
+    if let Some(cgroup) = settings["cgroupRoot"].as_str().filter(|c| !c.is_empty()) {
+        let left: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path().join(cgroup))
+                    .chain(std::iter::once(Path::new("/sys/fs/cgroup").join(cgroup)))
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !left.is_empty() {
+            problems.push(format!("cgroups left: {left:?}"));
+        }
+    }
+    let procs = processes_with(&[&prefix]);
+    if !procs.is_empty() {
+        problems.push(format!("processes left: {procs:?}"));
+    }
+    problems
+}
+
+fn skipped(reason: &str) -> ExitCode {
+    println!("skipped: {reason}");
+    if std::env::var_os("CI").is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn main() -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        return skipped("the lab needs root (namespaces, cgroups, mounts, a bridge)");
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return skipped("no static busybox at /bin/busybox for the lab's image (apt-get install busybox-static)");
+    }
+    let temp = match tempfile::Builder::new().prefix("rkube-bench-lab").tempdir() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: creating a temp dir: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = temp.path().to_path_buf();
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting tokio")
+        .and_then(|rt| rt.block_on(measure(&dir)));
+    if let Err(e) = &outcome {
+        eprintln!("error: {e:#}");
+        eprintln!(
+            "the end of rkube.log:\n{}",
+            std::fs::read_to_string(dir.join("rkube.log"))
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // Always take the lab down, and check that it left nothing.
+    let settings: serde_json::Value = std::fs::read(dir.join("lab.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let down_ok = match rkube(&dir, &["down"]) {
+        Ok(out) if out.status.success() => {
+            eprintln!("rkube down: ok");
+            true
+        }
+        Ok(out) => {
+            eprintln!(
+                "rkube down failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("rkube down: {e:#}");
+            false
+        }
+    };
+    let problems = leftovers(&dir, &settings);
+    for p in &problems {
+        eprintln!("after rkube down: {p}");
+    }
+    if !down_ok || !problems.is_empty() {
+        // Deleting the directory through a leftover mount would harm more than keeping it.
+        let kept = temp.keep();
+        eprintln!("kept {} for inspection", kept.display());
+        return ExitCode::FAILURE;
+    }
+    drop(temp);
+    if outcome.is_err() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
