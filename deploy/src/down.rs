@@ -29,10 +29,14 @@ pub async fn down(lab: &Lab, reset: bool) -> anyhow::Result<()> {
         println!("stopped rkube (pid {pid})");
     }
     let _ = std::fs::remove_file(lab.pid_file());
-    if let Some(settings) = lab.load_settings()? {
-        let config = crate::up::kubelet_config(lab, &settings);
+    let settings = lab.load_settings()?;
+    if let Some(settings) = &settings {
+        let config = crate::up::kubelet_config(lab, settings);
         kubelet::teardown(&config).await.context("removing the node's containers, mounts, network and cgroups")?;
         println!("removed the node's containers, mounts, network and cgroups");
+    }
+    if let (true, Some(settings)) = (reset, &settings) {
+        crate::lab::release_pod_network(&lab.dir, settings);
     }
     if reset && lab.dir.exists() {
         std::fs::remove_dir_all(&lab.dir).with_context(|| format!("deleting {}", lab.dir.display()))?;

@@ -97,7 +97,7 @@ impl Lab {
             }
             return Ok(s);
         }
-        let octet = free_pod_network().ok_or(LabError::NoFreeNetwork)?;
+        let octet = claim_pod_network(&self.dir).ok_or(LabError::NoFreeNetwork)?;
         let tag = self.tag();
         let settings = LabSettings {
             port: port.unwrap_or(6443),
@@ -132,11 +132,58 @@ impl Lab {
     }
 }
 
-/// The second octet of a 10.x.0.0/16 (and 10.x+1) that no interface on this host uses
-/// (another lab's bridge holds an address in its pod network once it runs).
-fn free_pod_network() -> Option<u8> {
+/// Where labs record which 10.x networks they hold, so two labs started at the same
+/// moment, or one that is down right now, are never handed the same network.
+const CLAIMS_DIR: &str = "/var/lib/rkube-networks";
+
+/// Claims the second octet of a 10.x.0.0/16 (pods) and 10.x+1 (Services) that no
+/// interface on this host uses and no other lab holds. A claim file is created with
+/// O_EXCL; a claim whose lab directory is gone is stale and taken over.
+fn claim_pod_network(lab_dir: &Path) -> Option<u8> {
     let used = host_ipv4_networks();
-    (42u8..=98).step_by(2).find(|o| !used.iter().any(|(a, b)| *a == 10 && (*b == *o || *b == o + 1)))
+    let claims = Path::new(CLAIMS_DIR);
+    std::fs::create_dir_all(claims).ok()?;
+    for octet in (42u8..=98).step_by(2) {
+        if used.iter().any(|(a, b)| *a == 10 && (*b == octet || *b == octet + 1)) {
+            continue;
+        }
+        let claim = claims.join(format!("10.{octet}"));
+        let me = lab_dir.to_string_lossy().into_owned();
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
+            Ok(mut f) => {
+                use std::io::Write;
+                if f.write_all(me.as_bytes()).is_ok() {
+                    return Some(octet);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&claim).unwrap_or_default();
+                if holder == me {
+                    return Some(octet);
+                }
+                // Another lab's: taken, unless that lab no longer exists.
+                if !holder.is_empty() && !Path::new(&holder).join("lab.json").exists() && std::fs::remove_file(&claim).is_ok() {
+                    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).create_new(true).open(&claim) {
+                        use std::io::Write;
+                        if f.write_all(me.as_bytes()).is_ok() {
+                            return Some(octet);
+                        }
+                    }
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Gives up the lab's network claim (`rkube reset`).
+pub fn release_pod_network(lab_dir: &Path, settings: &LabSettings) {
+    let Some(octet) = settings.cluster_cidr.split('.').nth(1) else { return };
+    let claim = Path::new(CLAIMS_DIR).join(format!("10.{octet}"));
+    if std::fs::read_to_string(&claim).map(|h| Path::new(&h) == lab_dir).unwrap_or(false) {
+        let _ = std::fs::remove_file(claim);
+    }
 }
 
 /// (first, second) octets of every IPv4 address on this host (/proc/net/fib_trie's

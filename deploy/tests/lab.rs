@@ -531,3 +531,43 @@ fn containers_survive_a_lab_restart(lab: &Lab) -> anyhow::Result<()> {
     assert_eq!(before, after, "the same containers, not restarted");
     Ok(())
 }
+
+/// Two labs with different directories and ports run side by side: each has its own
+/// node, pod network, bridge and cgroups, and taking one down leaves the other running.
+#[test]
+fn two_labs_side_by_side_needs_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return skip_or_fail("the lab needs root (namespaces, cgroups, mounts)");
+    }
+    if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
+        return skip_or_fail("kubectl is not on PATH");
+    }
+    let a = Lab { dir: tempfile::Builder::new().prefix("rkube-lab-a").tempdir()?, port: free_port()? };
+    let b = Lab { dir: tempfile::Builder::new().prefix("rkube-lab-b").tempdir()?, port: free_port()? };
+    let result = (|| -> anyhow::Result<()> {
+        for lab in [&a, &b] {
+            let up = lab.rkube(&["up", "--detach", "--port", &lab.port.to_string()])?;
+            if !up.status.success() {
+                bail!("rkube up failed: {}", String::from_utf8_lossy(&up.stderr));
+            }
+            lab.kubectl(&["run", "solo", "--image=busybox", "--", "sleep", "3600"])?;
+        }
+        let mut ips = Vec::new();
+        for lab in [&a, &b] {
+            lab.wait_for(Duration::from_secs(20), "solo Running", &["get", "pod", "solo", "-o", "jsonpath={.status.phase}"], |o| o == "Running")?;
+            ips.push(lab.kubectl(&["get", "pod", "solo", "-o", "jsonpath={.status.podIP}"])?);
+        }
+        let net = |ip: &str| ip.split('.').take(2).collect::<Vec<_>>().join(".");
+        assert_ne!(net(&ips[0]), net(&ips[1]), "the two labs' pods are in different networks: {ips:?}");
+        let down = a.rkube(&["down"])?;
+        assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+        let still = b.kubectl(&["get", "pod", "solo", "-o", "jsonpath={.status.phase}"])?;
+        assert_eq!(still, "Running", "lab b is untouched by lab a's down");
+        let exec = b.kubectl(&["exec", "solo", "--", "echo", "still here"])?;
+        assert_eq!(exec.trim(), "still here");
+        Ok(())
+    })();
+    let _ = a.rkube(&["down"]);
+    let _ = b.rkube(&["down"]);
+    result
+}
