@@ -91,6 +91,15 @@ impl Lab {
     }
 }
 
+/// A lab is always taken down, even when an assertion panics mid-test.
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.dir.path().join("lab.json").exists() {
+            let _ = self.rkube(&["down"]);
+        }
+    }
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
