@@ -1,9 +1,10 @@
 //! The single-node lab end to end, as a learner uses it: `rkube up --detach`, then the
 //! stock kubectl against it — a Deployment serving HTTP, logs, exec (with a TTY),
-//! port-forward, cp, restarts, OOMKilled, a Job, ConfigMaps and Secrets as files and
-//! env, two containers on localhost, PVC data outliving its pod, the whole lab killed
-//! and restarted with every container still running — and `rkube down` leaving nothing
-//! behind. Needs root (namespaces, cgroups, mounts); one lab serves every step.
+//! port-forward, cp, restarts, OOMKilled, a Job, `run -i`/`run -it --rm` (attach),
+//! ConfigMaps and Secrets as files and env, two containers on localhost, PVC data
+//! outliving its pod, the whole lab killed and restarted with every container still
+//! running — and `rkube down` leaving nothing behind. Needs root (namespaces, cgroups,
+//! mounts); one lab serves every step.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -177,6 +178,7 @@ fn run_steps(lab: &Lab) -> anyhow::Result<()> {
     restarts_and_oom(lab)?;
     statuses_read_like_a_real_cluster(lab)?;
     job_completes(lab)?;
+    run_and_attach(lab)?;
     config_and_secrets(lab)?;
     two_containers_share_localhost(lab)?;
     pvc_outlives_its_pod(lab)?;
@@ -405,6 +407,104 @@ fn job_completes(lab: &Lab) -> anyhow::Result<()> {
     assert!(pods.contains("Completed"), "{pods}");
     let logs = lab.kubectl(&["logs", "job/hello"])?;
     assert_eq!(logs.trim(), "hello from a job");
+    Ok(())
+}
+
+/// Waits for `child` to end and collects its output; kills it (by its pid) if it takes
+/// longer than `timeout`.
+fn finish_within(child: std::process::Child, timeout: Duration, what: &str) -> anyhow::Result<Output> {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => Ok(out?),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let out = rx.recv_timeout(Duration::from_secs(10)).ok().and_then(Result::ok);
+            let text = out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))).unwrap_or_default();
+            bail!("{what} did not finish within {timeout:?}: {text}")
+        }
+    }
+}
+
+fn pod_is_gone(lab: &Lab, name: &str) -> anyhow::Result<()> {
+    lab.wait_for(Duration::from_secs(30), &format!("pod {name} deleted"), &["get", "pods", "-o", "jsonpath={.items[*].metadata.name}"], |o| {
+        !o.split_whitespace().any(|n| n == name)
+    })?;
+    Ok(())
+}
+
+/// `kubectl run -i --rm` (stdin piped, stdinOnce) and `kubectl run -it --rm` (a shell on
+/// a terminal) attach to the container's own stdio, then delete the pod.
+fn run_and_attach(lab: &Lab) -> anyhow::Result<()> {
+    let mut child = lab
+        .kubectl_cmd(&["run", "-i", "--rm", "attachme", "--image=busybox", "--restart=Never", "--", "sh", "-c", "read line; echo got:$line"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(b"hello\n")?;
+    let out = finish_within(child, Duration::from_secs(90), "kubectl run -i --rm")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl run -i failed: {stdout}{stderr}");
+    assert!(stdout.contains("got:hello"), "kubectl run -i output: {stdout:?} {stderr:?}");
+    pod_is_gone(lab, "attachme")?;
+
+    // run -it, through a pseudo-terminal as a user's terminal would be.
+    let mut tty = Command::new("script")
+        .args(["-qfec", "kubectl run -it --rm ttyme --image=busybox --restart=Never -- sh", "/dev/null"])
+        .env("KUBECONFIG", lab.kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut screen_out = tty.stdout.take().context("stdout")?;
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = std::thread::spawn({
+        let screen = screen.clone();
+        move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = screen_out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut s) = screen.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        }
+    });
+    let shown = |text: &str, timeout: Duration| {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = screen.lock().map(|s| s.clone()).unwrap_or_default();
+            if now.contains(text) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow::anyhow!("{text:?} not shown within {timeout:?}; screen: {now:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut stdin = tty.stdin.take().context("stdin")?;
+    let typed = shown("try pressing enter", Duration::from_secs(60)).and_then(|()| {
+        stdin.write_all(b"echo $((6*7))\n")?;
+        shown("\n42\r\n", Duration::from_secs(20))?;
+        stdin.write_all(b"exit\n")?;
+        Ok(())
+    });
+    let out = finish_within(tty, Duration::from_secs(60), "kubectl run -it --rm");
+    drop(stdin);
+    let _ = reader.join();
+    let screen = screen.lock().map(|s| s.clone()).unwrap_or_default();
+    typed?;
+    let out = out?;
+    assert!(out.status.success(), "kubectl run -it failed: {screen:?} {}", String::from_utf8_lossy(&out.stderr));
+    pod_is_gone(lab, "ttyme")?;
     Ok(())
 }
 

@@ -108,6 +108,7 @@ mod tests {
             privileged: false,
             tty: false,
             stdin: false,
+            stdin_once: false,
             labels: Default::default(),
             annotations: Default::default(),
         };

@@ -149,6 +149,7 @@ impl Lab {
             privileged: false,
             tty: false,
             stdin: false,
+            stdin_once: false,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }

@@ -1,11 +1,11 @@
-//! Names to containers for the kubelet API: `kubectl logs/exec/port-forward` arrive as
-//! namespace/pod/container, and this finds the container's current run (and the one
-//! before it, for `--previous`) in the runtime.
+//! Names to containers for the kubelet API: `kubectl logs/exec/attach/port-forward`
+//! arrive as namespace/pod/container, and this finds the container's current run (and
+//! the one before it, for `--previous`) in the runtime.
 
 use async_trait::async_trait;
 
 use super::PodManager;
-use crate::runtime::{ContainerState, ContainerStatus, LABEL_CONTAINER_NAME, LABEL_POD_UID};
+use crate::runtime::{ContainerState, ContainerStatus, ExecSession, LABEL_CONTAINER_NAME, LABEL_POD_UID};
 use crate::server::{choose_container, ContainerTarget, PodResolver, ServerError, DEFAULT_CONTAINER_ANNOTATION};
 
 fn runtime_error(context: &str) -> impl FnOnce(crate::runtime::RuntimeError) -> ServerError + '_ {
@@ -47,6 +47,26 @@ impl PodResolver for PodManager {
             previous_log_path: runs.get(1).map(|c| c.log_path.clone()),
             running: latest.state == ContainerState::Running,
         })
+    }
+
+    /// The runtime's attach, reporting no exit code: the kubelet ends an attach session
+    /// with `Success` whatever the container's exit code (`kubectl run -i --rm` reads it
+    /// from the pod's status, and would keep the pod if attach failed).
+    async fn attach(&self, target: &ContainerTarget, stdin: bool, tty: bool) -> Result<ExecSession, ServerError> {
+        let mut session = self.context().runtime.attach(&target.container_id, stdin, tty).await.map_err(runtime_error("attaching"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let runtime_exit = std::mem::replace(&mut session.exit, rx);
+        tokio::spawn(async move {
+            let mut tx = tx;
+            tokio::select! {
+                _ = runtime_exit => {
+                    let _ = tx.send(0);
+                }
+                // The client left: dropping `runtime_exit` lets the runtime end the session.
+                _ = tx.closed() => {}
+            }
+        });
+        Ok(session)
     }
 
     async fn sandbox(&self, namespace: &str, pod: &str) -> Result<String, ServerError> {

@@ -680,6 +680,7 @@ impl Worker {
             privileged: security.privileged.unwrap_or(false),
             tty: c.tty.unwrap_or(false),
             stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin_once.unwrap_or(false),
             labels,
             annotations: BTreeMap::new(),
         })

@@ -199,6 +199,14 @@ impl Runtime for FakeRuntime {
         })
     }
 
+    async fn attach(&self, container_id: &str, _stdin: bool, _tty: bool) -> Result<ExecSession> {
+        Err(RuntimeError::Operation {
+            op: "attach to",
+            id: container_id.into(),
+            message: "the fake runtime runs no processes".into(),
+        })
+    }
+
     async fn port_forward(&self, sandbox_id: &str, _port: u16) -> Result<tokio::net::TcpStream> {
         Err(RuntimeError::Operation {
             op: "port-forward to",

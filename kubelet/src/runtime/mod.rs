@@ -172,8 +172,14 @@ pub struct ContainerConfig {
     pub run_as_user: Option<u32>,
     pub run_as_group: Option<u32>,
     pub privileged: bool,
+    /// Allocate a terminal for the container: its stdin, stdout and stderr are the pty.
     pub tty: bool,
+    /// Keep the container's stdin open for `kubectl attach` (else it reads /dev/null).
     pub stdin: bool,
+    /// `stdinOnce`: without a tty, the container's stdin is closed when the first attach
+    /// session that wrote to it closes its stdin or ends (the process sees end of input).
+    #[serde(default)]
+    pub stdin_once: bool,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
 }
@@ -268,6 +274,20 @@ pub trait Runtime: Send + Sync {
     async fn container_status(&self, id: &str) -> Result<ContainerStatus>;
     async fn container_stats(&self, id: &str) -> Result<ContainerStats>;
     async fn exec(&self, request: ExecRequest) -> Result<ExecSession>;
+    /// Attaches to the stdio of the container's main process (`kubectl attach`, `kubectl
+    /// run -i`): its live output, and its stdin when `stdin` is asked for and the container
+    /// has one. With a terminal, stdout carries everything and `resize` is set. `exit`
+    /// resolves to the container's exit code if it exits during the session; the sender
+    /// is dropped when the session ends with the container still running. `tty` is what
+    /// the client asked for; the container's own setting decides.
+    async fn attach(&self, container_id: &str, stdin: bool, tty: bool) -> Result<ExecSession> {
+        let _ = (stdin, tty);
+        Err(RuntimeError::Operation {
+            op: "attach to",
+            id: container_id.to_string(),
+            message: "attaching is not supported by this runtime".into(),
+        })
+    }
     /// Opens a TCP connection to `port` on the sandbox's loopback (`kubectl port-forward`).
     async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream>;
 }

@@ -5,7 +5,8 @@
 //! - `ROOT/containers/<id>/`: the OCI bundle of a container — `config.json`, `rootfs/`
 //!   (the overlay mount), `upper/` and `work/` (its writable layer), and the records
 //!   `meta.json` (at create), `state.json` (the shim, once running: pid, started_at),
-//!   `exit.json` (the shim, at the end: exit code, finished_at, oom_killed), `shim.log`;
+//!   `exit.json` (the shim, at the end: exit code, finished_at, oom_killed), `shim.log`,
+//!   and `attach.sock` while it runs (the shim's attach endpoint, see [`attach`]);
 //! - `ROOT/libcontainer-state/<id>/`: libcontainer's own state while the container runs;
 //! - `ROOT/sandbox-meta/<sandbox id>.json`: the `SandboxConfig` a sandbox was created
 //!   with (its containers' pod cgroup and hostname).
@@ -14,6 +15,7 @@
 //! Containers run under a shim (see [`shim`]) detached from the kubelet, so a kubelet
 //! restart finds them still running from the records alone.
 
+pub mod attach;
 pub mod cgroups;
 pub mod exec;
 pub mod executor;
@@ -55,6 +57,13 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for a SIGKILLed container (or its shim) to be gone.
 const KILL_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// The pause before re-check `n` (0, 1, …) of a wait: 1 ms, doubling up to
+/// [`POLL_INTERVAL`]. A shim's cleanup after its container exits takes a few
+/// milliseconds; polling every 20 ms from the start made every remove wait ~20 ms.
+fn poll_delay(n: u32) -> Duration {
+    Duration::from_millis(1u64 << n.min(5)).min(POLL_INTERVAL)
+}
 /// Created (exclusively) when a start begins, so that a container starts at most once.
 const START_MARKER: &str = "start.marker";
 
@@ -439,6 +448,7 @@ impl Inner {
     async fn wait_exited(&self, id: &str, started: &StartedRecord, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let exit_path = self.dir(id).join(EXIT_FILE);
+        let mut checks = 0;
         loop {
             if exit_path.exists() {
                 return true;
@@ -451,18 +461,21 @@ impl Inner {
             if Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            tokio::time::sleep(poll_delay(checks)).await;
+            checks += 1;
         }
     }
 
     /// Waits (bounded) for the shim to finish its cleanup and exit.
     async fn wait_shim_gone(&self, started: &StartedRecord, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        let mut checks = 0;
         while process_alive(started.shim_pid, started.shim_start_ticks) {
             if Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(POLL_INTERVAL).await;
+            tokio::time::sleep(poll_delay(checks)).await;
+            checks += 1;
         }
         true
     }
@@ -930,6 +943,26 @@ impl Runtime for LinuxRuntime {
         .await
     }
 
+    async fn attach(&self, container_id: &str, stdin: bool, _tty: bool) -> Result<ExecSession> {
+        let record = self.inner.load(container_id)?;
+        let status = self.inner.status(&record)?;
+        if status.state != ContainerState::Running {
+            return Err(op_error(
+                "attach",
+                container_id,
+                "the container is not running",
+            ));
+        }
+        attach::open_session(
+            &self.inner.dir(&record.id),
+            &record.id,
+            stdin,
+            record.config.stdin,
+            record.config.tty,
+        )
+        .await
+    }
+
     async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<tokio::net::TcpStream> {
         self.inner.sandboxes.connect(sandbox_id, port).await
     }
@@ -946,6 +979,13 @@ mod tests {
             "kubepods/burstable/pod1"
         );
         assert_eq!(sanitize_cgroup(".."), "");
+    }
+
+    #[test]
+    fn waits_poll_soon_then_back_off() {
+        let delays: Vec<u64> = (0..8).map(|n| poll_delay(n).as_millis() as u64).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 20, 20, 20]);
+        assert_eq!(poll_delay(u32::MAX), POLL_INTERVAL);
     }
 
     #[test]

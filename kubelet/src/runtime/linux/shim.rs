@@ -10,6 +10,10 @@
 //! Protocol with the kubelet, over the shim's stdout (a pipe the kubelet reads to EOF):
 //! `shim <pid>` once forked, then `ok <container pid>` after `state.json` is written, or
 //! `error <message>` after `exit.json` (code 128, reason `StartError`) is written.
+//!
+//! While the container runs, the shim also serves `attach.sock` (see [`super::attach`]):
+//! it keeps the container's stdin (a pipe, or the pty master with `tty`) when the
+//! container asked for one, and hands the live output to attached sessions.
 #![allow(unsafe_code)]
 
 use std::ffi::OsString;
@@ -26,6 +30,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
+use super::attach::{AttachServer, Interest, StdinMode};
 use super::cgroups::Cgroups;
 use super::executor::{start_error_message, ContainerExecutor};
 use super::logs::{LineSplitter, Stream};
@@ -240,10 +245,19 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
         .map_err(|e| format!("opening /dev/null: {e}"))?;
 
     let tty = record.config.tty;
+    let want_stdin = record.config.stdin;
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
+    // What the attach server keeps: the container's stdin and the terminal to resize.
+    let (keep_stdin, terminal): (Option<OwnedFd>, Option<OwnedFd>);
     let (stdin, stdout, stderr, sources): (OwnedFd, OwnedFd, OwnedFd, Vec<Source>) = if tty {
         let pty = nix::pty::openpty(None, None).map_err(|e| format!("allocating a pty: {e}"))?;
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
         let (a, b) = (dup(&pty.slave)?, dup(&pty.slave)?);
+        keep_stdin = if want_stdin {
+            Some(dup(&pty.master)?)
+        } else {
+            None
+        };
+        terminal = Some(dup(&pty.master)?);
         let master = Source {
             fd: pty.master,
             split: LineSplitter::new(Stream::Stdout),
@@ -267,8 +281,32 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
                 open: true,
             },
         ];
-        (OwnedFd::from(null), out_w, err_w, sources)
+        terminal = None;
+        let stdin = if want_stdin {
+            let (in_r, in_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+                .map_err(|e| format!("creating a pipe: {e}"))?;
+            keep_stdin = Some(in_w);
+            in_r
+        } else {
+            keep_stdin = None;
+            OwnedFd::from(null)
+        };
+        (stdin, out_w, err_w, sources)
     };
+    let mode = match (want_stdin, tty) {
+        (false, _) => StdinMode::None,
+        (true, false) => StdinMode::Pipe,
+        (true, true) => StdinMode::Tty,
+    };
+    // Bound before the container starts, so that an attach right after start finds it.
+    let mut attach =
+        match AttachServer::bind(dir, mode, keep_stdin, record.config.stdin_once, terminal) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve attach sessions");
+                None
+            }
+        };
 
     let builder = ContainerBuilder::new(record.id.clone(), SyscallType::Linux)
         .with_root_path(&record.state_root)
@@ -312,7 +350,7 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
     report(&format!("ok {raw_pid}"));
     close_status_pipe();
 
-    let status = copy_output_until_exit(pid, sources, &mut log);
+    let status = serve_until_exit(pid, sources, &mut log, attach.as_mut());
     let (exit_code, by_sigkill) = match status {
         WaitStatus::Exited(_, code) => (code, false),
         WaitStatus::Signaled(_, signal, _) => (
@@ -335,6 +373,9 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
         tracing::error!(error = %e, "writing exit record");
     }
     tracing::info!(exit_code, oom_killed, "container exited");
+    if let Some(attach) = attach.as_mut() {
+        attach.finish(exit_code);
+    }
     delete_container(record);
     reap_children();
     Ok(0)
@@ -347,14 +388,24 @@ fn set_nonblocking(fd: &OwnedFd) {
     }
 }
 
-/// Reads what is available from `source` into the log; false once it reached its end.
-fn pump(source: &mut Source, log: &mut File, buf: &mut [u8]) -> bool {
+/// What one read of an output source gave.
+enum Pumped {
+    /// This many bytes, now at the start of the buffer (and in the log).
+    Data(usize),
+    /// Nothing for now.
+    Nothing,
+    /// The source reached its end.
+    End,
+}
+
+/// Reads what is available from `source` into the log.
+fn pump(source: &mut Source, log: &mut File, buf: &mut [u8]) -> Pumped {
     match nix::unistd::read(source.fd.as_raw_fd(), buf) {
         Ok(0) | Err(nix::errno::Errno::EIO) => {
             let mut out = Vec::new();
             let _ = source.split.finish(Utc::now(), &mut out);
             let _ = log.write_all(&out);
-            false
+            Pumped::End
         }
         Ok(n) => {
             let mut out = Vec::new();
@@ -362,55 +413,108 @@ fn pump(source: &mut Source, log: &mut File, buf: &mut [u8]) -> bool {
             if let Err(e) = log.write_all(&out) {
                 tracing::warn!(error = %e, "writing the container log");
             }
-            true
+            Pumped::Data(n)
         }
-        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => true,
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => Pumped::Nothing,
         Err(e) => {
             tracing::warn!(error = %e, stream = source.split.stream().as_str(), "reading output");
-            false
+            Pumped::End
         }
     }
 }
 
-/// Copies the container's output into its log until the process ends; returns how it
-/// ended.
-fn copy_output_until_exit(pid: Pid, mut sources: Vec<Source>, log: &mut File) -> WaitStatus {
+/// What a polled descriptor is.
+#[derive(Clone, Copy)]
+enum Slot {
+    Source(usize),
+    Exited,
+    Attach(Interest),
+}
+
+/// A pollable descriptor that becomes readable when `pid` ends (none on kernels before
+/// 5.3: the loop then looks every 100 ms).
+fn exit_notifier(pid: Pid) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid.as_raw())?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// Copies the container's output into its log (and to attached sessions), serves attach
+/// sessions, until the process ends; returns how it ended.
+fn serve_until_exit(
+    pid: Pid,
+    mut sources: Vec<Source>,
+    log: &mut File,
+    mut attach: Option<&mut AttachServer>,
+) -> WaitStatus {
     let mut buf = vec![0u8; 64 * 1024];
+    let exited = exit_notifier(pid);
     let status = loop {
-        let open: Vec<usize> = (0..sources.len()).filter(|i| sources[*i].open).collect();
-        if open.is_empty() {
-            // Output closed: the process may live on; wait for it.
-            break wait_for(pid);
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut slots: Vec<Slot> = Vec::new();
+        for (i, source) in sources.iter().enumerate().filter(|(_, s)| s.open) {
+            fds.push(libc::pollfd {
+                fd: source.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            slots.push(Slot::Source(i));
         }
-        let ready: Vec<usize> = {
-            let mut fds: Vec<libc::pollfd> = open
-                .iter()
-                .map(|i| libc::pollfd {
-                    fd: sources[*i].fd.as_raw_fd(),
-                    events: libc::POLLIN,
+        if let Some(fd) = &exited {
+            fds.push(libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            slots.push(Slot::Exited);
+        }
+        if let Some(server) = attach.as_deref() {
+            for (fd, events, interest) in server.interests() {
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
                     revents: 0,
-                })
-                .collect();
-            // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd
-            // structs for the duration of the call, and every fd in it is open.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
-            if n > 0 {
-                open.iter()
-                    .zip(fds.iter())
-                    .filter(|(_, fd)| fd.revents != 0)
-                    .map(|(i, _)| *i)
-                    .collect()
-            } else {
-                Vec::new()
+                });
+                slots.push(Slot::Attach(interest));
             }
+        }
+        let timeout = if exited.is_some() || sources.iter().any(|s| s.open) {
+            1000
+        } else {
+            100
         };
-        for i in ready {
-            let keep = pump(&mut sources[i], log, &mut buf);
-            sources[i].open = keep;
+        // SAFETY: `fds` is a valid, exclusively borrowed array of `fds.len()` pollfd
+        // structs for the duration of the call, and every fd in it is open (owned by
+        // `sources`, `exited` or the attach server, none of which changes during the call).
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n > 0 {
+            for (pollfd, slot) in fds.iter().zip(slots.iter()) {
+                if pollfd.revents == 0 {
+                    continue;
+                }
+                match *slot {
+                    Slot::Source(i) => match pump(&mut sources[i], log, &mut buf) {
+                        Pumped::Data(n) => {
+                            if let Some(server) = attach.as_deref_mut() {
+                                server.output(sources[i].split.stream(), &buf[..n]);
+                            }
+                        }
+                        Pumped::Nothing => {}
+                        Pumped::End => sources[i].open = false,
+                    },
+                    Slot::Exited => {}
+                    Slot::Attach(interest) => {
+                        if let Some(server) = attach.as_deref_mut() {
+                            server.ready(interest, pollfd.revents);
+                        }
+                    }
+                }
+            }
         }
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {}
-            Ok(status) => break status,
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => break status,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
             Err(_) => break WaitStatus::Exited(pid, 255),
         }
     };
@@ -423,6 +527,9 @@ fn copy_output_until_exit(pid: Pid, mut sources: Vec<Source>, log: &mut File) ->
                     let mut out = Vec::new();
                     let _ = source.split.push(&buf[..n], Utc::now(), &mut out);
                     let _ = log.write_all(&out);
+                    if let Some(server) = attach.as_deref_mut() {
+                        server.output(source.split.stream(), &buf[..n]);
+                    }
                 }
                 _ => break,
             }
@@ -432,18 +539,6 @@ fn copy_output_until_exit(pid: Pid, mut sources: Vec<Source>, log: &mut File) ->
         let _ = log.write_all(&out);
     }
     status
-}
-
-fn wait_for(pid: Pid) -> WaitStatus {
-    loop {
-        match waitpid(pid, None) {
-            Ok(WaitStatus::StillAlive) => continue,
-            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return status,
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return WaitStatus::Exited(pid, 255),
-        }
-    }
 }
 
 #[cfg(test)]

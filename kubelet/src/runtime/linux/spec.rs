@@ -418,7 +418,11 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, String> {
         return Err("no command specified".to_string());
     }
     let image_env = image.and_then(|c| c.env().as_ref()).unwrap_or(&empty);
-    let env = merge_env(inputs.hostname, image_env, &cfg.envs);
+    let mut env = merge_env(inputs.hostname, image_env, &cfg.envs);
+    // As containerd does for `tty: true`, unless the image or pod sets it.
+    if cfg.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".to_string());
+    }
     let cwd = working_dir(cfg, image);
     let image_user = image.and_then(|c| c.user().as_deref());
     let user = resolve_user(
@@ -800,6 +804,7 @@ mod tests {
             privileged: false,
             tty: false,
             stdin: false,
+            stdin_once: false,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }
