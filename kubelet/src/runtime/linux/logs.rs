@@ -195,3 +195,98 @@ mod tests {
         assert!(text.contains(" stdout F "));
     }
 }
+
+/// The kubelet's defaults: `containerLogMaxSize` 10 MiB, `containerLogMaxFiles` 5.
+pub const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
+pub const LOG_MAX_FILES: usize = 5;
+
+/// A container's log file that rotates itself as the kubelet rotates CRI logs: when the
+/// next write would pass `max_bytes`, the file is renamed to `<name>.<UTC time>` and a
+/// new one opened; beyond `max_files` files in all, the oldest rotated ones go.
+/// Rotation happens between CRI records, never inside one.
+pub struct RotatingLog {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    size: u64,
+    max_bytes: u64,
+    max_files: usize,
+}
+
+impl RotatingLog {
+    pub fn open(path: &std::path::Path, max_bytes: u64, max_files: usize) -> io::Result<RotatingLog> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingLog { path: path.to_path_buf(), file, size, max_bytes, max_files: max_files.max(1) })
+    }
+
+    fn rotated(&self) -> Vec<std::path::PathBuf> {
+        let Some(name) = self.path.file_name().map(|n| format!("{}.", n.to_string_lossy())) else { return Vec::new() };
+        let Some(dir) = self.path.parent() else { return Vec::new() };
+        let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&name))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let stamp = Utc::now().format("%Y%m%d-%H%M%S%.6f");
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        std::fs::rename(&self.path, self.path.with_file_name(format!("{name}.{stamp}")))?;
+        self.file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.size = 0;
+        let rotated = self.rotated();
+        let excess = rotated.len().saturating_sub(self.max_files - 1);
+        for old in rotated.into_iter().take(excess) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(())
+    }
+}
+
+impl Write for RotatingLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.size > 0 && self.size + buf.len() as u64 > self.max_bytes {
+            if let Err(e) = self.rotate() {
+                tracing::warn!(error = %e, path = %self.path.display(), "rotating the container log failed");
+            }
+        }
+        self.file.write_all(buf)?;
+        self.size += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::*;
+
+    #[test]
+    fn rotates_between_records_and_keeps_max_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let mut log = RotatingLog::open(&path, 100, 3).expect("open");
+        let record = [b'x'; 40];
+        for _ in 0..20 {
+            log.write_all(&record).expect("write");
+            // Distinct rotation names even within one second.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let current = std::fs::metadata(&path).expect("current").len();
+        assert!(current <= 100 && current % 40 == 0, "records are never split: {current}");
+        let rotated = log.rotated();
+        assert_eq!(rotated.len(), 2, "three files in all: {rotated:?}");
+        for r in rotated {
+            let len = std::fs::metadata(&r).expect("rotated").len();
+            assert!(len <= 100 && len % 40 == 0);
+        }
+    }
+}

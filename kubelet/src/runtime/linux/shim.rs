@@ -17,7 +17,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -33,7 +33,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::attach::{AttachServer, Interest, StdinMode};
 use super::cgroups::Cgroups;
 use super::executor::{start_error_message, ContainerExecutor};
-use super::logs::{LineSplitter, Stream};
+use super::logs::{LineSplitter, RotatingLog, Stream, LOG_MAX_BYTES, LOG_MAX_FILES};
 use super::store::{
     process_start_ticks, read_json, write_json_atomic, ContainerRecord, ExitRecord, StartedRecord,
     EXIT_FILE, META_FILE, SHIM_LOG, STATE_FILE,
@@ -226,15 +226,11 @@ struct Source {
     open: bool,
 }
 
-fn open_log(path: &Path) -> Result<File, String> {
+fn open_log(path: &Path) -> Result<RotatingLog, String> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
     }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("opening log file {}: {e}", path.display()))
+    RotatingLog::open(path, LOG_MAX_BYTES, LOG_MAX_FILES).map_err(|e| format!("opening log file {}: {e}", path.display()))
 }
 
 fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
@@ -399,7 +395,7 @@ enum Pumped {
 }
 
 /// Reads what is available from `source` into the log.
-fn pump(source: &mut Source, log: &mut File, buf: &mut [u8]) -> Pumped {
+fn pump(source: &mut Source, log: &mut RotatingLog, buf: &mut [u8]) -> Pumped {
     match nix::unistd::read(source.fd.as_raw_fd(), buf) {
         Ok(0) | Err(nix::errno::Errno::EIO) => {
             let mut out = Vec::new();
@@ -443,7 +439,7 @@ fn exit_notifier(pid: Pid) -> Option<OwnedFd> {
 fn serve_until_exit(
     pid: Pid,
     mut sources: Vec<Source>,
-    log: &mut File,
+    log: &mut RotatingLog,
     mut attach: Option<&mut AttachServer>,
 ) -> WaitStatus {
     let mut buf = vec![0u8; 64 * 1024];
