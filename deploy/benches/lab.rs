@@ -13,11 +13,13 @@
 //! 3. **Memory with the 100 pods running**: lab process + shims again (and the
 //!    containers' own processes, for context).
 //!
-//! Then `rkube down`, always, and a check that it left no mount, bridge, cgroup or process.
+//! Then `rkube down`, always, and a check that it left no mount, bridge, cgroup or process;
+//! then `rkube reset` (deletes the lab's state and its claim on a pod network).
 //!
 //! Needs root; otherwise prints `skipped: …` (exit 1 under CI).
 //! `RKUBE_BENCH_PODS` (100), `RKUBE_BENCH_CREATE_CLIENTS` (8), `RKUBE_BENCH_IDLE_SECS`
-//! (20), `RKUBE_BENCH_SETTLE_SECS` (5) scale it.
+//! (20), `RKUBE_BENCH_SETTLE_SECS` (5) scale it; `RKUBE_BENCH_SAVE_LOG=<file>` keeps the
+//! lab's log (`rkube.log`, whose info lines time each step) before the lab goes down.
 //! Run with `cargo bench -p deploy --bench lab`.
 
 use std::collections::HashMap;
@@ -540,6 +542,12 @@ fn main() -> ExitCode {
                 .join("\n")
         );
     }
+    // `RKUBE_BENCH_SAVE_LOG=<file>`: keep the lab's log (its info lines time each step).
+    if let Some(path) = std::env::var_os("RKUBE_BENCH_SAVE_LOG") {
+        if let Err(e) = std::fs::copy(dir.join("rkube.log"), &path) {
+            eprintln!("copying rkube.log: {e}");
+        }
+    }
     // Always take the lab down, and check that it left nothing.
     let settings: serde_json::Value = std::fs::read(dir.join("lab.json"))
         .ok()
@@ -574,8 +582,25 @@ fn main() -> ExitCode {
         eprintln!("kept {} for inspection", kept.display());
         return ExitCode::FAILURE;
     }
+    // `rkube reset` deletes the lab's state and gives up its claim on the pod network
+    // (kept by `down`, for the next `up` of the same lab).
+    let reset_ok = match rkube(&dir, &["reset"]) {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => {
+            eprintln!(
+                "rkube reset failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("rkube reset: {e:#}");
+            false
+        }
+    };
     drop(temp);
-    if outcome.is_err() {
+    if outcome.is_err() || !reset_ok {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

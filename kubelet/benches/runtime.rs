@@ -105,13 +105,16 @@ impl Bench {
             working_dir: None,
             envs: vec![],
             mounts: vec![],
-            log_path: self.root.join(format!("logs/pods/default_bench_uid/c/{n}.log")),
+            log_path: self
+                .root
+                .join(format!("logs/pods/default_bench_uid/c/{n}.log")),
             resources: Resources::default(),
             run_as_user: None,
             run_as_group: None,
             privileged: false,
             tty: false,
             stdin: false,
+            stdin_once: false,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }
@@ -144,7 +147,12 @@ impl Bench {
         };
         let t3 = Instant::now();
         if status.exit_code != Some(0) {
-            bail!("container exited with {:?} ({:?}: {:?})", status.exit_code, status.reason, status.message);
+            bail!(
+                "container exited with {:?} ({:?}: {:?})",
+                status.exit_code,
+                status.reason,
+                status.message
+            );
         }
         self.runtime
             .remove_container(&id)
@@ -220,11 +228,15 @@ impl Bench {
         std::fs::create_dir_all(bundle)?;
         let spec_path = self.runtime.container_dir(id).join("config.json");
         let mut spec: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&spec_path).with_context(|| format!("reading {}", spec_path.display()))?,
+            &std::fs::read(&spec_path)
+                .with_context(|| format!("reading {}", spec_path.display()))?,
         )?;
         spec["root"]["path"] = "rootfs".into();
         spec["linux"]["cgroupsPath"] = format!("/{}/runc/{name}", self.cgroup_root).into();
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&spec)?)?;
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&spec)?,
+        )?;
         Ok(())
     }
 }
@@ -296,11 +308,18 @@ async fn measure(bench: &Bench) -> anyhow::Result<()> {
     };
     println!();
     println!("container create+start+exit+remove, busybox `true`, {iters} rounds after {warmup} warm-ups");
-    println!("(a host-network sandbox: no pod networking in the loop; runc {})", bench.runc.display());
+    println!(
+        "(a host-network sandbox: no pod networking in the loop; runc {})",
+        bench.runc.display()
+    );
     println!();
     println!("| variant | median | p90 | ratio rkube ÷ variant (median) | goal |");
     println!("|---|---|---|---|---|");
-    println!("| rkube (LinuxRuntime) | {:.1} ms | {:.1} ms | | |", ms(rk50), ms(rk90));
+    println!(
+        "| rkube (LinuxRuntime) | {:.1} ms | {:.1} ms | | |",
+        ms(rk50),
+        ms(rk90)
+    );
     println!(
         "| runc run, rootfs mounted once | {:.1} ms | {:.1} ms | **{:.2}** | ≤ 1.0 |",
         ms(rc50),
@@ -361,7 +380,9 @@ async fn cleanup(bench: &Bench) -> Vec<String> {
             entries
                 .flatten()
                 .map(|e| e.path().join(&bench.cgroup_root))
-                .chain(std::iter::once(Path::new("/sys/fs/cgroup").join(&bench.cgroup_root)))
+                .chain(std::iter::once(
+                    Path::new("/sys/fs/cgroup").join(&bench.cgroup_root),
+                ))
                 .filter(|p| p.is_dir())
                 .collect()
         })

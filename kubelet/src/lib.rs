@@ -78,6 +78,7 @@ pub async fn run_with(config: KubeletConfig, client: kube::Client, runtimes: Run
         recorder: component_base::events::EventRecorder::new(client.clone(), "kubelet", Some(&config.node_name)),
         network: agent.network_ready(),
         node_allocatable: allocatable,
+        snapshot: Default::default(),
     };
     let manager = pods::PodManager::new(ctx, shutdown.clone());
     let node_task = tokio::spawn(agent.clone().run(shutdown.clone()));

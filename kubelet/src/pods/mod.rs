@@ -7,6 +7,7 @@ mod env;
 pub mod probes;
 mod resolver;
 mod resources;
+pub mod snapshot;
 mod status;
 pub mod volumes;
 mod worker;
@@ -36,6 +37,8 @@ pub struct Context {
     pub network: watch::Receiver<Option<String>>,
     /// The node's allocatable resources (limits default to these in the downward API).
     pub node_allocatable: BTreeMap<String, String>,
+    /// The runtime's listing, shared by workers that ask at the same time.
+    pub snapshot: snapshot::Snapshot,
 }
 
 struct Handle {

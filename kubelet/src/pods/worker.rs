@@ -146,16 +146,14 @@ impl Worker {
     }
 
     async fn view(&self) -> crate::runtime::Result<RuntimeView> {
-        let mut sandboxes: Vec<SandboxStatus> =
-            self.ctx.runtime.list_pod_sandboxes().await?.into_iter().filter(|s| s.pod.uid == self.uid).collect();
+        let listing = self.ctx.snapshot.get(&self.ctx.runtime).await?;
+        let mut sandboxes: Vec<SandboxStatus> = listing.sandboxes.iter().filter(|s| s.pod.uid == self.uid).cloned().collect();
         sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        let containers = self
-            .ctx
-            .runtime
-            .list_containers()
-            .await?
-            .into_iter()
+        let containers = listing
+            .containers
+            .iter()
             .filter(|c| c.labels.get(LABEL_POD_UID).map(String::as_str) == Some(self.uid.as_str()))
+            .cloned()
             .collect();
         Ok(RuntimeView { sandbox: sandboxes.first().cloned(), sandboxes, containers })
     }
