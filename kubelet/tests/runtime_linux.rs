@@ -1,7 +1,9 @@
 //! Privileged tests of the real container runtime (`LinuxRuntime`): busybox containers on
 //! overlayfs under libcontainer and the shim, their logs, exit codes, stop signals, OOM
 //! kills, pod-local networking, kubelet restarts, exec (with and without a TTY), and a
-//! teardown that leaves no process, mount or cgroup behind. Needs root.
+//! teardown that leaves no process, mount or cgroup behind; and attach (`kubectl attach`,
+//! `kubectl run -it`): a shell on a terminal through sequential sessions, `cat` fed by a
+//! `stdinOnce` session with stdout and stderr kept apart, output-only attaches. Needs root.
 //!
 //! Each test has its own root directory, cgroup root, bridge and podCIDR, and tears all of
 //! it down even when it fails.
@@ -18,10 +20,10 @@ use kubelet::runtime::image::{build_busybox_image, ImageStore};
 use kubelet::runtime::linux::LinuxRuntime;
 use kubelet::runtime::sandbox::{SandboxManager, SandboxOptions};
 use kubelet::runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, DnsConfig, ExecRequest, Mount, PodMeta,
+    ContainerConfig, ContainerState, ContainerStatus, ExecSession, DnsConfig, ExecRequest, Mount, PodMeta,
     Resources, Runtime, SandboxConfig, SandboxStatus,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 const BUSYBOX_REF: &str = "docker.io/library/busybox:latest";
 
@@ -816,6 +818,223 @@ async fn teardown_leaves_nothing_behind() -> anyhow::Result<()> {
             !cgroup_dirs(&lab.cgroup_root).is_empty(),
             "containers run in the cgroup root"
         );
+        Ok(())
+    })
+    .await
+}
+
+// ---- attach (kubectl attach, kubectl run -it) ----
+
+const ATTACH_WAIT: Duration = Duration::from_secs(20);
+
+/// Reads `reader` into `seen` until it contains `wanted`.
+async fn read_until(
+    reader: &mut (dyn AsyncRead + Send + Unpin),
+    seen: &mut String,
+    wanted: &str,
+) -> anyhow::Result<()> {
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + ATTACH_WAIT;
+    while !seen.contains(wanted) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, reader.read(&mut buf))
+            .await
+            .with_context(|| format!("waiting for {wanted:?}; saw {seen:?}"))??;
+        ensure!(n > 0, "output ended before {wanted:?}; saw {seen:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    Ok(())
+}
+
+async fn read_all(reader: Option<Box<dyn AsyncRead + Send + Unpin>>) -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    if let Some(mut r) = reader {
+        tokio::time::timeout(ATTACH_WAIT, r.read_to_end(&mut out)).await??;
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+async fn attach(lab: &Lab, id: &str, stdin: bool, tty: bool) -> anyhow::Result<ExecSession> {
+    Ok(lab.runtime.attach(id, stdin, tty).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_to_a_shell_on_a_terminal() -> anyhow::Result<()> {
+    if !have_root() {
+        return Ok(());
+    }
+    with_lab(7, |lab| async move {
+        let sandbox = lab.sandbox("shell").await?;
+        let mut shell = lab.container("shell", &["sh"]);
+        shell.tty = true;
+        shell.stdin = true;
+        shell.stdin_once = true;
+        let id = lab.run(&sandbox, &shell).await?;
+
+        // An output-only session first: it gets no stdin and does not use up stdinOnce.
+        let watcher = attach(&lab, &id, false, true).await?;
+        ensure!(watcher.stdin.is_none(), "stdin without asking for it");
+        drop(watcher);
+
+        // A session that types, and leaves: a terminal keeps its stdin even with
+        // stdinOnce (as containerd does).
+        let mut first = attach(&lab, &id, true, true).await?;
+        ensure!(first.stderr.is_none(), "a terminal has no separate stderr");
+        let mut stdin = first.stdin.take().context("stdin")?;
+        let mut stdout = first.stdout.take().context("stdout")?;
+        let mut seen = String::new();
+        stdin.write_all(b"echo $((6*7))\n").await?;
+        read_until(stdout.as_mut(), &mut seen, "\n42\r\n").await?;
+        stdin.shutdown().await?;
+        drop((stdin, stdout, first));
+
+        // The next session sets the terminal's size, sees the shell's answers and its end.
+        let mut session = attach(&lab, &id, true, true).await?;
+        session
+            .resize
+            .as_ref()
+            .context("resize")?
+            .send((100, 30))
+            .await?;
+        let mut stdin = session.stdin.take().context("stdin")?;
+        let mut stdout = session.stdout.take().context("stdout")?;
+        let mut seen = String::new();
+        stdin.write_all(b"stty size; echo $TERM\n").await?;
+        read_until(stdout.as_mut(), &mut seen, "30 100\r\nxterm\r\n").await?;
+        stdin.write_all(b"exit\n").await?;
+        let code = tokio::time::timeout(ATTACH_WAIT, session.exit).await??;
+        ensure!(code == 0, "exit code {code}; saw {seen:?}");
+        let status = lab.wait_exited(&id, ATTACH_WAIT).await?;
+        ensure!(status.exit_code == Some(0), "{status:?}");
+        // The terminal's output is in the log as well.
+        let log = std::fs::read_to_string(&shell.log_path)?;
+        ensure!(log.contains(" stdout F 42\r"), "log {log:?}");
+        ensure!(
+            !lab.runtime
+                .root()
+                .join("containers")
+                .join(&id)
+                .join("attach.sock")
+                .exists(),
+            "the socket outlived the container"
+        );
+
+        // Attaching to an exited container is refused.
+        ensure!(lab.runtime.attach(&id, true, true).await.is_err());
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_feeds_cat_once_without_a_terminal() -> anyhow::Result<()> {
+    if !have_root() {
+        return Ok(());
+    }
+    with_lab(8, |lab| async move {
+        let sandbox = lab.sandbox("cat").await?;
+        let mut cat = lab.container("cat", &["sh", "-c", "cat; echo done >&2; exit 3"]);
+        cat.stdin = true;
+        cat.stdin_once = true;
+        let id = lab.run(&sandbox, &cat).await?;
+
+        // Two sessions at once: one only watches, one writes; both see the output.
+        let mut watcher = attach(&lab, &id, false, false).await?;
+        let mut writer = attach(&lab, &id, true, false).await?;
+        ensure!(writer.resize.is_none(), "no terminal to resize");
+        let mut stdin = writer.stdin.take().context("stdin")?;
+        let mut stdout = writer.stdout.take().context("stdout")?;
+        let mut seen = String::new();
+        stdin.write_all(b"hello\n").await?;
+        read_until(stdout.as_mut(), &mut seen, "hello\n").await?;
+        stdin.write_all(b"world\n").await?;
+        read_until(stdout.as_mut(), &mut seen, "world\n").await?;
+        // Closing stdin (kubectl's stdin reached its end) lets cat finish: stdinOnce.
+        stdin.shutdown().await?;
+        drop(stdin);
+        let rest = read_all(Some(stdout)).await?;
+        ensure!(rest.is_empty(), "more output {rest:?}");
+        let err = read_all(writer.stderr.take()).await?;
+        ensure!(err == "done\n", "stderr {err:?}");
+        ensure!(tokio::time::timeout(ATTACH_WAIT, writer.exit).await?? == 3);
+
+        let out = read_all(watcher.stdout.take()).await?;
+        let err = read_all(watcher.stderr.take()).await?;
+        ensure!(
+            out == "hello\nworld\n" && err == "done\n",
+            "watcher saw {out:?} {err:?}"
+        );
+        ensure!(tokio::time::timeout(ATTACH_WAIT, watcher.exit).await?? == 3);
+        let status = lab.wait_exited(&id, ATTACH_WAIT).await?;
+        ensure!(status.exit_code == Some(3), "{status:?}");
+        let log = std::fs::read_to_string(&cat.log_path)?;
+        ensure!(
+            log.contains(" stdout F hello\n") && log.contains(" stderr F done\n"),
+            "log {log:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_attaches_and_detaches() -> anyhow::Result<()> {
+    if !have_root() {
+        return Ok(());
+    }
+    with_lab(9, |lab| async move {
+        let sandbox = lab.sandbox("reader").await?;
+        // stdin without stdinOnce: each session may write, and leaving keeps stdin open.
+        let mut reader = lab.container(
+            "reader",
+            &[
+                "sh",
+                "-c",
+                "while read line; do echo got-$line; done; echo eof",
+            ],
+        );
+        reader.stdin = true;
+        let id = lab.run(&sandbox, &reader).await?;
+        for round in 0..3 {
+            let mut session = attach(&lab, &id, true, false).await?;
+            let mut stdin = session.stdin.take().context("stdin")?;
+            let mut stdout = session.stdout.take().context("stdout")?;
+            let mut seen = String::new();
+            stdin.write_all(format!("r{round}\n").as_bytes()).await?;
+            read_until(stdout.as_mut(), &mut seen, &format!("got-r{round}\n")).await?;
+            if round == 1 {
+                // Closing stdin ends this session only.
+                stdin.shutdown().await?;
+                let rest = read_all(Some(stdout)).await?;
+                ensure!(rest.is_empty(), "output after detaching: {rest:?}");
+                ensure!(
+                    tokio::time::timeout(ATTACH_WAIT, session.exit).await?.is_err(),
+                    "no exit code while the container runs"
+                );
+            }
+            // Other rounds just drop the session.
+        }
+        let status = lab.runtime.container_status(&id).await?;
+        ensure!(status.state == ContainerState::Running, "{status:?}");
+
+        // A container without stdin can be attached for its output only.
+        let mut ticker = lab.container(
+            "ticker",
+            &[
+                "sh",
+                "-c",
+                "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick-$i; sleep 0.3; done; exit 4",
+            ],
+        );
+        ticker.stdin = false;
+        let tid = lab.run(&sandbox, &ticker).await?;
+        let mut session = attach(&lab, &tid, true, false).await?;
+        ensure!(session.stdin.is_none(), "stdin for a container without one");
+        let out = read_all(session.stdout.take()).await?;
+        ensure!(out.contains("tick-10\n"), "ticker output {out:?}");
+        ensure!(tokio::time::timeout(ATTACH_WAIT, session.exit).await?? == 4);
+
+        lab.runtime.stop_container(&id, Duration::ZERO).await?;
         Ok(())
     })
     .await
