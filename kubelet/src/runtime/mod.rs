@@ -11,7 +11,9 @@
 //! - `ROOT/images/`: archives dropped here are imported at start (as k3s does);
 //! - `ROOT/image-store/`: the content-addressed image store (see [`image`]);
 //! - `ROOT/sandboxes/<id>/`: per-pod namespaces, hosts/hostname/resolv.conf (see [`sandbox`]);
-//! - `ROOT/containers/<id>/`: bundle, overlay dirs, shim state and exit record (see [`linux`]);
+//! - `ROOT/network/ipam/`: one file per pod IP handed out (see [`sandbox`]);
+//! - `ROOT/containers/<id>/`: bundle, overlay dirs, shim state, exit record and the attach
+//!   socket (see [`linux`]); `ROOT/libcontainer-state/` and `ROOT/sandbox-meta/` beside it;
 //! - `ROOT/pods/<uid>/volumes/…`: volumes, laid out as the real kubelet lays them out;
 //! - `ROOT/logs/pods/<ns>_<name>_<uid>/<container>/<attempt>.log`: CRI-format logs.
 
