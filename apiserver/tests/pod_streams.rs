@@ -22,13 +22,6 @@ use support::server::{have_kubectl, Backend, TestServer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-const LOG: &str = "\
-2024-05-01T10:00:00.000000001Z stdout F first
-2024-05-01T10:00:01.000000000Z stderr P sec
-2024-05-01T10:00:01.500000000Z stderr F ond
-2024-05-01T10:00:02.000000000Z stdout F third
-";
-
 /// An apiserver, a kubelet API server, and a Node and Pod that point at it.
 struct Cluster {
     api: TestServer,
@@ -50,7 +43,7 @@ async fn cluster() -> anyhow::Result<Option<Cluster>> {
     }
     let Some(api) = TestServer::start(Backend::Embedded).await? else { return Ok(None) };
     let files = tempfile::tempdir()?;
-    std::fs::write(files.path().join("web-1.log"), LOG)?;
+    std::fs::write(files.path().join("web-1.log"), kubelet::server::testing::SAMPLE_CRI_LOG)?;
     std::fs::write(files.path().join("web-0.log"), "2024-05-01T09:00:00Z stdout F from the last run\n")?;
     let runtime = Arc::new(HostRuntime::new(Some(files.path().to_path_buf())));
     let pods = Arc::new(StaticPods::new());

@@ -10,11 +10,15 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
 
 use crate::lab::{Lab, LabSettings};
+
+/// How long components get to stop after the lab is told to.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long `--detach` waits for the node to turn Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -78,22 +82,30 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
         local_path_root: lab.dir.join("storage"),
         ..Default::default()
     };
-    let cm = tokio::spawn(controller_manager::run(cm_config, shutdown.clone()));
     let sched_config = scheduler::Config { kubeconfig: Some(lab.kubeconfig()), leader_elect: false, ..Default::default() };
-    let sched = tokio::spawn(scheduler::run(sched_config, shutdown.clone()));
-    let node = tokio::spawn(kubelet::run(kubelet_config, shutdown.clone()));
+    let components: Vec<(&str, tokio::task::JoinHandle<anyhow::Result<()>>)> = vec![
+        ("kube-apiserver", tokio::spawn(async move { api.await.map_err(anyhow::Error::new)?.map_err(anyhow::Error::new) })),
+        (
+            "kube-controller-manager",
+            tokio::spawn(controller_manager::run(cm_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new))),
+        ),
+        ("kube-scheduler", tokio::spawn(scheduler::run(sched_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))),
+        ("kubelet", tokio::spawn(kubelet::run(kubelet_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))),
+    ];
+    let (names, mut handles): (Vec<&str>, Vec<_>) = components.into_iter().unzip();
 
     // Any component that ends on its own ends the lab (with its error).
     let outcome: anyhow::Result<()> = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
-        r = api => flatten("kube-apiserver", r.map(|r| r.map_err(anyhow::Error::new))),
-        r = cm => flatten("kube-controller-manager", r.map(|r| r.map_err(anyhow::Error::new))),
-        r = sched => flatten("kube-scheduler", r.map(|r| r.map_err(anyhow::Error::new))),
-        r = node => flatten("kubelet", r.map(|r| r.map_err(anyhow::Error::new))),
+        (r, i, _) = futures::future::select_all(handles.iter_mut()) => flatten(names[i], r),
     };
     shutdown.cancel();
-    // Let the components finish their shutdown (leases, open requests).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The others finish their shutdown (leases released, requests drained) before the
+    // process exits; a component stuck past the deadline is abandoned.
+    let stopping = futures::future::join_all(handles.iter_mut().filter(|h| !h.is_finished()));
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, stopping).await.is_err() {
+        tracing::warn!("some components did not stop within {}s", SHUTDOWN_TIMEOUT.as_secs());
+    }
     outcome
 }
 

@@ -368,6 +368,20 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: unhealthy}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "3600"]
+    livenessProbe:
+      exec: {command: ["test", "-e", "/tmp/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 2
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: stubborn}
 spec:
   terminationGracePeriodSeconds: 4
@@ -389,6 +403,15 @@ fn statuses_read_like_a_real_cluster(lab: &Lab) -> anyhow::Result<()> {
     assert_eq!(logs.trim(), "about to fail");
     lab.wait_for(Duration::from_secs(30), "nosuchimage in ErrImagePull", &["get", "pod", "nosuchimage", "--no-headers"], |o| o.contains("ErrImagePull"))?;
     lab.wait_for(Duration::from_secs(30), "nosuchimage in ImagePullBackOff", &["get", "pod", "nosuchimage", "--no-headers"], |o| o.contains("ImagePullBackOff"))?;
+    lab.wait_for(
+        Duration::from_secs(30),
+        "unhealthy restarted by its failing liveness probe",
+        &["get", "pod", "unhealthy", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"],
+        |o| o.trim().parse::<u32>().is_ok_and(|n| n >= 1),
+    )?;
+    let events = lab.kubectl(&["get", "events", "--field-selector", "involvedObject.name=unhealthy"])?;
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    assert!(events.contains("failed liveness probe, will be restarted"), "{events}");
     lab.wait_for(Duration::from_secs(20), "stubborn Running", &["get", "pod", "stubborn", "-o", "jsonpath={.status.phase}"], |o| o == "Running")?;
     let deleted = Instant::now();
     lab.kubectl(&["delete", "pod", "stubborn", "--wait=false"])?;
@@ -396,7 +419,7 @@ fn statuses_read_like_a_real_cluster(lab: &Lab) -> anyhow::Result<()> {
     lab.wait_for(Duration::from_secs(20), "stubborn gone after its grace period", &["get", "pods", "-o", "name"], |o| !o.contains("pod/stubborn"))?;
     let took = deleted.elapsed();
     assert!(took >= Duration::from_secs(3), "TERM was ignored, so the kubelet waited out the 4 s grace period before SIGKILL (took {took:?})");
-    lab.kubectl(&["delete", "pod", "crasher", "nosuchimage", "--grace-period=1"])?;
+    lab.kubectl(&["delete", "pod", "crasher", "nosuchimage", "unhealthy", "--grace-period=1"])?;
     Ok(())
 }
 

@@ -24,13 +24,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-const LOG: &str = "\
-2024-05-01T10:00:00.000000001Z stdout F first
-2024-05-01T10:00:01.000000000Z stderr P sec
-2024-05-01T10:00:01.500000000Z stderr F ond
-2024-05-01T10:00:02.000000000Z stdout F third
-";
-
 struct Kubelet {
     addr: SocketAddr,
     runtime: Arc<HostRuntime>,
@@ -46,7 +39,7 @@ impl Drop for Kubelet {
 
 async fn start() -> anyhow::Result<Kubelet> {
     let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("web-1.log"), LOG)?;
+    std::fs::write(dir.path().join("web-1.log"), kubelet::server::testing::SAMPLE_CRI_LOG)?;
     std::fs::write(dir.path().join("web-0.log"), "2024-05-01T09:00:00Z stdout F from the last run\n")?;
     let runtime = Arc::new(HostRuntime::new(None));
     let pods = Arc::new(StaticPods::new());

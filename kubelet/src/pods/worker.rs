@@ -586,25 +586,8 @@ impl Worker {
             let Ok(Some(secret)) = sources.secret(&r.name).await else { continue };
             let entries = env::secret_entries(secret);
             let Some(raw) = entries.get(".dockerconfigjson").or_else(|| entries.get(".dockercfg")) else { continue };
-            let Ok(doc) = serde_json::from_slice::<Value>(raw) else { continue };
-            let auths = doc.get("auths").unwrap_or(&doc);
-            let Some(map) = auths.as_object() else { continue };
-            for (server, entry) in map {
-                let server_host = server.trim_start_matches("https://").trim_start_matches("http://").split('/').next().unwrap_or("");
-                let matches = server_host == host || (host == "docker.io" && server_host.ends_with("docker.io"));
-                if !matches {
-                    continue;
-                }
-                if let (Some(u), Some(p)) = (entry.get("username").and_then(Value::as_str), entry.get("password").and_then(Value::as_str)) {
-                    return Some(RegistryAuth { username: u.into(), password: p.into() });
-                }
-                if let Some(auth) = entry.get("auth").and_then(Value::as_str) {
-                    use base64::Engine;
-                    let decoded = base64::engine::general_purpose::STANDARD.decode(auth).ok()?;
-                    let text = String::from_utf8(decoded).ok()?;
-                    let (u, p) = text.split_once(':')?;
-                    return Some(RegistryAuth { username: u.into(), password: p.into() });
-                }
+            if let Some(auth) = registry_auth(raw, &host) {
+                return Some(auth);
             }
         }
         None
@@ -978,6 +961,26 @@ fn field_path(pod: &Pod, container: &str) -> String {
     }
 }
 
+/// The credentials for registry `host` in a `.dockerconfigjson` (`{"auths": {…}}`) or
+/// legacy `.dockercfg` document: `username`/`password`, or `auth` (base64 `user:pass`).
+fn registry_auth(raw: &[u8], host: &str) -> Option<RegistryAuth> {
+    let doc = serde_json::from_slice::<Value>(raw).ok()?;
+    let map = doc.get("auths").unwrap_or(&doc).as_object()?;
+    map.iter().find_map(|(server, entry)| {
+        let server_host = server.trim_start_matches("https://").trim_start_matches("http://").split('/').next().unwrap_or("");
+        if server_host != host && !(host == "docker.io" && server_host.ends_with("docker.io")) {
+            return None;
+        }
+        if let (Some(u), Some(p)) = (entry.get("username").and_then(Value::as_str), entry.get("password").and_then(Value::as_str)) {
+            return Some(RegistryAuth { username: u.into(), password: p.into() });
+        }
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(entry.get("auth")?.as_str()?).ok()?;
+        let (u, p) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+        Some(RegistryAuth { username: u.into(), password: p.into() })
+    })
+}
+
 /// The registry host of an image reference (`docker.io` for Docker Hub names).
 fn registry_host(image: &str) -> String {
     match image.split_once('/') {
@@ -1017,6 +1020,18 @@ mod tests {
         assert_eq!(go_duration(Duration::from_secs(160)), "2m40s");
         assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(go_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn pull_secrets_give_credentials_for_their_registry() {
+        let cfg = br#"{"auths": {"localhost:5000": {"auth": "YWxpY2U6czNjcjN0"},
+                                  "https://index.docker.io/v1/": {"username": "bob", "password": "pw"}}}"#;
+        assert_eq!(registry_auth(cfg, "localhost:5000"), Some(RegistryAuth { username: "alice".into(), password: "s3cr3t".into() }));
+        assert_eq!(registry_auth(cfg, "docker.io"), Some(RegistryAuth { username: "bob".into(), password: "pw".into() }));
+        assert_eq!(registry_auth(cfg, "ghcr.io"), None);
+        // The legacy .dockercfg has no "auths" wrapper.
+        assert_eq!(registry_auth(br#"{"ghcr.io": {"auth": "dTpw"}}"#, "ghcr.io"), Some(RegistryAuth { username: "u".into(), password: "p".into() }));
+        assert_eq!(registry_auth(b"not json", "ghcr.io"), None);
     }
 
     #[test]

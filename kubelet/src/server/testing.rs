@@ -22,6 +22,15 @@ use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStats, ContainerStatus, ExecRequest, ExecSession, Result, Runtime, RuntimeError, SandboxConfig, SandboxStatus,
 };
 
+/// A CRI-format log with a partial line and both streams, as the kubelet and apiserver
+/// tests read it through `kubectl logs` and the kubelet API.
+pub const SAMPLE_CRI_LOG: &str = "\
+2024-05-01T10:00:00.000000001Z stdout F first
+2024-05-01T10:00:01.000000000Z stderr P sec
+2024-05-01T10:00:01.500000000Z stderr F ond
+2024-05-01T10:00:02.000000000Z stdout F third
+";
+
 /// A pseudo-terminal pair.
 pub struct Pty {
     pub master: OwnedFd,
