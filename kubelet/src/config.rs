@@ -28,6 +28,10 @@ pub struct KubeletConfig {
     pub cgroup_root: String,
     /// The node bridge pods attach to.
     pub bridge_name: String,
+    /// `--cluster-cidr`: the whole pod network (every node's podCIDR lies in it). Pod
+    /// traffic to it is routed unchanged; traffic elsewhere is masqueraded. None: only
+    /// traffic within this node's podCIDR stays unmasqueraded (a single-node lab).
+    pub cluster_cidr: Option<String>,
     pub runtime: RuntimeKind,
     /// `--port`: the kubelet API (logs, exec, port-forward). 0 picks a free port.
     pub port: u16,
@@ -60,6 +64,7 @@ impl KubeletConfig {
             root_dir,
             cgroup_root: "rkube".into(),
             bridge_name: "rkube0".into(),
+            cluster_cidr: None,
             runtime: RuntimeKind::Linux,
             port: 10250,
             address: Ipv4Addr::UNSPECIFIED,

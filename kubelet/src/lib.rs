@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod imagegc;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod runtime;
@@ -24,6 +25,8 @@ pub enum KubeletError {
     Client(#[from] component_base::client::ClientError),
     #[error("setting up the container runtime: {0}")]
     Runtime(#[from] runtime::RuntimeError),
+    #[error("pod network: {0}")]
+    Network(#[from] network::NetworkError),
     #[error("listening on {address}: {source}")]
     Listen {
         address: String,
@@ -69,6 +72,12 @@ pub async fn run_with(config: KubeletConfig, client: kube::Client, runtimes: Run
     tracing::info!(node = %config.node_name, %port, "kubelet starting");
 
     let agent = Arc::new(node::NodeAgent::new(config.clone(), client.clone(), runtimes.runtime.clone(), runtimes.images.clone(), port));
+    // A real node also masquerades pod egress (pods wait for it) and routes to the other
+    // nodes' pods; hollow nodes have no pod network to manage.
+    let pod_network = match config.runtime {
+        RuntimeKind::Linux => network::start(&config, client.clone(), agent.network_ready(), shutdown.clone())?,
+        RuntimeKind::Fake => network::PodNetwork { ready: agent.network_ready(), tasks: Vec::new() },
+    };
     let allocatable: BTreeMap<String, String> = node::capacity(&config).into_iter().map(|(k, v)| (k, v.0)).collect();
     let ctx = pods::Context {
         config: config.clone(),
@@ -76,7 +85,7 @@ pub async fn run_with(config: KubeletConfig, client: kube::Client, runtimes: Run
         runtime: runtimes.runtime.clone(),
         images: runtimes.images.clone(),
         recorder: component_base::events::EventRecorder::new(client.clone(), "kubelet", Some(&config.node_name)),
-        network: agent.network_ready(),
+        network: pod_network.ready,
         node_allocatable: allocatable,
         snapshot: Default::default(),
     };
@@ -87,7 +96,7 @@ pub async fn run_with(config: KubeletConfig, client: kube::Client, runtimes: Run
     let server_task = tokio::spawn(serve_api(listener, runtimes.clone(), manager.clone(), shutdown.clone()));
     let gc_task = tokio::spawn(imagegc::run(config.clone(), runtimes.runtime.clone(), runtimes.images.clone(), shutdown.clone()));
     shutdown.cancelled().await;
-    let _ = tokio::join!(node_task, pods_task, stats_task, server_task, gc_task);
+    let _ = tokio::join!(node_task, pods_task, stats_task, server_task, gc_task, futures::future::join_all(pod_network.tasks));
     tracing::info!("kubelet stopped; containers keep running");
     Ok(())
 }
@@ -99,9 +108,14 @@ async fn serve_api(listener: tokio::net::TcpListener, runtimes: Runtimes, pods: 
 }
 
 /// Stops every container of the node and removes what the runtime set up on the host
-/// (mounts, network namespaces, veths, the bridge, cgroups): `rkube down`.
+/// (mounts, network namespaces, veths, the bridge, cgroups) and the pod network's
+/// masquerade table and routes: `rkube down`.
 pub async fn teardown(config: &KubeletConfig) -> Result<(), KubeletError> {
     let runtimes = runtime::linux_runtime(config, false).await?;
-    runtimes.runtime.teardown().await?;
+    let removed = runtimes.runtime.teardown().await;
+    // The network goes even when some container could not be removed.
+    let network = network::teardown(config).await;
+    removed?;
+    network?;
     Ok(())
 }

@@ -45,6 +45,16 @@ struct Options {
     /// Labels to add at registration, `key=value,…`.
     #[arg(long, value_delimiter = ',')]
     node_labels: Vec<String>,
+    /// The cluster's pod network (every node's podCIDR lies in it): pod traffic to it is
+    /// routed as it is, traffic elsewhere is masqueraded. Without it, only traffic inside
+    /// this node's podCIDR escapes the masquerade.
+    #[arg(long)]
+    cluster_cidr: Option<String>,
+    /// Instead of running: stop every container of this node and remove what it set up
+    /// on the host (mounts, namespaces, veths, the bridge, cgroups, the masquerade table,
+    /// pod routes) for the same --root-dir, --bridge-name and --cgroup-root; then exit.
+    #[arg(long)]
+    teardown: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,12 +82,21 @@ fn main() -> anyhow::Result<()> {
     config.cluster_dns = options.cluster_dns;
     config.cluster_domain = options.cluster_domain;
     config.max_pods = options.max_pods;
+    if let Some(cidr) = &options.cluster_cidr {
+        kubelet::network::parse_cluster_cidr(cidr)?;
+    }
+    config.cluster_cidr = options.cluster_cidr;
     config.runtime = if options.runtime == "fake" { kubelet::RuntimeKind::Fake } else { kubelet::RuntimeKind::Linux };
     for label in options.node_labels {
         let (k, v) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("--node-labels: {label:?} is not key=value"))?;
         config.node_labels.push((k.to_string(), v.to_string()));
     }
     let runtime = tokio::runtime::Runtime::new()?;
+    if options.teardown {
+        runtime.block_on(kubelet::teardown(&config))?;
+        tracing::info!(node = %config.node_name, "node torn down");
+        return Ok(());
+    }
     runtime.block_on(async {
         let shutdown = component_base::signals::shutdown_on_signals();
         kubelet::run(config, shutdown).await

@@ -33,7 +33,7 @@ use chrono::Utc;
 
 pub use ipam::{Ipam, IpamError, Ipv4Cidr};
 pub use netns::{LinuxNamespaces, NamespaceOps, NsError, NsKind};
-pub use network::{host_veth_name, IpRoute2, NetError, NetOps, POD_IFNAME};
+pub use network::{host_veth_name, IpRoute2, NetError, NetOps, Rtnetlink, POD_IFNAME};
 
 use super::{Result, RuntimeError, SandboxConfig, SandboxState, SandboxStatus};
 
@@ -145,7 +145,7 @@ impl SandboxManager {
         Self::with_ops(
             options,
             Arc::new(LinuxNamespaces),
-            Arc::new(IpRoute2::new()),
+            Arc::new(Rtnetlink),
         )
     }
 

@@ -1,7 +1,9 @@
 //! The pod network on the node, as the CNI `bridge` plugin builds it: one Linux bridge
 //! holding the podCIDR's first address, and per pod a veth pair whose host end is a bridge
-//! port and whose other end is the pod's `eth0`. The kernel is driven through iproute2's
-//! `ip` behind the narrow [`NetOps`] trait, so the sandbox logic is tested with a fake.
+//! port and whose other end is the pod's `eth0`. The kernel is driven behind the narrow
+//! [`NetOps`] trait, so the sandbox logic is tested with a fake: [`Rtnetlink`] sends the
+//! rtnetlink requests itself (the kubelet's choice); [`IpRoute2`] runs iproute2's `ip`
+//! for the same steps (the reference the netlink one is measured and checked against).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use super::netns::{self, NsError};
+use crate::network::netlink::{Netlink, NetlinkError};
 
 /// The pod's interface name inside its network namespace.
 pub const POD_IFNAME: &str = "eth0";
@@ -43,6 +46,10 @@ pub enum NetError {
     Output { command: String, message: String },
     #[error(transparent)]
     Netns(#[from] NsError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("link {0} does not exist")]
+    NoSuchLink(String),
 }
 
 /// The host end of a sandbox's veth pair: `veth` + 8 hex digits of a hash of the bridge
@@ -65,6 +72,17 @@ pub fn valid_ifname(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+/// The path of a system command (`ip`, `nft`): the first on PATH or in the sbin
+/// directories a daemon's PATH may lack; the bare name if none is found.
+pub fn find_command(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// The network operations the sandbox manager needs (the OS boundary; faked in tests).
@@ -110,14 +128,9 @@ impl Default for IpRoute2 {
 impl IpRoute2 {
     /// Finds `ip` on PATH or in the sbin directories a daemon's PATH may lack.
     pub fn new() -> Self {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let dirs = std::env::split_paths(&path)
-            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-        let ip = dirs
-            .map(|dir| dir.join("ip"))
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| PathBuf::from("ip"));
-        IpRoute2 { ip }
+        IpRoute2 {
+            ip: find_command("ip"),
+        }
     }
 
     fn command_line(&self, args: &[&str]) -> String {
@@ -206,18 +219,7 @@ impl NetOps for IpRoute2 {
     }
 
     fn enable_ip_forward(&self) -> Result<(), NetError> {
-        let current = std::fs::read_to_string(IP_FORWARD).map_err(|source| NetError::Io {
-            context: format!("reading {IP_FORWARD}"),
-            source,
-        })?;
-        if current.trim() != "1" {
-            tracing::info!("enabling net.ipv4.ip_forward");
-            std::fs::write(IP_FORWARD, "1").map_err(|source| NetError::Io {
-                context: format!("writing {IP_FORWARD}"),
-                source,
-            })?;
-        }
-        Ok(())
+        enable_ip_forward()
     }
 
     fn add_veth(
@@ -311,6 +313,133 @@ impl NetOps for IpRoute2 {
             // Gone meanwhile (a veth dies with its namespace): that is what we wanted.
             Err(_) if !self.link_exists(ifname)? => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Sets `net.ipv4.ip_forward` to 1 unless it is.
+fn enable_ip_forward() -> Result<(), NetError> {
+    let current = std::fs::read_to_string(IP_FORWARD).map_err(|source| NetError::Io {
+        context: format!("reading {IP_FORWARD}"),
+        source,
+    })?;
+    if current.trim() != "1" {
+        tracing::info!("enabling net.ipv4.ip_forward");
+        std::fs::write(IP_FORWARD, "1").map_err(|source| NetError::Io {
+            context: format!("writing {IP_FORWARD}"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// [`NetOps`] by rtnetlink requests on a socket per operation: the same links, addresses
+/// and routes as [`IpRoute2`] makes, without a process per step.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Rtnetlink;
+
+/// Whether a netlink request failed because what it would create already exists.
+fn exists(e: &NetlinkError) -> bool {
+    e.errno() == Some(libc::EEXIST)
+}
+
+fn required_index(netlink: &mut Netlink, name: &str) -> Result<u32, NetError> {
+    netlink
+        .link_index(name)?
+        .ok_or_else(|| NetError::NoSuchLink(name.to_string()))
+}
+
+impl NetOps for Rtnetlink {
+    fn ensure_bridge(&self, bridge: &str, gateway: Ipv4Addr, prefix: u8) -> Result<(), NetError> {
+        let mut netlink = Netlink::open()?;
+        let index = match netlink.link_index(bridge)? {
+            Some(index) => index,
+            None => {
+                tracing::info!(bridge, "creating the pod bridge");
+                match netlink.add_bridge(bridge) {
+                    Err(e) if !exists(&e) => return Err(e.into()),
+                    _ => required_index(&mut netlink, bridge)?,
+                }
+            }
+        };
+        let wanted = (gateway, prefix);
+        let addresses = netlink.ipv4_addresses(index)?;
+        for (address, len) in addresses.iter().filter(|a| **a != wanted) {
+            tracing::info!(bridge, address = %address, "removing a stale bridge address");
+            netlink.delete_address(index, bridge, *address, *len)?;
+        }
+        if !addresses.contains(&wanted) {
+            match netlink.add_address(index, bridge, gateway, prefix) {
+                Err(e) if !exists(&e) => return Err(e.into()),
+                _ => {}
+            }
+        }
+        netlink.set_up(index, bridge)?;
+        Ok(())
+    }
+
+    fn enable_ip_forward(&self) -> Result<(), NetError> {
+        enable_ip_forward()
+    }
+
+    fn add_veth(
+        &self,
+        host_ifname: &str,
+        bridge: &str,
+        netns: &Path,
+        pod_ifname: &str,
+    ) -> Result<(), NetError> {
+        // A leftover of a crashed attempt would make the creation fail.
+        self.delete_link(host_ifname)?;
+        let mut netlink = Netlink::open()?;
+        netlink.add_veth(host_ifname, pod_ifname, netns)?;
+        let mut attach = || -> Result<(), NetError> {
+            let index = required_index(&mut netlink, host_ifname)?;
+            let master = required_index(&mut netlink, bridge)?;
+            netlink.set_master(index, host_ifname, master)?;
+            // Hairpin lets a pod reach itself through a Service address (as kubenet does).
+            netlink.set_hairpin(index, host_ifname)?;
+            netlink.set_up(index, host_ifname)?;
+            Ok(())
+        };
+        if let Err(e) = attach() {
+            let _ = self.delete_link(host_ifname);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn configure_pod_interface(
+        &self,
+        netns: &Path,
+        pod_ifname: &str,
+        address: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetError> {
+        let pod_ifname = pod_ifname.to_string();
+        netns::in_netns(netns, move || -> Result<(), NetError> {
+            let mut netlink = Netlink::open()?;
+            let lo = required_index(&mut netlink, "lo")?;
+            netlink.set_up(lo, "lo")?;
+            let index = required_index(&mut netlink, &pod_ifname)?;
+            netlink.add_address(index, &pod_ifname, address, prefix)?;
+            netlink.set_up(index, &pod_ifname)?;
+            netlink.add_default_route(gateway, index, &pod_ifname)?;
+            Ok(())
+        })?
+    }
+
+    fn delete_link(&self, ifname: &str) -> Result<(), NetError> {
+        let mut netlink = Netlink::open()?;
+        let Some(index) = netlink.link_index(ifname)? else {
+            return Ok(());
+        };
+        match netlink.delete_link(index, ifname) {
+            Ok(()) => Ok(()),
+            // Gone meanwhile (a veth dies with its namespace): that is what we wanted.
+            Err(_) if netlink.link_index(ifname)?.is_none() => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 }
