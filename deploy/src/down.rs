@@ -1,6 +1,6 @@
 //! `rkube down` and `rkube reset`: stop the lab's process, then remove everything its
 //! node set up on the host (containers, mounts, network namespaces, veths, the bridge,
-//! cgroups); `reset` also deletes the lab's state.
+//! cgroups, kube-proxy's nftables table); `reset` also deletes the lab's state.
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,10 @@ pub async fn down(lab: &Lab, reset: bool) -> anyhow::Result<()> {
     if let Some(settings) = &settings {
         let config = crate::up::kubelet_config(lab, settings);
         kubelet::teardown(&config).await.context("removing the node's containers, mounts, network and cgroups")?;
-        println!("removed the node's containers, mounts, network and cgroups");
+        // kube-proxy removes its table when it stops cleanly; after a crash it is here.
+        let table = crate::up::proxy_table(settings);
+        kube_proxy::cleanup(&table).with_context(|| format!("removing nftables table {table}"))?;
+        println!("removed the node's containers, mounts, network, cgroups and Service rules");
     }
     if let (true, Some(settings)) = (reset, &settings) {
         crate::lab::release_pod_network(&lab.dir, settings);

@@ -1,7 +1,7 @@
 //! `rkube up`: the whole single-node lab in one process, as k3s runs its server —
-//! kube-apiserver on the embedded store, kube-controller-manager, kube-scheduler and the
-//! kubelet with the embedded runtime, each started from its library with one shared
-//! shutdown. `--detach` runs that process in the background and returns once the node
+//! kube-apiserver on the embedded store, kube-controller-manager, kube-scheduler, the
+//! kubelet with the embedded runtime, kube-proxy and the cluster DNS, each started from
+//! its library with one shared shutdown. `--detach` runs that process in the background and returns once the node
 //! is Ready.
 
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use tokio_util::sync::CancellationToken;
 
 use crate::lab::{Lab, LabSettings};
@@ -34,9 +34,23 @@ pub fn kubelet_config(lab: &Lab, settings: &LabSettings) -> kubelet::KubeletConf
     config.node_ip = kubelet::node::default_node_ip();
     config.cgroup_root = settings.cgroup_root.clone();
     config.bridge_name = settings.bridge_name.clone();
+    config.cluster_cidr = Some(settings.cluster_cidr.clone());
+    config.cluster_dns = cluster_dns_ip(settings).map(|ip| vec![ip.to_string()]).unwrap_or_default();
     // Two labs on one machine must not fight over 10250: the node reports the real port.
     config.port = 0;
     config
+}
+
+/// The lab's nftables table: named after its bridge, so two labs keep apart.
+pub fn proxy_table(settings: &LabSettings) -> String {
+    settings.bridge_name.clone()
+}
+
+/// The cluster DNS Service's address: the tenth of the Service range, as in k3s
+/// (10.43.0.10 for 10.43.0.0/16).
+pub fn cluster_dns_ip(settings: &LabSettings) -> Option<std::net::Ipv4Addr> {
+    let range: ipnet::Ipv4Net = settings.service_cidr.parse().ok()?;
+    range.hosts().nth(9)
 }
 
 /// Runs the lab in this process until a signal.
@@ -73,7 +87,13 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
         }
     };
     tracing::info!(%addr, "kube-apiserver ready");
-    install_addons(lab).await.context("installing the lab's add-ons")?;
+    // The cluster DNS listens on the node's address (on a port of its own, so that labs
+    // and a resolver on port 53 do not collide); the kube-dns Service leads there.
+    let dns_listeners = cluster_dns::bind(SocketAddr::from((kubelet_config.node_ip, 0)))
+        .await
+        .context("binding the cluster DNS server")?;
+    let dns_addr = dns_listeners.local_addr();
+    install_addons(lab, settings, dns_addr).await.context("installing the lab's add-ons")?;
 
     let cm_config = controller_manager::Config {
         kubeconfig: Some(lab.kubeconfig()),
@@ -83,6 +103,12 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
         ..Default::default()
     };
     let sched_config = scheduler::Config { kubeconfig: Some(lab.kubeconfig()), leader_elect: false, ..Default::default() };
+    let mut proxy_config = kube_proxy::Config::new(&kubelet_config.node_name);
+    proxy_config.kubeconfig = Some(lab.kubeconfig());
+    proxy_config.table = proxy_table(settings);
+    proxy_config.cluster_cidr = settings.cluster_cidr.parse().ok();
+    let dns_config = cluster_dns::Config { kubeconfig: Some(lab.kubeconfig()), listen: dns_addr, ..Default::default() };
+    let dns_client = component_base::client::client(Some(&lab.kubeconfig())).await?;
     let components: Vec<(&str, tokio::task::JoinHandle<anyhow::Result<()>>)> = vec![
         ("kube-apiserver", tokio::spawn(async move { api.await.map_err(anyhow::Error::new)?.map_err(anyhow::Error::new) })),
         (
@@ -91,6 +117,11 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
         ),
         ("kube-scheduler", tokio::spawn(scheduler::run(sched_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))),
         ("kubelet", tokio::spawn(kubelet::run(kubelet_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))),
+        ("kube-proxy", tokio::spawn(kube_proxy::run(proxy_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))),
+        (
+            "cluster-dns",
+            tokio::spawn(cluster_dns::serve(dns_config, dns_listeners, dns_client, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new))),
+        ),
     ];
     let (names, mut handles): (Vec<&str>, Vec<_>) = components.into_iter().unzip();
 
@@ -110,10 +141,13 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
 }
 
 /// What every lab has besides the components, as k3s deploys its manifests: the default
-/// StorageClass `local-path` served by the controller-manager's local-path provisioner.
-async fn install_addons(lab: &Lab) -> anyhow::Result<()> {
+/// StorageClass `local-path` served by the controller-manager's local-path provisioner,
+/// and the `kube-dns` Service at the conventional address, leading to the cluster DNS
+/// server at `dns` (its Endpoints and EndpointSlice are rewritten at every start, since
+/// the server's port is picked afresh).
+async fn install_addons(lab: &Lab, settings: &LabSettings, dns: SocketAddr) -> anyhow::Result<()> {
     let client = component_base::client::client(Some(&lab.kubeconfig())).await?;
-    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client);
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client.clone());
     if classes.get_opt("local-path").await?.is_none() {
         let class = serde_json::from_value(serde_json::json!({
             "apiVersion": "storage.k8s.io/v1",
@@ -123,13 +157,61 @@ async fn install_addons(lab: &Lab) -> anyhow::Result<()> {
             "reclaimPolicy": "Delete",
             "volumeBindingMode": "WaitForFirstConsumer",
         }))?;
-        match classes.create(&Default::default(), &class).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        create_if_missing(&classes, &class).await?;
     }
+
+    let dns_ip = cluster_dns_ip(settings).with_context(|| format!("no DNS address in serviceCidr {}", settings.service_cidr))?;
+    let labels = serde_json::json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"});
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "kube-system");
+    let service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+        "spec": {
+            "clusterIP": dns_ip.to_string(),
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": dns.port()},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": dns.port()},
+            ],
+        },
+    }))?;
+    // Asked first: creating it again would fail on its ClusterIP (422) before its name.
+    if services.get_opt("kube-dns").await?.is_none() {
+        create_if_missing(&services, &service).await?;
+    }
+    let params = PatchParams::apply("rkube").force();
+    // Endpoints and EndpointSlices spell their ports alike.
+    let ports = serde_json::json!([
+        {"name": "dns", "port": dns.port(), "protocol": "UDP"},
+        {"name": "dns-tcp", "port": dns.port(), "protocol": "TCP"},
+    ]);
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), "kube-system");
+    let body = serde_json::json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+        "subsets": [{"addresses": [{"ip": dns.ip().to_string()}], "ports": ports.clone()}],
+    });
+    endpoints.patch("kube-dns", &params, &Patch::Apply(&body)).await?;
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client, "kube-system");
+    let body = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kube-dns-rkube", "namespace": "kube-system",
+                     "labels": {"kubernetes.io/service-name": "kube-dns", "endpointslice.kubernetes.io/managed-by": "rkube"}},
+        "addressType": "IPv4",
+        "ports": ports.clone(),
+        "endpoints": [{"addresses": [dns.ip().to_string()], "conditions": {"ready": true}}],
+    });
+    slices.patch("kube-dns-rkube", &params, &Patch::Apply(&body)).await?;
     Ok(())
+}
+
+async fn create_if_missing<K>(api: &Api<K>, object: &K) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&Default::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn flatten(component: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {

@@ -1,11 +1,13 @@
 //! The single-node lab end to end, as a learner uses it: `rkube up --detach`, then the
 //! stock kubectl against it — a Deployment serving HTTP, logs, exec (with a TTY),
-//! port-forward, cp, restarts, OOMKilled, a Job, `run -i`/`run -it --rm` (attach),
+//! port-forward, cp, Services (`kubectl expose`, ClusterIP from the node and from pods,
+//! NodePort, names through the cluster DNS), restarts, OOMKilled, a Job, `run -i`/`run -it --rm` (attach),
 //! ConfigMaps and Secrets as files and env, two containers on localhost, PVC data
 //! outliving its pod, the whole lab killed and restarted with every container still
 //! running — and `rkube down` leaving nothing behind. Needs root (namespaces, cgroups,
 //! mounts); one lab serves every step.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -150,6 +152,9 @@ fn lab_end_to_end_with_the_stock_kubectl_needs_root() -> anyhow::Result<()> {
     assert!(!bridge.is_empty());
     let link = Command::new("ip").args(["link", "show", &bridge]).output()?;
     assert!(!link.status.success(), "bridge {bridge} still exists after rkube down");
+    // kube-proxy's table is named after the bridge.
+    let table = Command::new("nft").args(["list", "table", "ip", &bridge]).output()?;
+    assert!(!table.status.success(), "nftables table {bridge} still exists after rkube down");
     let cgroup = settings["cgroupRoot"].as_str().unwrap_or_default().to_string();
     for hierarchy in ["memory", "pids", "cpu", "unified", ""] {
         let p = Path::new("/sys/fs/cgroup").join(hierarchy).join(&cgroup);
@@ -175,6 +180,7 @@ fn run_steps(lab: &Lab) -> anyhow::Result<()> {
     eprintln!("{images}");
 
     deployment_serves_http(lab)?;
+    services_and_dns(lab)?;
     restarts_and_oom(lab)?;
     statuses_read_like_a_real_cluster(lab)?;
     job_completes(lab)?;
@@ -298,6 +304,104 @@ fn deployment_serves_http(lab: &Lab) -> anyhow::Result<()> {
     let dest = lab.dir.path().join("copied.html");
     lab.kubectl(&["cp", &format!("{pod}:/www/index.html"), &dest.to_string_lossy()])?;
     assert_eq!(std::fs::read_to_string(&dest)?.trim(), format!("hello from {pod}"));
+    Ok(())
+}
+
+const CLIENT_AND_RC: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  containers:
+  - name: client
+    image: busybox
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: ReplicationController
+metadata: {name: nginx}
+spec:
+  replicas: 2
+  selector: {app: nginx}
+  template:
+    metadata: {labels: {app: nginx}}
+    spec:
+      containers:
+      - name: nginx
+        image: busybox
+        command: ["sh", "-c", "mkdir -p /www && echo nginx on $(hostname) > /www/index.html && exec httpd -f -p 8000 -h /www"]
+        ports: [{containerPort: 8000}]
+        readinessProbe:
+          tcpSocket: {port: 8000}
+          periodSeconds: 1
+"#;
+
+/// The pod that answered an HTTP request to the web Deployment ("hello from POD").
+fn answering_pod(body: &str) -> Option<String> {
+    body.lines().find_map(|l| l.strip_prefix("hello from ")).map(|p| p.trim().to_string())
+}
+
+/// GETs `addr` until a web pod answers (kube-proxy programs a new Service within moments;
+/// before that, this machine's gateway may accept the connection and say nothing).
+fn wait_for_web(addr: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match http_get(addr) {
+            Ok(body) if answering_pod(&body).is_some() => return Ok(()),
+            other if Instant::now() > deadline => bail!("{addr} did not answer as the web Service: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Services as the tutorials use them: `kubectl expose`, a ClusterIP answering from the
+/// node and from pods with every ready backend, names through the cluster DNS, a
+/// NodePort on the node's address and on localhost, and the study notes' `expose rc`.
+fn services_and_dns(lab: &Lab) -> anyhow::Result<()> {
+    lab.kubectl(&["expose", "deployment", "web", "--port=80", "--target-port=8080"])?;
+    let cluster_ip = lab.kubectl(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"])?.trim().to_string();
+    let vip = format!("{cluster_ip}:80");
+    wait_for_web(&vip)?;
+    let mut pods = lab.pod_names("app=web")?;
+    pods.sort();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..120 {
+        let body = http_get(&vip)?;
+        *seen.entry(answering_pod(&body).with_context(|| format!("not a web answer: {body}"))?).or_default() += 1;
+    }
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), pods, "every ready backend answers through the ClusterIP: {seen:?}");
+
+    lab.apply(CLIENT_AND_RC)?;
+    lab.wait_for(Duration::from_secs(30), "the client pod Running", &["get", "pod", "client", "-o", "jsonpath={.status.phase}"], |o| o == "Running")?;
+    // By short name: the pod's resolv.conf searches default.svc.cluster.local.
+    let body = lab.kubectl(&["exec", "client", "--", "wget", "-qO-", "http://web"])?;
+    assert!(answering_pod(&body).is_some(), "wget http://web from a pod: {body}");
+    let lookup = lab.kubectl_cmd(&["exec", "client", "--", "nslookup", "web.default.svc.cluster.local"]).output()?;
+    let lookup = String::from_utf8_lossy(&lookup.stdout).into_owned();
+    assert!(lookup.contains(&cluster_ip), "nslookup web.default.svc.cluster.local: {lookup}");
+    let many = lab.kubectl(&["exec", "client", "--", "sh", "-c", "for i in $(seq 40); do wget -qO- http://web; done"])?;
+    let from_pod: std::collections::BTreeSet<String> = many.lines().filter_map(answering_pod).collect();
+    assert_eq!(from_pod.into_iter().collect::<Vec<_>>(), pods, "every backend answers a pod: {many}");
+
+    lab.kubectl(&["expose", "deployment", "web", "--name=web-np", "--type=NodePort", "--port=80", "--target-port=8080"])?;
+    let node_port = lab.kubectl(&["get", "svc", "web-np", "-o", "jsonpath={.spec.ports[0].nodePort}"])?.trim().to_string();
+    let node_ip = lab.kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].status.addresses[?(@.type==\"InternalIP\")].address}"])?;
+    wait_for_web(&format!("{}:{node_port}", node_ip.trim()))?;
+    wait_for_web(&format!("127.0.0.1:{node_port}"))?;
+
+    lab.wait_for(Duration::from_secs(30), "2 ready nginx replicas", &["get", "rc", "nginx", "-o", "jsonpath={.status.readyReplicas}"], |o| o.trim() == "2")?;
+    lab.kubectl(&["expose", "rc", "nginx", "--port=80", "--target-port=8000"])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match lab.kubectl(&["exec", "client", "--", "wget", "-qO-", "http://nginx"]) {
+            Ok(body) if body.starts_with("nginx on nginx-") => break,
+            other if Instant::now() > deadline => bail!("wget http://nginx from a pod: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+    lab.kubectl(&["delete", "svc", "web-np", "nginx"])?;
+    lab.kubectl(&["delete", "rc", "nginx"])?;
+    lab.kubectl(&["delete", "pod", "client", "--grace-period=1"])?;
     Ok(())
 }
 
