@@ -1,7 +1,7 @@
 //! The single-node lab end to end, as a learner uses it: `rkube up --detach`, then the
 //! stock kubectl against it — a Deployment serving HTTP, logs, exec (with a TTY),
 //! port-forward, cp, Services (`kubectl expose`, ClusterIP from the node and from pods,
-//! NodePort, names through the cluster DNS), restarts, OOMKilled, a Job, `run -i`/`run -it --rm` (attach),
+//! NodePort, hostPort, names through the cluster DNS), restarts, OOMKilled, a Job, `run -i`/`run -it --rm` (attach),
 //! ConfigMaps and Secrets as files and env, two containers on localhost, PVC data
 //! outliving its pod, the whole lab killed and restarted with every container still
 //! running — and `rkube down` leaving nothing behind. Needs root (namespaces, cgroups,
@@ -307,7 +307,7 @@ fn deployment_serves_http(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
-const CLIENT_AND_RC: &str = r#"
+const SERVICE_WORKLOADS: &str = r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: client}
@@ -334,7 +334,47 @@ spec:
         readinessProbe:
           tcpSocket: {port: 8000}
           periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{port: 5432}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - name: db
+        image: busybox
+        command: ["sleep", "3600"]
 "#;
+
+/// A pod publishing its port 80 on the node's `host_port` (`docker run -p`).
+fn host_port_pod(host_port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostport}}
+spec:
+  containers:
+  - name: web
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www && echo hello from hostport > /www/index.html && exec httpd -f -p 80 -h /www"]
+    ports: [{{containerPort: 80, hostPort: {host_port}}}]
+"#
+    )
+}
 
 /// The pod that answered an HTTP request to the web Deployment ("hello from POD").
 fn answering_pod(body: &str) -> Option<String> {
@@ -371,7 +411,7 @@ fn services_and_dns(lab: &Lab) -> anyhow::Result<()> {
     }
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), pods, "every ready backend answers through the ClusterIP: {seen:?}");
 
-    lab.apply(CLIENT_AND_RC)?;
+    lab.apply(SERVICE_WORKLOADS)?;
     lab.wait_for(Duration::from_secs(30), "the client pod Running", &["get", "pod", "client", "-o", "jsonpath={.status.phase}"], |o| o == "Running")?;
     // By short name: the pod's resolv.conf searches default.svc.cluster.local.
     let body = lab.kubectl(&["exec", "client", "--", "wget", "-qO-", "http://web"])?;
@@ -399,9 +439,41 @@ fn services_and_dns(lab: &Lab) -> anyhow::Result<()> {
             _ => std::thread::sleep(Duration::from_millis(300)),
         }
     }
-    lab.kubectl(&["delete", "svc", "web-np", "nginx"])?;
+    // A StatefulSet pod's own name under its headless Service.
+    lab.wait_for(Duration::from_secs(30), "db-0 Running", &["get", "pod", "db-0", "-o", "jsonpath={.status.phase}"], |o| o == "Running")?;
+    let db_ip = lab.kubectl(&["get", "pod", "db-0", "-o", "jsonpath={.status.podIP}"])?.trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = lab.kubectl_cmd(&["exec", "client", "--", "nslookup", "db-0.db.default.svc.cluster.local"]).output()?;
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.contains(&db_ip) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("nslookup db-0.db.default.svc.cluster.local did not give {db_ip}: {out}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // hostPort: the pod answers on the node's address and on localhost.
+    let host_port = free_port()?;
+    lab.apply(&host_port_pod(host_port))?;
+    lab.wait_for(Duration::from_secs(30), "the hostport pod Running", &["get", "pod", "hostport", "-o", "jsonpath={.status.phase}"], |o| o == "Running")?;
+    for addr in [format!("{}:{host_port}", node_ip.trim()), format!("127.0.0.1:{host_port}")] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match http_get(&addr) {
+                Ok(body) if body.contains("hello from hostport") => break,
+                other if Instant::now() > deadline => bail!("hostPort {addr}: {other:?}"),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    lab.kubectl(&["delete", "svc", "web-np", "nginx", "db"])?;
     lab.kubectl(&["delete", "rc", "nginx"])?;
-    lab.kubectl(&["delete", "pod", "client", "--grace-period=1"])?;
+    lab.kubectl(&["delete", "statefulset", "db"])?;
+    lab.kubectl(&["delete", "pod", "client", "hostport", "--grace-period=1"])?;
     Ok(())
 }
 
