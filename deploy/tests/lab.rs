@@ -152,9 +152,10 @@ fn lab_end_to_end_with_the_stock_kubectl_needs_root() -> anyhow::Result<()> {
     assert!(!bridge.is_empty());
     let link = Command::new("ip").args(["link", "show", &bridge]).output()?;
     assert!(!link.status.success(), "bridge {bridge} still exists after rkube down");
-    // kube-proxy's table is named after the bridge.
-    let table = Command::new("nft").args(["list", "table", "ip", &bridge]).output()?;
-    assert!(!table.status.success(), "nftables table {bridge} still exists after rkube down");
+    // kube-proxy's table and the pod network's masquerade table are named after the bridge.
+    let tables = Command::new("nft").args(["list", "tables"]).output()?;
+    let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
+    assert!(!tables.contains(&bridge), "nftables tables of the lab remain after rkube down: {tables}");
     let cgroup = settings["cgroupRoot"].as_str().unwrap_or_default().to_string();
     for hierarchy in ["memory", "pids", "cpu", "unified", ""] {
         let p = Path::new("/sys/fs/cgroup").join(hierarchy).join(&cgroup);
@@ -873,6 +874,19 @@ fn two_labs_side_by_side_needs_root() -> anyhow::Result<()> {
         assert_eq!(still, "Running", "lab b is untouched by lab a's down");
         let exec = b.kubectl(&["exec", "solo", "--", "echo", "still here"])?;
         assert_eq!(exec.trim(), "still here");
+        // Lab a's Service rules went with it; lab b's still answer (its DNS, through its
+        // own kube-dns ClusterIP).
+        let bridge = |lab: &Lab| -> anyhow::Result<String> {
+            let settings: serde_json::Value = serde_json::from_slice(&std::fs::read(lab.dir.path().join("lab.json"))?)?;
+            Ok(settings["bridgeName"].as_str().unwrap_or_default().to_string())
+        };
+        let tables = String::from_utf8_lossy(&Command::new("nft").args(["list", "tables"]).output()?.stdout).into_owned();
+        assert!(!tables.contains(&bridge(&a)?), "lab a's nftables tables remain after its down: {tables}");
+        assert!(tables.contains(&bridge(&b)?), "lab b's nftables tables are there: {tables}");
+        let dns_ip = b.kubectl(&["get", "svc", "-n", "kube-system", "kube-dns", "-o", "jsonpath={.spec.clusterIP}"])?;
+        let lookup = b.kubectl_cmd(&["exec", "solo", "--", "nslookup", "kube-dns.kube-system.svc.cluster.local"]).output()?;
+        let lookup = String::from_utf8_lossy(&lookup.stdout).into_owned();
+        assert!(lookup.contains(dns_ip.trim()), "lab b resolves through its own DNS: {lookup}");
         Ok(())
     })();
     let _ = a.rkube(&["down"]);
