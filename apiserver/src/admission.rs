@@ -1,6 +1,7 @@
 //! Admission: defaulting, validation and allocation for each kind, as Kubernetes' API
 //! strategies and built-in admission plugins do it on create and update.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
 use apimachinery::validation;
@@ -106,10 +107,12 @@ async fn resolve_priority(api: &ApiServer, res: &ResourceInfo, pod: &mut Value) 
     Ok(())
 }
 
-/// Defaults and validates an update against the current object.
-pub async fn admit_update(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, old: &Value, status_only: bool) -> Result<(), ApiError> {
-    let _ = api;
+/// Defaults and validates an update against the current object; a Service that now needs
+/// node ports gets them. The returned guard must live until the object is stored.
+pub async fn admit_update(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, old: &Value, status_only: bool) -> Result<AllocationGuard, ApiError> {
     let name = name_of(obj);
+    let mut guard = None;
+    let mut causes = Vec::new();
     decode_check(res, obj, &name)?;
     default(res, obj);
     if res.group.is_empty() && res.plural == "services" {
@@ -121,22 +124,57 @@ pub async fn admit_update(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
                 }
             }
         }
+        let (keeps, kept) = (needs_node_ports(obj), needs_node_ports(old));
         if let (Some(new_ports), Some(old_ports)) = (obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut), old.pointer("/spec/ports").and_then(Value::as_array)) {
-            for p in new_ports.iter_mut() {
-                if p.get("nodePort").is_none() {
-                    if let Some(np) = old_ports.iter().find(|o| o.get("port") == p.get("port")).and_then(|o| o.get("nodePort")) {
-                        p["nodePort"] = np.clone();
+            let old_node_port = |p: &Value| old_ports.iter().find(|o| o.get("port") == p.get("port")).and_then(|o| o.get("nodePort")).cloned();
+            if keeps {
+                for p in new_ports.iter_mut() {
+                    if p.get("nodePort").is_none() {
+                        if let Some(np) = old_node_port(p) {
+                            p["nodePort"] = np;
+                        }
+                    }
+                }
+            } else if kept && new_ports.iter().all(|p| p.get("nodePort").is_none() || p.get("nodePort").cloned() == old_node_port(p)) {
+                // A type change away from NodePort/LoadBalancer drops the node ports the
+                // client merely carried over (Kubernetes' dropTypeDependentFields), so that
+                // `kubectl patch svc x -p '{"spec":{"type":"ClusterIP"}}'` is accepted.
+                for p in new_ports.iter_mut() {
+                    if let Some(p) = p.as_object_mut() {
+                        p.remove("nodePort");
                     }
                 }
             }
         }
+        let own: HashSet<i64> = node_ports(old).collect();
+        let missing = node_ports(obj).count() < obj.pointer("/spec/ports").and_then(Value::as_array).map_or(0, Vec::len);
+        if !status_only && keeps && (missing || node_ports(obj).any(|p| !own.contains(&p))) {
+            // A type change to NodePort or LoadBalancer, a new port, or a node port asked
+            // for by number: allocated under the same lock as creates.
+            let g = api.service_allocation.clone().lock_owned().await;
+            let (_, mut used_ports) = service_allocations(api).await?;
+            allocate_node_ports(&api.config.service_ranges, obj, &mut used_ports, &own, &mut causes)?;
+            guard = Some(g);
+        }
     }
-    let mut causes = if status_only { Vec::new() } else { validate(res, obj, Some(old)) };
+    if !status_only {
+        causes.extend(validate(res, obj, Some(old)));
+    }
     causes.extend(validate_immutable(res, obj, old));
     if !causes.is_empty() {
         return Err(ApiError::invalid(res, &name, causes));
     }
-    Ok(())
+    Ok(guard)
+}
+
+/// Whether a Service of this spec has node ports: NodePort, and LoadBalancer unless
+/// `allocateLoadBalancerNodePorts: false`.
+fn needs_node_ports(service: &Value) -> bool {
+    match service.pointer("/spec/type").and_then(Value::as_str) {
+        Some("NodePort") => true,
+        Some("LoadBalancer") => service.pointer("/spec/allocateLoadBalancerNodePorts").and_then(Value::as_bool) != Some(false),
+        _ => false,
+    }
 }
 
 fn name_of(obj: &Value) -> String {
@@ -907,27 +945,33 @@ impl ServiceRanges {
     }
 }
 
-async fn allocate_service(api: &ApiServer, obj: &mut Value, causes: &mut Vec<Cause>, dry_run: bool) -> Result<(), ApiError> {
-    let _ = dry_run;
-    let ranges = &api.config.service_ranges;
+/// The ClusterIPs and node ports every stored Service holds.
+async fn service_allocations(api: &ApiServer) -> Result<(HashSet<Ipv4Addr>, HashSet<i64>), ApiError> {
     let listed = api
         .store
         .range("/registry/services/", RangeOptions::default())
         .await
         .map_err(ApiError::internal)?;
-    let mut used_ips = std::collections::HashSet::new();
-    let mut used_ports = std::collections::HashSet::new();
+    let mut used_ips = HashSet::new();
+    let mut used_ports = HashSet::new();
     for kv in &listed.kvs {
         let Ok(svc) = serde_json::from_slice::<Value>(&kv.value) else { continue };
         if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|s| s.parse::<Ipv4Addr>().ok()) {
             used_ips.insert(ip);
         }
-        for p in svc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
-            if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
-                used_ports.insert(np);
-            }
-        }
+        used_ports.extend(node_ports(&svc));
     }
+    Ok((used_ips, used_ports))
+}
+
+fn node_ports(service: &Value) -> impl Iterator<Item = i64> + '_ {
+    service.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten().filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
+}
+
+async fn allocate_service(api: &ApiServer, obj: &mut Value, causes: &mut Vec<Cause>, dry_run: bool) -> Result<(), ApiError> {
+    let _ = dry_run;
+    let ranges = &api.config.service_ranges;
+    let (used_ips, mut used_ports) = service_allocations(api).await?;
     let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
     if ty != "ExternalName" {
         match obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or("") {
@@ -972,30 +1016,39 @@ async fn allocate_service(api: &ApiServer, obj: &mut Value, causes: &mut Vec<Cau
             },
         }
     }
-    if ty == "NodePort" || ty == "LoadBalancer" {
-        let (lo, hi) = ranges.node_ports;
-        let span = (hi - lo + 1) as i64;
-        if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-            for (i, p) in ports.iter_mut().enumerate() {
-                match p.get("nodePort").and_then(Value::as_i64).filter(|n| *n != 0) {
+    if needs_node_ports(obj) {
+        allocate_node_ports(ranges, obj, &mut used_ports, &HashSet::new(), causes)?;
+    }
+    Ok(())
+}
+
+/// Gives every port of `obj` without a node port a free one, and checks the ones it
+/// names: in range, and not held by another Service (`own` are the ones this Service
+/// already holds, which it may keep).
+fn allocate_node_ports(ranges: &ServiceRanges, obj: &mut Value, used_ports: &mut HashSet<i64>, own: &HashSet<i64>, causes: &mut Vec<Cause>) -> Result<(), ApiError> {
+    let (lo, hi) = ranges.node_ports;
+    let span = (hi - lo + 1) as i64;
+    let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) else { return Ok(()) };
+    for (i, p) in ports.iter_mut().enumerate() {
+        match p.get("nodePort").and_then(Value::as_i64).filter(|n| *n != 0) {
+            Some(np) if own.contains(&np) => {}
+            Some(np) => {
+                if np < lo as i64 || np > hi as i64 {
+                    causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), np, format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}")));
+                } else if !used_ports.insert(np) {
+                    causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), np, "provided port is already allocated"));
+                }
+            }
+            None => {
+                // Random start (as Kubernetes allocates), kept within 0..span.
+                let start = (rand::random::<u64>() % span as u64) as i64;
+                let free = (0..span).map(|k| lo as i64 + (start + k) % span).find(|n| !used_ports.contains(n));
+                match free {
                     Some(np) => {
-                        if np < lo as i64 || np > hi as i64 {
-                            causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), np, format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}")));
-                        } else if !used_ports.insert(np) {
-                            causes.push(Cause::invalid(format!("spec.ports[{i}].nodePort"), np, "provided port is already allocated"));
-                        }
+                        used_ports.insert(np);
+                        p["nodePort"] = json!(np);
                     }
-                    None => {
-                        let start = rand::random::<u64>() as i64 % span;
-                        let free = (0..span).map(|k| lo as i64 + (start + k) % span).find(|n| !used_ports.contains(n));
-                        match free {
-                            Some(np) => {
-                                used_ports.insert(np);
-                                p["nodePort"] = json!(np);
-                            }
-                            None => return Err(ApiError::internal("failed to allocate a nodePort: range is full")),
-                        }
-                    }
+                    None => return Err(ApiError::internal("failed to allocate a nodePort: range is full")),
                 }
             }
         }
@@ -1007,6 +1060,27 @@ async fn allocate_service(api: &ApiServer, obj: &mut Value, causes: &mut Vec<Cau
 mod tests {
     use super::*;
     use crate::registry::lookup;
+
+    #[test]
+    fn node_ports_are_allocated_within_the_range_and_never_twice() {
+        let ranges = ServiceRanges::parse("10.43.0.0/16", "30000-30009").expect("ranges");
+        let ports: Vec<Value> = (0..10).map(|i| json!({"port": 80 + i})).collect();
+        let mut svc = json!({"spec": {"type": "NodePort", "ports": ports}});
+        let mut used = HashSet::new();
+        let mut causes = Vec::new();
+        allocate_node_ports(&ranges, &mut svc, &mut used, &HashSet::new(), &mut causes).expect("ten free ports");
+        let mut got: Vec<i64> = node_ports(&svc).collect();
+        got.sort();
+        assert_eq!(got, (30000..30010).collect::<Vec<i64>>());
+        assert!(causes.is_empty());
+        let mut another = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+        assert!(allocate_node_ports(&ranges, &mut another, &mut used, &HashSet::new(), &mut causes).is_err(), "the range is full");
+        // A port the Service already holds is its own to keep; another's is refused.
+        let mut update = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30003}, {"port": 81, "nodePort": 30004}]}});
+        allocate_node_ports(&ranges, &mut update, &mut used, &HashSet::from([30003]), &mut causes).expect("checked");
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec.ports[1].nodePort");
+    }
 
     #[test]
     fn deployment_defaults_match_kubernetes() {

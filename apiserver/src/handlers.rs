@@ -718,7 +718,8 @@ impl ApiServer {
             check_type(res, &updated)?;
             preserve_system_meta(&mut updated, &current, res);
             let status_only = target.sub.as_deref() == Some("status");
-            admission::admit_update(self, res, &mut updated, &current, status_only).await?;
+            // Held until the write: node ports allocated here are not handed out twice.
+            let _allocation = admission::admit_update(self, res, &mut updated, &current, status_only).await?;
             if let Some((manager, subresource)) = manager {
                 let meta = BuiltinPatchMeta::for_kind(res.group, res.kind);
                 updated = managedfields::update_subresource(Some(&current), &updated, manager, subresource, &meta, &now_rfc3339());

@@ -127,6 +127,18 @@ async fn edit_commands(s: &TestServer) -> anyhow::Result<()> {
     ensure!(out.contains("Name:") && out.contains("Replicas:") && out.contains("RollingUpdateStrategy:"), "{out}");
     let out = s.ok(&["describe", "svc", "web"]).await?;
     ensure!(out.contains("IP:") && out.contains("TargetPort:"), "{out}");
+
+    // A Service's type goes to NodePort (a node port is allocated and then kept across
+    // patches) and back to ClusterIP (the carried-over node port is dropped, as
+    // Kubernetes does, instead of the update being refused).
+    s.ok(&["patch", "svc", "web", "-p", r#"{"spec":{"type":"NodePort"}}"#]).await?;
+    let node_port = s.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]).await?;
+    ensure!(node_port.parse::<u16>().is_ok_and(|p| (30000..=32767).contains(&p)), "nodePort: {node_port:?}");
+    s.ok(&["label", "svc", "web", "exposed=yes"]).await?;
+    ensure!(s.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]).await? == node_port, "the node port is kept");
+    s.ok(&["patch", "svc", "web", "-p", r#"{"spec":{"type":"ClusterIP"}}"#]).await?;
+    let got = s.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.type} {.spec.ports[0].nodePort}"]).await?;
+    ensure!(got.trim() == "ClusterIP", "back to ClusterIP without a node port: {got:?}");
     let out = s.ok(&["explain", "deployment.spec.strategy"]).await?;
     ensure!(out.contains("DESCRIPTION") && out.contains("rollingUpdate"), "{out}");
     Ok(())
