@@ -44,6 +44,9 @@ pub struct Config {
     pub hpa_tuning: controllers::hpa::recommend::Tuning,
     /// Where the local-path provisioner puts volumes' directories (on the node).
     pub local_path_root: PathBuf,
+    /// The addresses LoadBalancer Services are given (`--load-balancer-ip-pool`): CIDRs
+    /// and `first-last` ranges, comma-separated. None: the nodes' addresses, as k3s does.
+    pub load_balancer_ip_pool: Option<String>,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             hpa_sync_period: Duration::from_secs(15),
             hpa_tuning: Default::default(),
             local_path_root: PathBuf::from("/var/lib/rkube/storage"),
+            load_balancer_ip_pool: None,
         }
     }
 }
@@ -72,6 +76,8 @@ pub enum Error {
     Client(#[from] component_base::client::ClientError),
     #[error("--controllers: {0}")]
     SelectControllers(String),
+    #[error("--load-balancer-ip-pool {0}")]
+    LoadBalancerIpPool(controllers::servicelb::pool::PoolError),
     #[error(transparent)]
     LostLeadership(#[from] ElectionError),
 }
@@ -79,6 +85,9 @@ pub enum Error {
 /// Runs the selected controllers until `shutdown` (or until leadership is lost).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let selected = controllers::select(&config.controllers).map_err(Error::SelectControllers)?;
+    if let Some(pool) = &config.load_balancer_ip_pool {
+        controllers::servicelb::pool::Pool::parse(pool).map_err(Error::LoadBalancerIpPool)?;
+    }
     let client = component_base::client::client(config.kubeconfig.as_deref()).await?;
     let ctx = controllers::Context { client: client.clone(), config: Arc::new(config.clone()) };
     let start = move |leading: CancellationToken| async move {

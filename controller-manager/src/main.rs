@@ -32,11 +32,17 @@ struct Options {
     #[arg(long)]
     cluster_cidr: Option<String>,
     /// The prefix length of each node's podCIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
     /// Where the local-path provisioner creates volumes' directories.
     #[arg(long, default_value = "/var/lib/rkube/storage")]
     local_path_root: std::path::PathBuf,
-    #[arg(long, default_value_t = 24)]
-    node_cidr_mask_size: u8,
+    /// Addresses for LoadBalancer Services, one per Service: CIDRs (their network and
+    /// broadcast addresses left out) or first-last ranges, comma-separated, e.g.
+    /// `192.168.1.240/28` or `192.168.1.240-192.168.1.250`. Without it, LoadBalancer
+    /// Services get the Ready nodes' addresses.
+    #[arg(long, value_parser = load_balancer_ip_pool)]
+    load_balancer_ip_pool: Option<String>,
     /// Seconds a node may go without renewing its Lease before it is NotReady.
     #[arg(long, default_value_t = 40)]
     node_monitor_grace_period: u64,
@@ -64,6 +70,11 @@ fn seconds(text: &str) -> Result<Duration, String> {
     n.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{text:?} is not a duration in seconds such as 15s"))
 }
 
+/// `--load-balancer-ip-pool`, checked (and kept as text for the config).
+fn load_balancer_ip_pool(text: &str) -> Result<String, String> {
+    controller_manager::controllers::servicelb::pool::Pool::parse(text).map(|_| text.to_string()).map_err(|e| e.to_string())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -82,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         node_monitor_grace_period: Duration::from_secs(o.node_monitor_grace_period),
         hpa_sync_period: Duration::from_secs(o.horizontal_pod_autoscaler_sync_period),
         local_path_root: o.local_path_root,
+        load_balancer_ip_pool: o.load_balancer_ip_pool,
         hpa_tuning: controller_manager::controllers::hpa::recommend::Tuning {
             tolerance: o.horizontal_pod_autoscaler_tolerance,
             cpu_initialization_period: Duration::from_secs(o.horizontal_pod_autoscaler_cpu_initialization_period),

@@ -44,8 +44,19 @@ impl Cluster {
     /// Starts the controller-manager in-process with `controllers` (e.g. `["*"]`),
     /// without leader election unless asked; it stops with the returned token.
     pub fn start_controller_manager(&self, controllers: &[&str], leader_elect: bool) -> CancellationToken {
+        self.start_controller_manager_with(controllers, leader_elect, |_| {})
+    }
+
+    /// [`Cluster::start_controller_manager`], with `configure` changing the config first
+    /// (e.g. to set `load_balancer_ip_pool`).
+    pub fn start_controller_manager_with(
+        &self,
+        controllers: &[&str],
+        leader_elect: bool,
+        configure: impl FnOnce(&mut controller_manager::Config),
+    ) -> CancellationToken {
         let token = self.shutdown.child_token();
-        let config = controller_manager::Config {
+        let mut config = controller_manager::Config {
             kubeconfig: Some(self.kubeconfig.clone()),
             controllers: controllers.iter().map(|s| s.to_string()).collect(),
             leader_elect,
@@ -53,6 +64,7 @@ impl Cluster {
             node_monitor_grace_period: Duration::from_secs(40),
             ..Default::default()
         };
+        configure(&mut config);
         let t = token.clone();
         tokio::spawn(async move {
             if let Err(e) = controller_manager::run(config, t).await {

@@ -28,6 +28,7 @@ pub mod nodelifecycle;
 pub mod persistentvolume;
 pub mod resources;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod ttlafterfinished;
 
 /// What every controller gets: an API client and the configuration.
@@ -103,6 +104,7 @@ pub static CONTROLLERS: &[Registered] = &[
     Registered { name: "cronjob", enabled_by_default: true, start: cronjob::start },
     Registered { name: "ttl-after-finished", enabled_by_default: true, start: ttlafterfinished::start },
     Registered { name: "persistentvolume-binder", enabled_by_default: true, start: persistentvolume::start },
+    Registered { name: "service-lb", enabled_by_default: true, start: servicelb::start },
 ];
 
 /// The controllers a `--controllers` list selects: `*` means every one enabled by
@@ -140,6 +142,14 @@ mod tests {
     fn unknown_names_are_refused() {
         let err = select(&["*,nosuch".into()]).err().unwrap_or_default();
         assert!(err.contains("unknown controller \"nosuch\""), "{err}");
+    }
+
+    #[test]
+    fn star_includes_service_lb() {
+        let names: Vec<&str> = select(&["*".into()]).unwrap_or_default().iter().map(|c| c.name).collect();
+        assert!(names.contains(&"service-lb"), "{names:?}");
+        let without: Vec<&str> = select(&["*,-service-lb".into()]).unwrap_or_default().iter().map(|c| c.name).collect();
+        assert!(!without.contains(&"service-lb"));
     }
 
     #[test]
