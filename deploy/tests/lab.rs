@@ -1,11 +1,11 @@
 //! The single-node lab end to end, as a learner uses it: `rkube up --detach`, then the
 //! stock kubectl against it — a Deployment serving HTTP, logs, exec (with a TTY),
 //! port-forward, cp, Services (`kubectl expose`, ClusterIP from the node and from pods,
-//! NodePort, hostPort, names through the cluster DNS), restarts, OOMKilled, a Job, `run -i`/`run -it --rm` (attach),
-//! ConfigMaps and Secrets as files and env, two containers on localhost, PVC data
-//! outliving its pod, the whole lab killed and restarted with every container still
-//! running — and `rkube down` leaving nothing behind. Needs root (namespaces, cgroups,
-//! mounts); one lab serves every step.
+//! NodePort, LoadBalancer, hostPort, names through the cluster DNS), restarts,
+//! OOMKilled, a Job, `run -i`/`run -it --rm` (attach), ConfigMaps and Secrets as files
+//! and env, two containers on localhost, PVC data outliving its pod, the whole lab
+//! killed and restarted with every container still running — and `rkube down` leaving
+//! nothing behind. Needs root (namespaces, cgroups, mounts); one lab serves every step.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -430,6 +430,14 @@ fn services_and_dns(lab: &Lab) -> anyhow::Result<()> {
     wait_for_web(&format!("{}:{node_port}", node_ip.trim()))?;
     wait_for_web(&format!("127.0.0.1:{node_port}"))?;
 
+    // type: LoadBalancer gets the node's address as its EXTERNAL-IP (k3s's servicelb),
+    // and answers on it at the Service's port.
+    let lb_port = free_port()?;
+    lab.kubectl(&["expose", "deployment", "web", "--name=web-lb", "--type=LoadBalancer", &format!("--port={lb_port}"), "--target-port=8080"])?;
+    let external = lab.wait_for(Duration::from_secs(20), "web-lb's EXTERNAL-IP", &["get", "svc", "web-lb", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"], |o| !o.trim().is_empty())?;
+    assert_eq!(external.trim(), node_ip.trim(), "the lab's load balancer address is its node's");
+    wait_for_web(&format!("{}:{lb_port}", external.trim()))?;
+
     lab.wait_for(Duration::from_secs(30), "2 ready nginx replicas", &["get", "rc", "nginx", "-o", "jsonpath={.status.readyReplicas}"], |o| o.trim() == "2")?;
     lab.kubectl(&["expose", "rc", "nginx", "--port=80", "--target-port=8000"])?;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -471,7 +479,7 @@ fn services_and_dns(lab: &Lab) -> anyhow::Result<()> {
         }
     }
 
-    lab.kubectl(&["delete", "svc", "web-np", "nginx", "db"])?;
+    lab.kubectl(&["delete", "svc", "web-np", "web-lb", "nginx", "db"])?;
     lab.kubectl(&["delete", "rc", "nginx"])?;
     lab.kubectl(&["delete", "statefulset", "db"])?;
     lab.kubectl(&["delete", "pod", "client", "hostport", "--grace-period=1"])?;
