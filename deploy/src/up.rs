@@ -35,6 +35,9 @@ pub fn kubelet_config(lab: &Lab, settings: &LabSettings) -> kubelet::KubeletConf
     config.cgroup_root = settings.cgroup_root.clone();
     config.bridge_name = settings.bridge_name.clone();
     config.cluster_cidr = Some(settings.cluster_cidr.clone());
+    // One node has no other nodes to tunnel to: no VXLAN device (and no fight over its
+    // VNI and UDP port between labs side by side).
+    config.pod_network_backend = kubelet::config::PodNetworkBackend::HostGw;
     config.cluster_dns = cluster_dns_ip(settings).map(|ip| vec![ip.to_string()]).unwrap_or_default();
     // Two labs on one machine must not fight over 10250: the node reports the real port.
     config.port = 0;

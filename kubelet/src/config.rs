@@ -5,6 +5,59 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How pods reach the pods of other nodes (`--pod-network-backend`), as flannel's
+/// backends: plain routes through the other node's address, or a VXLAN overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PodNetworkBackend {
+    /// `<podCIDR> via <InternalIP>` routes; only nodes on a directly connected subnet.
+    HostGw,
+    /// Every other node through the VXLAN device, connected or not.
+    Vxlan,
+    /// host-gw where the other node is on a directly connected subnet, VXLAN otherwise.
+    #[default]
+    Auto,
+}
+
+impl PodNetworkBackend {
+    pub const NAMES: [&'static str; 3] = ["host-gw", "vxlan", "auto"];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PodNetworkBackend::HostGw => "host-gw",
+            PodNetworkBackend::Vxlan => "vxlan",
+            PodNetworkBackend::Auto => "auto",
+        }
+    }
+
+    /// Whether this backend runs a VXLAN device.
+    pub fn uses_vxlan(&self) -> bool {
+        *self != PodNetworkBackend::HostGw
+    }
+}
+
+impl std::fmt::Display for PodNetworkBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown pod network backend {0:?} (expected host-gw, vxlan or auto)")]
+pub struct UnknownBackend(String);
+
+impl std::str::FromStr for PodNetworkBackend {
+    type Err = UnknownBackend;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "host-gw" => Ok(PodNetworkBackend::HostGw),
+            "vxlan" => Ok(PodNetworkBackend::Vxlan),
+            "auto" => Ok(PodNetworkBackend::Auto),
+            other => Err(UnknownBackend(other.to_string())),
+        }
+    }
+}
+
 /// Which container runtime the kubelet drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeKind {
@@ -32,6 +85,14 @@ pub struct KubeletConfig {
     /// traffic to it is routed unchanged; traffic elsewhere is masqueraded. None: only
     /// traffic within this node's podCIDR stays unmasqueraded (a single-node lab).
     pub cluster_cidr: Option<String>,
+    /// `--pod-network-backend`: how pods reach other nodes' pods.
+    pub pod_network_backend: PodNetworkBackend,
+    /// `--vxlan-vni`: the VXLAN network identifier every node of the cluster uses (flannel's
+    /// default is 1). Two clusters whose nodes share a network namespace need their own.
+    pub vxlan_vni: u32,
+    /// `--vxlan-port`: the UDP port of the VXLAN traffic (8472, flannel's and the kernel's
+    /// historical default, not IANA's 4789).
+    pub vxlan_port: u16,
     pub runtime: RuntimeKind,
     /// `--port`: the kubelet API (logs, exec, port-forward). 0 picks a free port.
     pub port: u16,
@@ -65,6 +126,9 @@ impl KubeletConfig {
             cgroup_root: "rkube".into(),
             bridge_name: "rkube0".into(),
             cluster_cidr: None,
+            pod_network_backend: PodNetworkBackend::Auto,
+            vxlan_vni: 1,
+            vxlan_port: 8472,
             runtime: RuntimeKind::Linux,
             port: 10250,
             address: Ipv4Addr::UNSPECIFIED,
@@ -86,5 +150,29 @@ impl KubeletConfig {
 
     pub fn pods_dir(&self) -> PathBuf {
         self.root_dir.join("pods")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_parse_and_print() {
+        for name in PodNetworkBackend::NAMES {
+            let backend: PodNetworkBackend = name.parse().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(backend.to_string(), name);
+        }
+        assert_eq!(PodNetworkBackend::default(), PodNetworkBackend::Auto);
+        assert!(!PodNetworkBackend::HostGw.uses_vxlan());
+        assert!(PodNetworkBackend::Auto.uses_vxlan());
+        assert_eq!(
+            "udp"
+                .parse::<PodNetworkBackend>()
+                .err()
+                .map(|e| e.to_string())
+                .as_deref(),
+            Some("unknown pod network backend \"udp\" (expected host-gw, vxlan or auto)")
+        );
     }
 }

@@ -50,9 +50,22 @@ struct Options {
     /// this node's podCIDR escapes the masquerade.
     #[arg(long)]
     cluster_cidr: Option<String>,
+    /// How pods reach other nodes' pods: `host-gw` routes via the other node's address
+    /// (only nodes on a directly connected subnet), `vxlan` through the VXLAN overlay for
+    /// every node, `auto` host-gw where directly connected and VXLAN otherwise.
+    #[arg(long, default_value = "auto", value_parser = kubelet::config::PodNetworkBackend::NAMES)]
+    pod_network_backend: String,
+    /// The VXLAN network identifier (the same on every node of the cluster; two clusters
+    /// sharing a host need their own).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16_777_215))]
+    vxlan_vni: u32,
+    /// The UDP port of the VXLAN traffic (flannel's default).
+    #[arg(long, default_value_t = 8472)]
+    vxlan_port: u16,
     /// Instead of running: stop every container of this node and remove what it set up
     /// on the host (mounts, namespaces, veths, the bridge, cgroups, the masquerade table,
-    /// pod routes) for the same --root-dir, --bridge-name and --cgroup-root; then exit.
+    /// pod routes, the VXLAN device) for the same --root-dir, --bridge-name and
+    /// --cgroup-root; then exit.
     #[arg(long)]
     teardown: bool,
 }
@@ -86,6 +99,9 @@ fn main() -> anyhow::Result<()> {
         kubelet::network::parse_cluster_cidr(cidr)?;
     }
     config.cluster_cidr = options.cluster_cidr;
+    config.pod_network_backend = options.pod_network_backend.parse()?;
+    config.vxlan_vni = options.vxlan_vni;
+    config.vxlan_port = options.vxlan_port;
     config.runtime = if options.runtime == "fake" { kubelet::RuntimeKind::Fake } else { kubelet::RuntimeKind::Linux };
     for label in options.node_labels {
         let (k, v) = label.split_once('=').ok_or_else(|| anyhow::anyhow!("--node-labels: {label:?} is not key=value"))?;

@@ -1,13 +1,16 @@
 //! The node's part of the pod network around the bridge the runtime builds (see
 //! [`crate::runtime::sandbox`]), what flannel and the CNI bridge plugin's `ipMasq` add in
 //! a real cluster: egress masquerade for pod traffic leaving the cluster CIDR
-//! ([`masquerade`]) and host-gw routes to the other nodes' podCIDRs ([`routes`]).
-//! Pods wait for the masquerade as they wait for the bridge; the routes follow the Nodes.
-//! Both are removed by [`teardown`] (`rkube down`), not when the kubelet merely stops.
+//! ([`masquerade`]), and routes to the other nodes' podCIDRs ([`routes`]): host-gw where
+//! the other node is on a directly connected subnet, through a VXLAN overlay
+//! ([`vxlan`]) where it is not (`--pod-network-backend`). Pods wait for the masquerade as
+//! they wait for the bridge; the routes follow the Nodes. All of it is removed by
+//! [`teardown`] (`rkube down`), not when the kubelet merely stops.
 
 pub mod masquerade;
 pub mod netlink;
 pub mod routes;
+pub mod vxlan;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +23,7 @@ use crate::config::KubeletConfig;
 use crate::runtime::sandbox::{Ipv4Cidr, Rtnetlink};
 use masquerade::{Masquerade, NftCommand, NftError};
 use routes::{RouteError, RouteSync};
+use vxlan::{VxlanError, VxlanOps, VxlanSpec};
 
 /// How soon a failed masquerade setup is tried again.
 const MASQUERADE_RETRY: Duration = Duration::from_secs(2);
@@ -30,8 +34,12 @@ pub enum NetworkError {
     ClusterCidr { cidr: String, reason: String },
     #[error("removing the pod egress masquerade: {0}")]
     RemoveMasquerade(#[source] NftError),
+    #[error("--vxlan-vni {0}: a VNI is 1 to 16777215")]
+    Vni(u32),
     #[error("removing the pod routes: {0}")]
     RemoveRoutes(#[source] RouteError),
+    #[error("removing the VXLAN device: {0}")]
+    RemoveVxlan(#[source] VxlanError),
     #[error("the network teardown thread failed: {0}")]
     Worker(String),
 }
@@ -64,13 +72,17 @@ pub struct PodNetwork {
 }
 
 /// Starts the pod network's tasks for a node: the masquerade, set up once the runtime has
-/// the podCIDR (`pod_cidr`, from the node agent), and the host-gw routes.
+/// the podCIDR (`pod_cidr`, from the node agent), and the routes to other nodes (with
+/// the VXLAN device unless the backend is host-gw).
 pub fn start(
     config: &KubeletConfig,
     client: kube::Client,
     pod_cidr: watch::Receiver<Option<String>>,
     shutdown: CancellationToken,
 ) -> Result<PodNetwork, NetworkError> {
+    if config.vxlan_vni == 0 || config.vxlan_vni > vxlan::MAX_VNI {
+        return Err(NetworkError::Vni(config.vxlan_vni));
+    }
     let cluster_cidr = config
         .cluster_cidr
         .as_deref()
@@ -89,7 +101,14 @@ pub fn start(
         MASQUERADE_RETRY,
         shutdown.clone(),
     ));
-    let sync = RouteSync::new(Arc::new(Rtnetlink), &config.node_name, &config.bridge_name);
+    let sync = RouteSync::new(
+        Arc::new(Rtnetlink),
+        Arc::new(Rtnetlink),
+        &config.node_name,
+        &config.bridge_name,
+        config.pod_network_backend,
+        vxlan_spec(config),
+    );
     let routes_task = tokio::spawn(routes::run(sync, client, shutdown));
     Ok(PodNetwork {
         ready: ready_rx,
@@ -144,15 +163,42 @@ async fn keep_masquerade(
     }
 }
 
+/// The VXLAN device `config` asks for (named after the bridge).
+pub fn vxlan_spec(config: &KubeletConfig) -> VxlanSpec {
+    VxlanSpec {
+        device: vxlan::device_name(&config.bridge_name),
+        vni: config.vxlan_vni,
+        port: config.vxlan_port,
+        local: config.node_ip,
+    }
+}
+
+/// Removes, in the calling thread's network namespace, every route marked as ours and the
+/// VXLAN device of `bridge` (its neighbour and FDB entries go with it); returns how many
+/// routes went and whether there was a device. Both are tried; the first error is returned.
+pub fn remove_routes_and_vxlan(bridge: &str) -> Result<(usize, bool), NetworkError> {
+    let routes = routes::remove_all(&Rtnetlink).map_err(NetworkError::RemoveRoutes);
+    let device = Rtnetlink
+        .delete_device(&vxlan::device_name(bridge))
+        .map_err(NetworkError::RemoveVxlan);
+    Ok((routes?, device?))
+}
+
 /// Removes what the pod network put on the host: the masquerade table of the node's
-/// bridge and every route marked as ours. Both are tried; the first error is returned.
+/// bridge, every route marked as ours and the VXLAN device. All are tried; the first
+/// error is returned.
 pub async fn teardown(config: &KubeletConfig) -> Result<(), NetworkError> {
     let masquerade = Masquerade::new(Arc::new(NftCommand::new()), &config.bridge_name, None);
+    let bridge = config.bridge_name.clone();
     tokio::task::spawn_blocking(move || {
         let nft = masquerade.remove().map_err(NetworkError::RemoveMasquerade);
-        let routes = routes::remove_all(&Rtnetlink).map_err(NetworkError::RemoveRoutes);
-        if let Ok(n) = &routes {
-            tracing::info!(routes = n, "pod network routes and masquerade removed");
+        let routes = remove_routes_and_vxlan(&bridge);
+        if let Ok((n, device)) = &routes {
+            tracing::info!(
+                routes = n,
+                vxlan_device = device,
+                "pod network routes, VXLAN device and masquerade removed"
+            );
         }
         nft.and(routes.map(|_| ()))
     })

@@ -1,6 +1,6 @@
-//! A small synchronous rtnetlink client: the link, address and route requests the pod
-//! network makes (what `ip link/addr/route` would send), on a `NETLINK_ROUTE` socket of
-//! the calling thread's network namespace. Saves a process per operation: a pod's
+//! A small synchronous rtnetlink client: the link, address, route and neighbour requests
+//! the pod network makes (what `ip link/addr/route/neigh` and `bridge fdb` would send), on
+//! a `NETLINK_ROUTE` socket of the calling thread's network namespace. Saves a process per operation: a pod's
 //! network setup was nine `ip` runs.
 //!
 //! Each request asks for an acknowledgement and reads the kernel's answer before the
@@ -18,11 +18,15 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -64,6 +68,94 @@ pub struct Ipv4Route {
     pub protocol: u8,
     pub scope: RouteScope,
     pub kind: RouteType,
+    /// `onlink`: the gateway is taken as reachable on the output interface.
+    pub onlink: bool,
+}
+
+/// What the pod network reads of a link (`ip -d link show`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkDetails {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND` (`vxlan`, `bridge`, `veth`…), None for a plain device.
+    pub kind: Option<InfoKind>,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+    /// The `IFLA_VXLAN_*` attributes of a VXLAN device (empty otherwise).
+    pub vxlan: Vec<InfoVxlan>,
+}
+
+impl LinkDetails {
+    fn from_message(link: LinkMessage) -> LinkDetails {
+        let mut details = LinkDetails {
+            index: link.header.index,
+            name: String::new(),
+            kind: None,
+            mac: None,
+            mtu: None,
+            up: link.header.flags.contains(LinkFlags::Up),
+            vxlan: Vec::new(),
+        };
+        for attribute in link.attributes {
+            match attribute {
+                LinkAttribute::IfName(name) => details.name = name,
+                LinkAttribute::Mtu(mtu) => details.mtu = Some(mtu),
+                LinkAttribute::Address(bytes) => details.mac = <[u8; 6]>::try_from(bytes).ok(),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(kind) => details.kind = Some(kind),
+                            LinkInfo::Data(InfoData::Vxlan(vxlan)) => details.vxlan = vxlan,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        details
+    }
+}
+
+/// The VXLAN device [`Netlink::add_vxlan`] creates (`ip link add NAME type vxlan id VNI
+/// local LOCAL dev UPLINK dstport PORT nolearning mtu MTU`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanLink<'a> {
+    pub name: &'a str,
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub uplink: u32,
+    pub port: u16,
+    pub mtu: u32,
+}
+
+/// One entry of a neighbour table: an IPv4 neighbour (`ip neigh`), or a forwarding
+/// database entry (`bridge fdb`; `destination` is then the remote VTEP's address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeighbourEntry {
+    pub index: u32,
+    pub destination: Option<Ipv4Addr>,
+    pub lladdr: Option<[u8; 6]>,
+    pub state: NeighbourState,
+}
+
+/// Which neighbour table a request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighbourTable {
+    /// IPv4 address to MAC (ARP): `ip neigh`.
+    Arp,
+    /// MAC to remote VTEP, on the device itself (`NTF_SELF`): `bridge fdb … self`.
+    Fdb,
+}
+
+impl NeighbourTable {
+    fn family(self) -> AddressFamily {
+        match self {
+            NeighbourTable::Arp => AddressFamily::Inet,
+            NeighbourTable::Fdb => AddressFamily::Bridge,
+        }
+    }
 }
 
 /// A `NETLINK_ROUTE` socket in the network namespace of the thread that opened it.
@@ -266,6 +358,116 @@ impl Netlink {
         .map(drop)
     }
 
+    /// The link named `name` here with what [`LinkDetails`] holds, or None.
+    pub fn link_details(&mut self, name: &str) -> Result<Option<LinkDetails>, NetlinkError> {
+        let mut message = LinkMessage::default();
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        self.get_link(|| format!("looking up link {name}"), message)
+    }
+
+    /// The link with index `index`, or None.
+    pub fn link_details_by_index(
+        &mut self,
+        index: u32,
+    ) -> Result<Option<LinkDetails>, NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        self.get_link(|| format!("looking up link {index}"), message)
+    }
+
+    fn get_link(
+        &mut self,
+        op: impl Fn() -> String,
+        message: LinkMessage,
+    ) -> Result<Option<LinkDetails>, NetlinkError> {
+        match self.request(op, RouteNetlinkMessage::GetLink(message), 0) {
+            Ok(answers) => Ok(answers.into_iter().find_map(|a| match a {
+                RouteNetlinkMessage::NewLink(link) => Some(LinkDetails::from_message(link)),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a VXLAN device without learning (every FDB entry is written by us).
+    pub fn add_vxlan(&mut self, link: &VxlanLink<'_>) -> Result<(), NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.attributes = vec![
+            LinkAttribute::IfName(link.name.to_string()),
+            LinkAttribute::Mtu(link.mtu),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Vxlan),
+                LinkInfo::Data(InfoData::Vxlan(vec![
+                    InfoVxlan::Id(link.vni),
+                    InfoVxlan::Local(link.local),
+                    InfoVxlan::Link(link.uplink),
+                    InfoVxlan::Port(link.port),
+                    InfoVxlan::Learning(false),
+                ])),
+            ]),
+        ];
+        self.new_link(
+            || {
+                format!(
+                    "creating VXLAN device {} (VNI {}, local {}, port {})",
+                    link.name, link.vni, link.local, link.port
+                )
+            },
+            message,
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// `ip link set dev INDEX mtu MTU`.
+    pub fn set_mtu(&mut self, index: u32, name: &str, mtu: u32) -> Result<(), NetlinkError> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.attributes.push(LinkAttribute::Mtu(mtu));
+        self.new_link(|| format!("setting the MTU of {name} to {mtu}"), message, 0)
+    }
+
+    /// The index of the link holding the IPv4 address `address`, or None.
+    pub fn ipv4_address_owner(&mut self, address: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+        Ok(self
+            .all_ipv4_addresses()?
+            .into_iter()
+            .find(|(_, ip, _)| *ip == address)
+            .map(|(index, _, _)| index))
+    }
+
+    /// Every IPv4 address here: (link index, address, prefix).
+    fn all_ipv4_addresses(&mut self) -> Result<Vec<(u32, Ipv4Addr, u8)>, NetlinkError> {
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet;
+        let answers = self.request(
+            || "listing the IPv4 addresses".to_string(),
+            RouteNetlinkMessage::GetAddress(message),
+            NLM_F_DUMP,
+        )?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|answer| match answer {
+                RouteNetlinkMessage::NewAddress(a) if a.header.family == AddressFamily::Inet => {
+                    let local = a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                        _ => None,
+                    });
+                    let address = a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                        _ => None,
+                    });
+                    local
+                        .or(address)
+                        .map(|ip| (a.header.index, ip, a.header.prefix_len))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The IPv4 addresses (address, prefix) on link `index`.
     pub fn ipv4_addresses(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
         let mut message = AddressMessage::default();
@@ -366,6 +568,14 @@ impl Netlink {
         message
     }
 
+    /// `dev INDEX onlink`: the gateway needs no route of its own on that link.
+    fn set_onlink(message: &mut RouteMessage, onlink: Option<u32>) {
+        if let Some(index) = onlink {
+            message.header.flags |= RouteFlags::Onlink;
+            message.attributes.push(RouteAttribute::Oif(index));
+        }
+    }
+
     /// `ip route add default via GATEWAY dev INDEX` (protocol `boot`, as `ip` sets).
     pub fn add_default_route(
         &mut self,
@@ -384,16 +594,18 @@ impl Netlink {
         .map(drop)
     }
 
-    /// `ip route replace DESTINATION/PREFIX via GATEWAY proto PROTOCOL`.
+    /// `ip route replace DESTINATION/PREFIX via GATEWAY [dev ONLINK onlink] proto PROTOCOL`.
     pub fn replace_route(
         &mut self,
         destination: Ipv4Addr,
         prefix: u8,
         gateway: Ipv4Addr,
+        onlink: Option<u32>,
         protocol: u8,
     ) -> Result<(), NetlinkError> {
-        let message =
+        let mut message =
             Self::route_message(destination, prefix, gateway, RouteProtocol::from(protocol));
+        Self::set_onlink(&mut message, onlink);
         self.request(
             || format!("setting route {destination}/{prefix} via {gateway}"),
             RouteNetlinkMessage::NewRoute(message),
@@ -402,16 +614,18 @@ impl Netlink {
         .map(drop)
     }
 
-    /// `ip route del DESTINATION/PREFIX via GATEWAY proto PROTOCOL`.
+    /// `ip route del DESTINATION/PREFIX via GATEWAY [dev ONLINK onlink] proto PROTOCOL`.
     pub fn delete_route(
         &mut self,
         destination: Ipv4Addr,
         prefix: u8,
         gateway: Ipv4Addr,
+        onlink: Option<u32>,
         protocol: u8,
     ) -> Result<(), NetlinkError> {
-        let message =
+        let mut message =
             Self::route_message(destination, prefix, gateway, RouteProtocol::from(protocol));
+        Self::set_onlink(&mut message, onlink);
         self.request(
             || format!("deleting route {destination}/{prefix} via {gateway}"),
             RouteNetlinkMessage::DelRoute(message),
@@ -455,6 +669,7 @@ impl Netlink {
                 protocol: u8::from(route.header.protocol),
                 scope: route.header.scope,
                 kind: route.header.kind,
+                onlink: route.header.flags.contains(RouteFlags::Onlink),
             };
             for attribute in &route.attributes {
                 match attribute {
@@ -467,5 +682,113 @@ impl Netlink {
             routes.push(entry);
         }
         Ok(routes)
+    }
+
+    /// The entries of a neighbour table on every link (a dump; filter by `index`).
+    pub fn neighbours(
+        &mut self,
+        table: NeighbourTable,
+    ) -> Result<Vec<NeighbourEntry>, NetlinkError> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = table.family();
+        let answers = self.request(
+            || format!("listing the {table:?} neighbour entries"),
+            RouteNetlinkMessage::GetNeighbour(message),
+            NLM_F_DUMP,
+        )?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|answer| match answer {
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.family == table.family() => {
+                    let mut entry = NeighbourEntry {
+                        index: n.header.ifindex,
+                        destination: None,
+                        lladdr: None,
+                        state: n.header.state,
+                    };
+                    for attribute in n.attributes {
+                        match attribute {
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                                entry.destination = Some(ip)
+                            }
+                            // The bridge family carries the remote's address unparsed.
+                            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                                entry.destination =
+                                    <[u8; 4]>::try_from(bytes).ok().map(Ipv4Addr::from)
+                            }
+                            NeighbourAttribute::LinkLayerAddress(bytes) => {
+                                entry.lladdr = <[u8; 6]>::try_from(bytes).ok()
+                            }
+                            _ => {}
+                        }
+                    }
+                    Some(entry)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn neighbour_message(
+        table: NeighbourTable,
+        index: u32,
+        destination: Ipv4Addr,
+        lladdr: [u8; 6],
+    ) -> NeighbourMessage {
+        let mut message = NeighbourMessage::default();
+        message.header.family = table.family();
+        message.header.ifindex = index;
+        message.header.state = NeighbourState::Permanent;
+        if table == NeighbourTable::Fdb {
+            message.header.flags = NeighbourFlags::Own;
+        }
+        message.attributes = vec![
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(destination)),
+            NeighbourAttribute::LinkLayerAddress(lladdr.to_vec()),
+        ];
+        message
+    }
+
+    /// `ip neigh replace DESTINATION lladdr LLADDR dev INDEX nud permanent`, or for the
+    /// FDB `bridge fdb replace LLADDR dev INDEX dst DESTINATION self permanent`.
+    pub fn replace_neighbour(
+        &mut self,
+        table: NeighbourTable,
+        index: u32,
+        destination: Ipv4Addr,
+        lladdr: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        self.request(
+            || format!("setting {table:?} entry {destination} {lladdr:02x?} on link {index}"),
+            RouteNetlinkMessage::NewNeighbour(Self::neighbour_message(
+                table,
+                index,
+                destination,
+                lladdr,
+            )),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
+    }
+
+    /// `ip neigh del` / `bridge fdb del` of the same entry.
+    pub fn delete_neighbour(
+        &mut self,
+        table: NeighbourTable,
+        index: u32,
+        destination: Ipv4Addr,
+        lladdr: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        self.request(
+            || format!("deleting {table:?} entry {destination} {lladdr:02x?} on link {index}"),
+            RouteNetlinkMessage::DelNeighbour(Self::neighbour_message(
+                table,
+                index,
+                destination,
+                lladdr,
+            )),
+            0,
+        )
+        .map(drop)
     }
 }
