@@ -1,831 +1,63 @@
-//! Privileged multi-node test of the pod network: one machine plays a small LAN of three
-//! nodes. A Linux bridge in the host's network namespace is the LAN switch, with the host
-//! (which runs the apiserver, controller-manager and scheduler in-process) at
-//! `172.31.X.1`; each node is a network namespace `rkube-n<k>-<id>` with a veth into
-//! that bridge at `172.31.X.1<k>`, running the real `kubelet` binary. The test checks
-//! what flannel's host-gw and the CNI bridge plugin's `ipMasq` give a real cluster:
-//! a pod reaches a pod on another node by its pod IP and is seen by it under that IP
-//! (routes, no NAT), a pod reaching the LAN host is masqueraded to its node's address,
-//! and a departed node's route goes away. Everything is torn down at the end, on failure
-//! too, and the test checks that nothing is left. Needs root (CI runs it as root).
+//! Privileged multi-node tests of the pod network and of Services: one machine plays a
+//! small LAN of three nodes (see [`rkube_tests::multinode`]: a bridge in the host's
+//! network namespace is the LAN switch, with the host, which runs the control plane
+//! in-process, at `172.31.X.1`; each node is a network namespace at `172.31.X.1<k>`
+//! running the real `kubelet` and `kube-proxy` binaries).
 //!
-//! The kubelets are started with `nsenter --net=/run/netns/<ns>`, not `ip netns exec`:
-//! the latter also gives the process a mount namespace of its own with a fresh `/sys`,
-//! which would hide the cgroup hierarchies from the kubelet and its mounts from the
-//! teardown. Any other per-node process (kube-proxy, say) starts the same way: see
-//! [`Lan::start_in_node`].
+//! The first test checks what flannel's host-gw and the CNI bridge plugin's `ipMasq`
+//! give a real cluster: a pod reaches a pod on another node by its pod IP and is seen by
+//! it under that IP (routes, no NAT), a pod reaching the LAN host is masqueraded to its
+//! node's address, and a departed node's route goes away. The second checks what
+//! kube-proxy adds: a pod reaches every backend of a ClusterIP Service, those on other
+//! nodes included, and a NodePort answers on every node's LAN address. Everything is
+//! torn down at the end, on failure too, and each test checks that nothing is left.
+//! Need root (CI runs them as root).
 
-use std::collections::BTreeMap;
-use std::fs;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use anyhow::{ensure, Context};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kubelet::runtime::sandbox::Ipv4Cidr;
 use rkube_tests::cluster::eventually;
+use rkube_tests::multinode::{
+    busybox_pod, finished, node_routes, nodes_ready, on_a_lan, phase, pod_ip, running,
+    start_control_plane, Conntrack, Lan,
+};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 /// How many nodes the LAN has.
 const NODES: u8 = 3;
-/// The route protocol number the kubelet marks its host-gw routes with.
-const ROUTE_PROTO: &str = "114";
-const BUSYBOX: &str = "docker.io/library/busybox:latest";
-
-/// True when the test may run; false (after saying why) when it must be skipped.
-fn may_run() -> bool {
-    let missing = missing_prerequisite();
-    let Some(reason) = missing else { return true };
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "multinode_linux cannot run, and CI must run it: {reason}"
-    );
-    println!("skipped: {reason}");
-    false
-}
-
-fn missing_prerequisite() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root".into());
-    }
-    for tool in ["ip", "nft", "nsenter"] {
-        let found = Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            return Some(format!("needs the `{tool}` command"));
-        }
-    }
-    if !Path::new("/bin/busybox").exists() {
-        return Some("needs a static busybox at /bin/busybox (busybox-static)".into());
-    }
-    match workspace_binary("kubelet") {
-        Ok(path) if path.is_file() => None,
-        Ok(path) => Some(format!(
-            "no kubelet binary at {} (build it first: cargo build --workspace --all-targets)",
-            path.display()
-        )),
-        Err(e) => Some(format!("cannot locate the kubelet binary: {e}")),
-    }
-}
-
-/// `target/<profile>/<name>`, beside the `deps/` directory this test runs from: where
-/// `cargo build --workspace --all-targets` puts the workspace's binaries.
-fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test executable has no target directory above it")?;
-    Ok(profile_dir.join(name))
-}
-
-/// Runs a command; its stdout on success, an error with its output otherwise.
-fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {program} {}", args.join(" ")))?;
-    ensure!(
-        output.status.success(),
-        "`{program} {}` failed ({}): {}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// The names and addresses of one test run; `id` keeps concurrent runs apart.
-#[derive(Debug, Clone)]
-struct Names {
-    id: String,
-    /// The third octet of the LAN (`172.31.X.0/24`) and second of the cluster CIDR.
-    octet: u8,
-}
-
-impl Names {
-    /// A fresh id, and an octet whose LAN and cluster CIDR the host does not route yet.
-    fn pick() -> anyhow::Result<Names> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default();
-        let seed = std::process::id() ^ nanos;
-        let id = format!("{:04x}", seed & 0xffff);
-        let routes = run("ip", &["-4", "route", "show", "table", "all"])?;
-        let addresses = run("ip", &["-4", "-o", "addr", "show"])?;
-        for step in 0..150u32 {
-            let octet = u8::try_from(100 + (seed + step) % 150).unwrap_or(100);
-            let taken = [format!("172.31.{octet}."), format!("10.{octet}.")]
-                .iter()
-                .any(|prefix| {
-                    routes
-                        .lines()
-                        .chain(addresses.lines())
-                        .any(|l| l.contains(prefix.as_str()))
-                });
-            if !taken {
-                return Ok(Names { id, octet });
-            }
-        }
-        bail!("no free 172.31.X.0/24 and 10.X.0.0/16 for the test LAN")
-    }
-
-    fn lan_bridge(&self) -> String {
-        format!("rkl-{}", self.id)
-    }
-    fn host_ip(&self) -> Ipv4Addr {
-        Ipv4Addr::new(172, 31, self.octet, 1)
-    }
-    fn cluster_cidr(&self) -> String {
-        format!("10.{}.0.0/16", self.octet)
-    }
-    fn netns(&self, k: u8) -> String {
-        format!("rkube-n{k}-{}", self.id)
-    }
-    fn host_veth(&self, k: u8) -> String {
-        format!("rkv{k}-{}", self.id)
-    }
-    fn node_bridge(&self, k: u8) -> String {
-        format!("rkb{k}-{}", self.id)
-    }
-    fn node_name(&self, k: u8) -> String {
-        format!("mn-{}-n{k}", self.id)
-    }
-    fn node_ip(&self, k: u8) -> Ipv4Addr {
-        Ipv4Addr::new(172, 31, self.octet, 10 + k)
-    }
-    fn cgroup_root(&self, k: u8) -> String {
-        format!("rkube-mn-{}-n{k}", self.id)
-    }
-}
-
-/// One node: its namespace is `names.netns(k)`; its kubelet and any other daemons
-/// ([`Lan::start_in_node`]) are child processes.
-struct NodeProc {
-    k: u8,
-    log: PathBuf,
-    kubelet: Option<Child>,
-    /// Other per-node processes (name, process), stopped before the kubelet.
-    daemons: Vec<(String, Child)>,
-    netns_created: bool,
-}
-
-/// The test LAN and everything on it; [`Lan::cleanup`] (or dropping it) removes it all.
-struct Lan {
-    names: Names,
-    dir: PathBuf,
-    kubelet: PathBuf,
-    kubeconfig: PathBuf,
-    nodes: Vec<NodeProc>,
-    bridge_created: bool,
-    blackhole_added: bool,
-    cleaned: bool,
-}
-
-impl Lan {
-    /// Builds the LAN: the host bridge with the host's address, a safety route that keeps
-    /// cluster-CIDR traffic on this machine, and one namespace per node with its veth.
-    fn create(names: Names, dir: &Path) -> anyhow::Result<Lan> {
-        let mut lan = Lan {
-            names,
-            dir: dir.to_path_buf(),
-            kubelet: workspace_binary("kubelet")?,
-            kubeconfig: dir.join("apiserver/admin.kubeconfig"),
-            nodes: Vec::new(),
-            bridge_created: false,
-            blackhole_added: false,
-            cleaned: false,
-        };
-        let n = lan.names.clone();
-        let bridge = n.lan_bridge();
-        run("ip", &["link", "add", "name", &bridge, "type", "bridge"])?;
-        lan.bridge_created = true;
-        run(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{}/24", n.host_ip()),
-                "dev",
-                &bridge,
-            ],
-        )?;
-        run("ip", &["link", "set", "dev", &bridge, "up"])?;
-        // Should anything leak a pod address toward the host (a broken masquerade), its
-        // replies must not follow the host's default route off this machine.
-        run("ip", &["route", "add", "unreachable", &n.cluster_cidr()])?;
-        lan.blackhole_added = true;
-        for k in 1..=NODES {
-            let ns = n.netns(k);
-            run("ip", &["netns", "add", &ns])?;
-            lan.nodes.push(NodeProc {
-                k,
-                log: dir.join(format!("kubelet-n{k}.log")),
-                kubelet: None,
-                daemons: Vec::new(),
-                netns_created: true,
-            });
-            let veth = n.host_veth(k);
-            run(
-                "ip",
-                &[
-                    "link", "add", "name", &veth, "type", "veth", "peer", "name", "lan0", "netns",
-                    &ns,
-                ],
-            )?;
-            run(
-                "ip",
-                &["link", "set", "dev", &veth, "master", &bridge, "up"],
-            )?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("{}/24", n.node_ip(k)),
-                    "dev",
-                    "lan0",
-                ],
-            )?;
-            run("ip", &["-n", &ns, "link", "set", "dev", "lan0", "up"])?;
-            run("ip", &["-n", &ns, "link", "set", "dev", "lo", "up"])?;
-        }
-        Ok(lan)
-    }
-
-    /// Starts `program args` inside node `k`'s network namespace (and only that: mounts,
-    /// cgroups and /sys stay the host's), output to `log`.
-    fn spawn_in_node(
-        &self,
-        k: u8,
-        program: &Path,
-        args: &[String],
-        log: &Path,
-    ) -> anyhow::Result<Child> {
-        let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.names.netns(k)))
-            .arg("--")
-            .arg(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {} in node {k}", program.display()))
-    }
-
-    /// The flags that make node `k`'s kubelet (and its `--teardown`).
-    fn kubelet_args(&self, k: u8) -> Vec<String> {
-        let n = &self.names;
-        let root = self.dir.join(format!("n{k}"));
-        [
-            "--kubeconfig",
-            &self.kubeconfig.to_string_lossy(),
-            "--hostname-override",
-            &n.node_name(k),
-            "--node-ip",
-            &n.node_ip(k).to_string(),
-            "--root-dir",
-            &root.to_string_lossy(),
-            "--bridge-name",
-            &n.node_bridge(k),
-            "--cgroup-root",
-            &n.cgroup_root(k),
-            "--cluster-cidr",
-            &n.cluster_cidr(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-
-    fn start_kubelet(&mut self, k: u8) -> anyhow::Result<()> {
-        let index = usize::from(k - 1);
-        let log = self.nodes[index].log.clone();
-        let child = self.spawn_in_node(k, &self.kubelet, &self.kubelet_args(k), &log)?;
-        self.nodes[index].kubelet = Some(child);
-        Ok(())
-    }
-
-    /// Starts another per-node process (a kube-proxy, say) in node `k`'s namespace, e.g.
-    /// `start_in_node(k, "kube-proxy", &workspace_binary("kube-proxy")?, &["--kubeconfig",
-    /// …, "--hostname-override", &names.node_name(k)])`; its log is
-    /// `DIR/<name>-n<k>.log`. It is stopped (SIGTERM) before the node's kubelet, and the
-    /// leftover check reports it if it still runs.
-    #[allow(dead_code)] // the hook for per-node daemons beyond the kubelet
-    fn start_in_node(
-        &mut self,
-        k: u8,
-        name: &str,
-        program: &Path,
-        args: &[String],
-    ) -> anyhow::Result<()> {
-        let log = self.dir.join(format!("{name}-n{k}.log"));
-        let child = self.spawn_in_node(k, program, args, &log)?;
-        let node = self
-            .nodes
-            .get_mut(usize::from(k - 1))
-            .context("no such node")?;
-        node.daemons.push((name.to_string(), child));
-        Ok(())
-    }
-
-    /// Stops node `k`'s processes, its other daemons first and then its kubelet.
-    fn stop_node(&mut self, k: u8) {
-        let Some(node) = self.nodes.get_mut(usize::from(k - 1)) else {
-            return;
-        };
-        for (_, child) in node.daemons.drain(..) {
-            stop(child);
-        }
-        if let Some(child) = node.kubelet.take() {
-            stop(child);
-        }
-    }
-
-    /// Stops node `k`'s kubelet, runs `kubelet --teardown` in its namespace, and returns
-    /// whatever of the node is still there (checked before the namespace goes, since
-    /// deleting a namespace would hide leftovers inside it).
-    fn teardown_node(&mut self, k: u8) -> Vec<String> {
-        self.stop_node(k);
-        let mut problems = Vec::new();
-        let Some(node) = self.nodes.get(usize::from(k - 1)) else {
-            return problems;
-        };
-        if !node.netns_created {
-            return problems;
-        }
-        let log = self.dir.join(format!("teardown-n{k}.log"));
-        let torn_down = self
-            .spawn_in_node(
-                k,
-                &self.kubelet,
-                &[self.kubelet_args(k), vec!["--teardown".into()]].concat(),
-                &log,
-            )
-            .and_then(|mut child| Ok(child.wait()?));
-        match torn_down {
-            Ok(status) if status.success() => {}
-            Ok(status) => problems.push(format!(
-                "kubelet --teardown of node {k} failed ({status}): {}",
-                fs::read_to_string(&log).unwrap_or_default()
-            )),
-            Err(e) => problems.push(format!("kubelet --teardown of node {k}: {e:#}")),
-        }
-        let n = &self.names;
-        let ns = n.netns(k);
-        match run(
-            "ip",
-            &["-n", &ns, "-4", "route", "show", "proto", ROUTE_PROTO],
-        ) {
-            Ok(routes) if routes.trim().is_empty() => {}
-            Ok(routes) => problems.push(format!("node {k} keeps routes: {routes}")),
-            Err(e) => problems.push(format!("{e:#}")),
-        }
-        match run(
-            "nsenter",
-            &[&format!("--net=/run/netns/{ns}"), "nft", "list", "tables"],
-        ) {
-            Ok(tables) if !tables.contains("rkube") => {}
-            Ok(tables) => problems.push(format!("node {k} keeps nftables tables: {tables}")),
-            Err(e) => problems.push(format!("{e:#}")),
-        }
-        match run("ip", &["-n", &ns, "-o", "link", "show"]) {
-            Ok(links) => {
-                let names: Vec<&str> = links
-                    .lines()
-                    .filter_map(|l| l.split(": ").nth(1))
-                    .map(|name| name.split('@').next().unwrap_or(name))
-                    .filter(|name| !["lo", "lan0"].contains(name))
-                    .collect();
-                if !names.is_empty() {
-                    problems.push(format!("node {k} keeps links {names:?}"));
-                }
-            }
-            Err(e) => problems.push(format!("{e:#}")),
-        }
-        problems
-    }
-
-    /// Removes everything (idempotent) and returns what is still there afterwards.
-    fn cleanup(&mut self) -> Vec<String> {
-        self.cleaned = true;
-        let mut problems = Vec::new();
-        for k in 1..=NODES {
-            if self
-                .nodes
-                .get(usize::from(k - 1))
-                .is_some_and(|n| n.netns_created)
-            {
-                problems.extend(self.teardown_node(k));
-            }
-        }
-        let n = self.names.clone();
-        for node in &mut self.nodes {
-            if node.netns_created {
-                // The veth pair goes with its host end at once; a namespace's own links
-                // are destroyed by the kernel a little after `netns del` returns.
-                let veth = n.host_veth(node.k);
-                if run("ip", &["link", "show", "dev", &veth]).is_ok() {
-                    if let Err(e) = run("ip", &["link", "del", "dev", &veth]) {
-                        problems.push(format!("{e:#}"));
-                    }
-                }
-                if let Err(e) = run("ip", &["netns", "del", &n.netns(node.k)]) {
-                    problems.push(format!("{e:#}"));
-                }
-                node.netns_created = false;
-            }
-        }
-        if self.blackhole_added {
-            if let Err(e) = run("ip", &["route", "del", "unreachable", &n.cluster_cidr()]) {
-                problems.push(format!("{e:#}"));
-            }
-            self.blackhole_added = false;
-        }
-        if self.bridge_created {
-            if let Err(e) = run("ip", &["link", "del", "dev", &n.lan_bridge()]) {
-                problems.push(format!("{e:#}"));
-            }
-            self.bridge_created = false;
-        }
-        problems.extend(self.leftovers());
-        problems
-    }
-
-    /// What of this run the host still has: namespaces, links, routes, nftables tables,
-    /// mounts, cgroups, kubelet processes.
-    fn leftovers(&mut self) -> Vec<String> {
-        let n = self.names.clone();
-        let mut found = Vec::new();
-        let netns = run("ip", &["netns", "list"]).unwrap_or_default();
-        found.extend(
-            (1..=NODES)
-                .map(|k| n.netns(k))
-                .filter(|ns| netns.contains(ns.as_str()))
-                .map(|ns| format!("netns {ns}")),
-        );
-        let links = run("ip", &["-o", "link", "show"]).unwrap_or_default();
-        for link in std::iter::once(n.lan_bridge()).chain((1..=NODES).map(|k| n.host_veth(k))) {
-            if links.contains(&format!(": {link}:")) || links.contains(&format!(": {link}@")) {
-                found.push(format!("link {link}"));
-            }
-        }
-        let routes = run("ip", &["-4", "route", "show", "table", "all"]).unwrap_or_default();
-        found.extend(
-            routes
-                .lines()
-                .filter(|l| {
-                    l.contains(&format!("10.{}.", n.octet))
-                        || l.contains(&format!("172.31.{}.", n.octet))
-                })
-                .map(|l| format!("route {l}")),
-        );
-        let tables = run("nft", &["list", "tables"]).unwrap_or_default();
-        found.extend(
-            tables
-                .lines()
-                .filter(|l| l.contains(&n.id))
-                .map(|l| format!("nftables {l}")),
-        );
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        found.extend(
-            mountinfo
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .filter(|point| Path::new(point).starts_with(&self.dir))
-                .map(|point| format!("mount {point}")),
-        );
-        for k in 1..=NODES {
-            let name = n.cgroup_root(k);
-            let hierarchies = fs::read_dir("/sys/fs/cgroup")
-                .map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>())
-                .unwrap_or_default();
-            for dir in std::iter::once(PathBuf::from("/sys/fs/cgroup")).chain(hierarchies) {
-                if dir.join(&name).is_dir() {
-                    found.push(format!("cgroup {}", dir.join(&name).display()));
-                }
-            }
-        }
-        for node in &mut self.nodes {
-            let k = node.k;
-            let processes = node.kubelet.iter_mut().map(|c| ("kubelet", c));
-            let daemons = node.daemons.iter_mut().map(|(name, c)| (name.as_str(), c));
-            for (name, child) in processes.chain(daemons) {
-                if matches!(child.try_wait(), Ok(None)) {
-                    found.push(format!("{name} of node {k} still running"));
-                }
-            }
-        }
-        found
-    }
-
-    /// The last lines of each kubelet's log (for a failure report).
-    fn log_tails(&self) -> String {
-        let mut out = String::new();
-        for node in &self.nodes {
-            let text = fs::read_to_string(&node.log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            out.push_str(&format!(
-                "--- kubelet of node {} ({}):\n",
-                node.k,
-                node.log.display()
-            ));
-            for line in &lines[lines.len().saturating_sub(40)..] {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        if !self.cleaned {
-            let problems = self.cleanup();
-            if !problems.is_empty() {
-                eprintln!("multinode_linux cleanup left: {problems:#?}");
-            }
-        }
-    }
-}
-
-/// Stops a child process: SIGTERM, then SIGKILL after 15 s.
-fn stop(mut child: Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
-/// The in-process control plane, bound to the LAN host's address.
-struct ControlPlane {
-    client: kube::Client,
-    shutdown: CancellationToken,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn start_control_plane(names: &Names, dir: &Path) -> anyhow::Result<ControlPlane> {
-    let data_dir = dir.join("apiserver");
-    let config = apiserver::Config {
-        data_dir: data_dir.clone(),
-        bind: SocketAddr::from((names.host_ip(), 0)),
-        etcd_servers: vec![],
-        service_ranges: apiserver::admission::ServiceRanges::parse("10.43.0.0/16", "30000-32767")
-            .map_err(anyhow::Error::msg)?,
-        advertise_address: IpAddr::V4(names.host_ip()),
-    };
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(e) = apiserver::run(config, token, Some(tx)).await {
-            eprintln!("test apiserver failed: {e:#}");
-        }
-    });
-    rx.await.context("the apiserver stopped before serving")?;
-    let kubeconfig = data_dir.join("admin.kubeconfig");
-    let client = component_base::client::client(Some(&kubeconfig)).await?;
-    let cm = controller_manager::Config {
-        kubeconfig: Some(kubeconfig.clone()),
-        controllers: vec!["*".into()],
-        leader_elect: false,
-        cluster_cidr: Some(names.cluster_cidr()),
-        node_cidr_mask_size: 24,
-        ..Default::default()
-    };
-    let token = shutdown.child_token();
-    tokio::spawn(async move {
-        if let Err(e) = controller_manager::run(cm, token).await {
-            eprintln!("controller-manager stopped: {e:#}");
-        }
-    });
-    let sched = scheduler::Config {
-        kubeconfig: Some(kubeconfig),
-        leader_elect: false,
-        ..Default::default()
-    };
-    tokio::spawn(scheduler::run(sched, shutdown.child_token()));
-    Ok(ControlPlane { client, shutdown })
-}
-
-/// A busybox pod pinned to `node` running `script` with `sh -c`.
-fn busybox_pod(name: &str, node: &str, script: &str, restart: &str) -> anyhow::Result<Pod> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node,
-            "restartPolicy": restart,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": name,
-                "image": BUSYBOX,
-                "imagePullPolicy": "Never",
-                "command": ["sh", "-c", script],
-            }],
-        },
-    }))?)
-}
-
-fn pod_cidr(node: &Node) -> Option<String> {
-    node.spec.as_ref().and_then(|s| s.pod_cidr.clone())
-}
-
-fn ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("")
-}
-
-fn pod_ip(pod: &Pod) -> Option<Ipv4Addr> {
-    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
-}
-
-/// Waits until the pod has finished; returns it with its log.
-async fn finished(pods: &Api<Pod>, name: &str) -> anyhow::Result<(Pod, String)> {
-    let pod = eventually(
-        Duration::from_secs(90),
-        &format!("pod {name} to finish"),
-        || {
-            let pods = pods.clone();
-            let name = name.to_string();
-            async move {
-                Ok(pods
-                    .get_opt(&name)
-                    .await?
-                    .filter(|p| matches!(phase(p), "Succeeded" | "Failed")))
-            }
-        },
-    )
-    .await?;
-    let log = pods
-        .logs(name, &LogParams::default())
-        .await
-        .unwrap_or_else(|e| format!("(no log: {e})"));
-    Ok((pod, log))
-}
-
-/// The host's own web server on the LAN: answers every request with the address it came
-/// from, and records those addresses.
-async fn lan_server(
-    host_ip: Ipv4Addr,
-) -> anyhow::Result<(u16, Arc<Mutex<Vec<IpAddr>>>, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind((host_ip, 0)).await?;
-    let port = listener.local_addr()?.port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    let task = tokio::spawn(async move {
-        // Bounded: the test makes one request; a few more are tolerated.
-        for _ in 0..8 {
-            let Ok((mut stream, peer)) = listener.accept().await else {
-                return;
-            };
-            record
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(peer.ip());
-            let mut request = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
-            let body = format!("{}\n", peer.ip());
-            let response = format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        }
-    });
-    Ok((port, seen, task))
-}
-
-/// Our routes in node `k`'s namespace: destination → gateway.
-fn node_routes(names: &Names, k: u8) -> anyhow::Result<BTreeMap<String, String>> {
-    let text = run(
-        "ip",
-        &[
-            "-n",
-            &names.netns(k),
-            "-4",
-            "route",
-            "show",
-            "proto",
-            ROUTE_PROTO,
-        ],
-    )?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            let via = words.iter().position(|w| *w == "via")?;
-            Some((words.first()?.to_string(), words.get(via + 1)?.to_string()))
-        })
-        .collect())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_on_different_nodes_talk_without_nat_and_egress_is_masqueraded() -> anyhow::Result<()>
 {
-    if !may_run() {
-        return Ok(());
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("rkube-multinode-")
-        .tempdir()?;
-    let names = Names::pick()?;
-    println!(
-        "test LAN 172.31.{}.0/24, cluster CIDR {}, id {}",
-        names.octet,
-        names.cluster_cidr(),
-        names.id
-    );
-    let mut lan = Lan::create(names.clone(), dir.path())?;
-    let result = scenario(&mut lan, &names, dir.path()).await;
-    if result.is_err() {
-        eprintln!("{}", lan.log_tails());
-    }
-    let leftovers = lan.cleanup();
-    result?;
-    ensure!(leftovers.is_empty(), "left behind: {leftovers:#?}");
-    Ok(())
+    on_a_lan("multinode_linux pod network", NODES, |lan| {
+        Box::pin(pod_network_scenario(lan))
+    })
+    .await
 }
 
-async fn scenario(lan: &mut Lan, names: &Names, dir: &Path) -> anyhow::Result<()> {
+async fn pod_network_scenario(lan: &mut Lan) -> anyhow::Result<()> {
+    let names = &lan.names().clone();
+    let dir = &lan.dir().to_path_buf();
     let started = Instant::now();
     let mut timings: Vec<(&str, Duration)> = Vec::new();
     let control_plane = start_control_plane(names, dir).await?;
     let client = control_plane.client.clone();
     for k in 1..=NODES {
-        lan.start_kubelet(k)?;
+        lan.start_node(k)?;
     }
 
     // Every node registers, gets a podCIDR from node IPAM and turns Ready.
     let nodes: Api<Node> = Api::all(client.clone());
-    let mut cidrs: BTreeMap<u8, String> = BTreeMap::new();
-    for k in 1..=NODES {
-        let name = names.node_name(k);
-        let node = eventually(
-            Duration::from_secs(90),
-            &format!("node {name} Ready with a podCIDR"),
-            || {
-                let nodes = nodes.clone();
-                let name = name.clone();
-                async move {
-                    Ok(nodes
-                        .get_opt(&name)
-                        .await?
-                        .filter(|n| ready(n) && pod_cidr(n).is_some()))
-                }
-            },
-        )
-        .await?;
-        cidrs.insert(k, pod_cidr(&node).unwrap_or_default());
-    }
+    let cidrs = nodes_ready(&client, lan).await?;
     timings.push(("nodes Ready", started.elapsed()));
 
     // Each node routes every other node's podCIDR via that node's LAN address.
@@ -841,17 +73,8 @@ async fn scenario(lan: &mut Lan, names: &Names, dir: &Path) -> anyhow::Result<()
         })
         .await?;
         // And masquerades its podCIDR's traffic leaving the cluster CIDR.
-        let table = run(
-            "nsenter",
-            &[
-                &format!("--net=/run/netns/{}", names.netns(k)),
-                "nft",
-                "list",
-                "table",
-                "ip",
-                &format!("rkube-podnet-{}", names.node_bridge(k)),
-            ],
-        )?;
+        let podnet_table = format!("rkube-podnet-{}", names.node_bridge(k));
+        let table = lan.run_in_node(k, "nft", &["list", "table", "ip", &podnet_table])?;
         let rule = format!(
             "ip saddr {} ip daddr != {} ip daddr != 224.0.0.0/4 masquerade",
             cidrs[&k],
@@ -874,20 +97,7 @@ async fn scenario(lan: &mut Lan, names: &Names, dir: &Path) -> anyhow::Result<()
         &busybox_pod("web", &names.node_name(2), web_script, "Always")?,
     )
     .await?;
-    let web = eventually(
-        Duration::from_secs(90),
-        "pod web Running with an IP",
-        || {
-            let pods = pods.clone();
-            async move {
-                Ok(pods
-                    .get_opt("web")
-                    .await?
-                    .filter(|p| phase(p) == "Running" && pod_ip(p).is_some()))
-            }
-        },
-    )
-    .await?;
+    let web = running(&pods, "web").await?;
     let web_ip = pod_ip(&web).context("web has no IP")?;
     let node2_cidr: Ipv4Cidr = cidrs[&2].parse()?;
     ensure!(
@@ -995,9 +205,311 @@ async fn scenario(lan: &mut Lan, names: &Names, dir: &Path) -> anyhow::Result<()
         let _ = pods.delete(name, &DeleteParams::default()).await;
     }
     drop(control_plane);
+    print_timings(&timings);
+    Ok(())
+}
+
+/// The host's own web server on the LAN: answers every request with the address it came
+/// from, and records those addresses.
+async fn lan_server(
+    host_ip: Ipv4Addr,
+) -> anyhow::Result<(u16, Arc<Mutex<Vec<IpAddr>>>, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind((host_ip, 0)).await?;
+    let port = listener.local_addr()?.port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let task = tokio::spawn(async move {
+        // Bounded: the test makes one request; a few more are tolerated.
+        for _ in 0..8 {
+            let Ok((mut stream, peer)) = listener.accept().await else {
+                return;
+            };
+            record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(peer.ip());
+            let mut request = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
+            let body = format!("{}\n", peer.ip());
+            let response = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    Ok((port, seen, task))
+}
+
+fn print_timings(timings: &[(&str, Duration)]) {
     println!("timings (from the control plane's start unless noted):");
-    for (what, when) in &timings {
+    for (what, when) in timings {
         println!("  {what}: {:.2} s", when.as_secs_f64());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_reach_service_backends_on_every_node_and_node_ports_answer_on_the_lan(
+) -> anyhow::Result<()> {
+    on_a_lan("multinode_linux services", NODES, |lan| {
+        Box::pin(services_scenario(lan))
+    })
+    .await
+}
+
+/// How many requests the client pod makes to the ClusterIP.
+const CLIENT_REQUESTS: usize = 60;
+
+async fn services_scenario(lan: &mut Lan) -> anyhow::Result<()> {
+    let names = &lan.names().clone();
+    let dir = &lan.dir().to_path_buf();
+    let started = Instant::now();
+    let mut timings: Vec<(&str, Duration)> = Vec::new();
+    let control_plane = start_control_plane(names, dir).await?;
+    let client = control_plane.client.clone();
+    for k in 1..=NODES {
+        lan.start_node(k)?;
+    }
+    nodes_ready(&client, lan).await?;
+    timings.push(("nodes Ready", started.elapsed()));
+
+    // One web server per node (a Deployment spread by hostname), each serving its own
+    // host name, i.e. its pod's name; ready once it answers.
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "replicas": NODES,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1,
+                        "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "DoNotSchedule",
+                        "labelSelector": {"matchLabels": {"app": "web"}},
+                    }],
+                    "containers": [{
+                        "name": "web",
+                        "image": rkube_tests::multinode::BUSYBOX,
+                        "imagePullPolicy": "Never",
+                        "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"],
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    }))?;
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "type": "NodePort",
+            "selector": {"app": "web"},
+            "ports": [{"port": 80, "targetPort": 8080}],
+        },
+    }))?;
+    let service = Api::<Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &service)
+        .await?;
+    let spec = service.spec.context("the Service has no spec")?;
+    let cluster_ip: Ipv4Addr = spec.cluster_ip.context("no clusterIP")?.parse()?;
+    let node_port = spec
+        .ports
+        .as_deref()
+        .and_then(|p| p.first())
+        .and_then(|p| p.node_port)
+        .context("no nodePort")?;
+    let node_port = u16::try_from(node_port)?;
+
+    // The backends run, one on each node.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let backends: BTreeMap<String, (String, Ipv4Addr)> = eventually(
+        Duration::from_secs(90),
+        &format!("{NODES} web pods Running with IPs"),
+        || {
+            let pods = pods.clone();
+            async move {
+                let list = pods.list(&ListParams::default().labels("app=web")).await?;
+                let running: BTreeMap<String, (String, Ipv4Addr)> = list
+                    .items
+                    .iter()
+                    .filter(|p| phase(p) == "Running")
+                    .filter_map(|p| {
+                        let node = p.spec.as_ref()?.node_name.clone()?;
+                        Some((p.metadata.name.clone()?, (node, pod_ip(p)?)))
+                    })
+                    .collect();
+                Ok(Some(running).filter(|r| r.len() == usize::from(NODES)))
+            }
+        },
+    )
+    .await?;
+    let backend_nodes: BTreeSet<&String> = backends.values().map(|(node, _)| node).collect();
+    ensure!(
+        backend_nodes.len() == usize::from(NODES),
+        "the backends should be spread one per node: {backends:?}"
+    );
+    timings.push(("backends Running", started.elapsed()));
+
+    // Every node's kube-proxy has programmed the Service with every backend (ready, per
+    // the EndpointSlice the controller-manager keeps). Only the table's content says so:
+    // a connection succeeding would prove nothing on a machine whose gateway accepts any.
+    let table = names.kube_proxy_table();
+    for k in 1..=NODES {
+        let wanted: Vec<String> = std::iter::once(format!(
+            "{cluster_ip} . tcp . 80 : goto service-default/web/tcp/80"
+        ))
+        .chain(
+            backends
+                .values()
+                .map(|(_, ip)| format!("chain endpoint-default/web/tcp/80__{ip}/8080")),
+        )
+        .collect();
+        eventually(
+            Duration::from_secs(60),
+            &format!("node {k}'s kube-proxy to program {wanted:?}"),
+            || {
+                let listing = lan.run_in_node(k, "nft", &["list", "table", "ip", &table]);
+                let done = listing.is_ok_and(|l| wanted.iter().all(|w| l.contains(w.as_str())));
+                async move { Ok(Some(()).filter(|_| done)) }
+            },
+        )
+        .await?;
+    }
+    timings.push(("Service programmed on every node", started.elapsed()));
+
+    // A client pod on node 1 asks the ClusterIP again and again: every backend answers,
+    // the two on other nodes included, and no request fails.
+    let client_script = format!(
+        "for i in $(seq {CLIENT_REQUESTS}); do timeout 3 wget -q -O- http://{cluster_ip}/ || echo FAILED; done"
+    );
+    let client_started = Instant::now();
+    pods.create(
+        &PostParams::default(),
+        &busybox_pod("client", &names.node_name(1), &client_script, "Never")?,
+    )
+    .await?;
+    let (client_pod, log) = finished(&pods, "client").await?;
+    ensure!(
+        phase(&client_pod) == "Succeeded",
+        "the client pod failed; its log:\n{log}"
+    );
+    let mut answers: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in log.lines() {
+        *answers.entry(line.trim()).or_default() += 1;
+    }
+    let expected: BTreeSet<&str> = backends.keys().map(String::as_str).collect();
+    ensure!(
+        answers.keys().copied().collect::<BTreeSet<&str>>() == expected
+            && answers.values().sum::<usize>() == CLIENT_REQUESTS,
+        "{CLIENT_REQUESTS} requests from node 1 to {cluster_ip}:80 should all be answered, by each of \
+         {backends:?}: answers {answers:?}"
+    );
+    timings.push((
+        "requests to the ClusterIP from node 1 (client pod lifetime)",
+        client_started.elapsed(),
+    ));
+
+    // Node 1 DNATed the ClusterIP to each backend and left the client's address alone
+    // (pod-to-Service traffic is not masqueraded), and each backend's node passed the
+    // connection on untouched: the backends saw the client's pod IP.
+    let client_ip = pod_ip(&client_pod).context("the client has no IP")?;
+    let flows = lan.conntrack(1)?;
+    for (backend, (node, backend_ip)) in &backends {
+        let dnat = |c: &&Conntrack| {
+            c.protocol == "tcp"
+                && c.original.0 == client_ip
+                && (c.original.1, c.original.3) == (cluster_ip, 80)
+                && (c.reply.0, c.reply.2) == (*backend_ip, 8080)
+        };
+        let entry = flows.iter().find(dnat).with_context(|| {
+            format!("node 1 has no conntrack entry of {client_ip} → {cluster_ip}:80 → {backend} ({backend_ip}:8080): {flows:#?}")
+        })?;
+        ensure!(
+            entry.reply.1 == client_ip,
+            "the connection to {backend} was masqueraded on node 1: {entry:?}"
+        );
+        let k = (1..=NODES)
+            .find(|k| names.node_name(*k) == *node)
+            .context("a backend on an unknown node")?;
+        if k != 1 {
+            let there = lan.conntrack(k)?;
+            let untouched = there.iter().any(|c| {
+                c.original.0 == client_ip
+                    && (c.original.1, c.original.3) == (*backend_ip, 8080)
+                    && (c.reply.0, c.reply.1) == (*backend_ip, client_ip)
+            });
+            ensure!(
+                untouched,
+                "node {k} should pass {client_ip} → {backend_ip}:8080 on without NAT: {there:#?}"
+            );
+        }
+    }
+
+    // The NodePort answers on every node's LAN address, from the host, and reaches
+    // backends on other nodes than the one asked.
+    let nodeport_started = Instant::now();
+    for k in 1..=NODES {
+        let addr = SocketAddr::from((names.node_ip(k), node_port));
+        let expected: BTreeSet<String> = backends.keys().cloned().collect();
+        let seen =
+            tokio::task::spawn_blocking(move || backends_answering(addr, &expected)).await??;
+        ensure!(
+            seen == backends.keys().cloned().collect::<BTreeSet<String>>(),
+            "the NodePort {addr} should reach every backend: reached {seen:?}"
+        );
+    }
+    timings.push((
+        "NodePort on every node reaches every backend (from its start)",
+        nodeport_started.elapsed(),
+    ));
+
+    drop(control_plane);
+    print_timings(&timings);
     Ok(())
+}
+
+/// Asks `addr` (up to 60 times) until every backend in `expected` has answered; the
+/// backends that did. Every answer must name one of them.
+fn backends_answering(
+    addr: SocketAddr,
+    expected: &BTreeSet<String>,
+) -> anyhow::Result<BTreeSet<String>> {
+    let mut seen = BTreeSet::new();
+    for attempt in 1..=60 {
+        let body =
+            http_get(addr).with_context(|| format!("GET http://{addr}/ (request {attempt})"))?;
+        ensure!(
+            expected.contains(&body),
+            "http://{addr}/ answered {body:?}, which names none of the backends {expected:?}"
+        );
+        seen.insert(body);
+        if seen == *expected {
+            break;
+        }
+    }
+    Ok(seen)
+}
+
+/// One HTTP/1.0 GET of `/`; the body, trimmed.
+fn http_get(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("not an HTTP response: {response:?}"))?;
+    ensure!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "answered {head:?}"
+    );
+    Ok(body.trim().to_string())
 }
