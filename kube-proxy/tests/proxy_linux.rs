@@ -146,7 +146,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// Some(()) once kube-proxy has written `chain` (connecting is no sign of it: this
 /// machine's gateway accepts connections to any address).
 fn has_chain(table: &str, chain: &str) -> Option<()> {
-    let status = Command::new("nft").args(["list", "chain", "ip", table, chain]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    has(table, "chain", chain)
+}
+
+/// Some(()) when the table holds the `kind` (chain, set) called `name`.
+fn has(table: &str, kind: &str, name: &str) -> Option<()> {
+    let status = Command::new("nft").args(["list", kind, "ip", table, name]).stdout(Stdio::null()).stderr(Stdio::null()).status();
     status.ok().filter(|s| s.success()).map(|_| ())
 }
 
@@ -251,14 +256,16 @@ async fn services_answer_from_every_ready_backend_linux() -> anyhow::Result<()> 
             {"addresses": [net.backend_ip(2).to_string()], "conditions": {"ready": false}}
         ]});
         slices.patch("web-1", &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let gone = format!("endpoint-default/web/tcp/http__{}/8080", net.backend_ip(2));
+        wait_for("backend-2's endpoint chain to go", || has_chain(&table, &gone).is_none().then_some(())).await?;
         let seen = blocking(move || answers(40, || http_get(vip).ok())).await;
         ensure!(seen.keys().cloned().collect::<Vec<_>>() == ["backend-0", "backend-1"], "after backend-2 went unready: {seen:?}");
 
         // sessionAffinity: ClientIP pins a client to one backend.
         let patch = json!({"spec": {"sessionAffinity": "ClientIP"}});
         services.patch("web", &PatchParams::default(), &Patch::Merge(&patch)).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let affinity = format!("affinity-default/web/tcp/http__{}/8080", net.backend_ip(0));
+        wait_for("the affinity sets", || has(&table, "set", &affinity)).await?;
         let seen = blocking(move || answers(20, || http_get(vip).ok())).await;
         ensure!(seen.len() == 1 && !seen.contains_key("<failed>"), "with ClientIP affinity: {seen:?}");
         Ok::<(), anyhow::Error>(())
