@@ -195,8 +195,8 @@ impl ApiServer {
                 }
                 Err(_) => return Ok(vec![]),
             },
-            // JSON patch bodies are operations, not objects; the object they produce is
-            // not checked yet (Kubernetes checks it).
+            // JSON patch bodies are operations, not objects; under Strict the object they
+            // produce is checked in `patch`.
             _ => return Ok(vec![]),
         };
         let unknown: Vec<String> = crate::openapi::unknown_fields(target.res, obj).into_iter().map(|f| format!("unknown field \"{f}\"")).collect();
@@ -791,6 +791,10 @@ impl ApiServer {
         let group = res.group;
         let kind_name = res.kind;
         let manager = params.field_manager().map(|m| (m, target.sub.as_deref().unwrap_or_default()));
+        // A JSON patch's body is operations, not an object: its fields are checked in the
+        // object it produces, as Kubernetes does (the other kinds were checked up front).
+        let strict_json = kind == PatchKind::Json
+            && crate::openapi::FieldValidation::parse(params.get("fieldValidation")).ok() == Some(crate::openapi::FieldValidation::Strict);
         self.guaranteed_update_as(target, dry_run, manager, move |current, _| {
             let base = if sub.as_deref() == Some("scale") { admission::scale_of(res, current)? } else { current.clone() };
             let mut patched = match kind {
@@ -802,6 +806,12 @@ impl ApiServer {
                 }
             }
             .map_err(|e| ApiError::invalid(res, &name, vec![crate::errors::Cause { reason: "FieldValueInvalid", field: String::new(), message: e.to_string() }]))?;
+            if strict_json && sub.as_deref() != Some("scale") {
+                let unknown: Vec<String> = crate::openapi::unknown_fields(res, &patched).into_iter().map(|f| format!("unknown field \"{f}\"")).collect();
+                if !unknown.is_empty() {
+                    return Err(ApiError::bad_request(format!("strict decoding error: {}", unknown.join(", "))));
+                }
+            }
             if sub.as_deref() == Some("scale") {
                 let replicas = patched.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
                 let mut obj = current.clone();
