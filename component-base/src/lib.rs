@@ -5,4 +5,5 @@
 pub mod client;
 pub mod events;
 pub mod leaderelection;
+pub mod nft;
 pub mod signals;

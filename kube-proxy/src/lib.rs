@@ -5,7 +5,6 @@
 //! connections keep their endpoints. A clean shutdown removes the table.
 
 pub mod model;
-pub mod nft;
 pub mod proxier;
 pub mod ruleset;
 
@@ -25,6 +24,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{HostPort, ServicePort, SERVICE_NAME_LABEL};
+pub use component_base::nft;
+
 use crate::nft::{Nft, NftCommand, NftError};
 use crate::proxier::ProxyRules;
 use crate::ruleset::Ruleset;
@@ -148,7 +149,7 @@ pub async fn run_with(client: kube::Client, nft: Arc<dyn Nft>, config: Config, s
     let table = config.table.clone();
     tokio::task::spawn_blocking(move || nft::delete_table(nft.as_ref(), &table))
         .await
-        .unwrap_or_else(|e| Err(NftError::Rejected { stderr: e.to_string() }))
+        .unwrap_or_else(|e| Err(NftError::Failed { status: "the cleanup thread panicked".into(), stderr: e.to_string() }))
         .map_err(|source| ProxyError::Cleanup { table: config.table, source })
 }
 
@@ -288,13 +289,13 @@ mod tests {
         assert_eq!(syncer.sync(ruleset_with(&["a"])).expect("sync"), SyncKind::Full);
         assert_eq!(syncer.sync(ruleset_with(&["a"])).expect("sync"), SyncKind::Unchanged);
         assert_eq!(syncer.sync(ruleset_with(&["a", "b"])).expect("sync"), SyncKind::Partial);
-        *nft.fail_next.lock().expect("lock") = 1;
+        nft.fail_next.store(1, std::sync::atomic::Ordering::SeqCst);
         assert!(syncer.sync(ruleset_with(&["a"])).is_err());
         assert_eq!(syncer.sync(ruleset_with(&["a"])).expect("sync"), SyncKind::Full);
         let batches = nft.batches();
-        assert_eq!(batches.len(), 3);
+        assert_eq!(batches.len(), 4, "three applied, one refused");
         assert!(batches[0].starts_with("add table ip t\ndelete table ip t\n"));
         assert_eq!(batches[1], "add chain ip t b\nadd rule ip t b counter\n");
-        assert!(batches[2].starts_with("add table ip t\ndelete table ip t\n"));
+        assert!(batches[3].starts_with("add table ip t\ndelete table ip t\n"));
     }
 }

@@ -5,11 +5,8 @@
 //! `table ip rkube-podnet-<bridge>`, written in one `nft -f -` transaction behind the
 //! narrow [`Nft`] trait so that the generated text is tested against golden text.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+pub use component_base::nft::{Nft, NftCommand, NftError};
 
-use crate::runtime::sandbox::network::find_command;
 use crate::runtime::sandbox::Ipv4Cidr;
 
 /// Every table this module writes is named this followed by the bridge's name.
@@ -17,69 +14,6 @@ pub const TABLE_PREFIX: &str = "rkube-podnet-";
 
 /// Multicast destinations are never masqueraded (the CNI bridge plugin excludes them too).
 const MULTICAST: &str = "224.0.0.0/4";
-
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error("running `nft -f -`: {source}")]
-    Spawn {
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("`nft -f -` failed ({status}): {stderr}")]
-    Failed { status: String, stderr: String },
-}
-
-/// Applies nftables batches (the OS boundary; faked in tests).
-pub trait Nft: Send + Sync {
-    /// Runs `batch` as one `nft -f -` transaction: all of it applies, or none.
-    fn apply(&self, batch: &str) -> Result<(), NftError>;
-}
-
-/// [`Nft`] by the `nft` command, in the calling thread's network namespace.
-#[derive(Debug, Clone)]
-pub struct NftCommand {
-    nft: PathBuf,
-}
-
-impl Default for NftCommand {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl NftCommand {
-    pub fn new() -> Self {
-        NftCommand {
-            nft: find_command("nft"),
-        }
-    }
-}
-
-impl Nft for NftCommand {
-    fn apply(&self, batch: &str) -> Result<(), NftError> {
-        let mut child = Command::new(&self.nft)
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| NftError::Spawn { source })?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A write error (nft died early) shows in its exit status and stderr below.
-            let _ = stdin.write_all(batch.as_bytes());
-        }
-        let output = child
-            .wait_with_output()
-            .map_err(|source| NftError::Spawn { source })?;
-        if !output.status.success() {
-            return Err(NftError::Failed {
-                status: output.status.to_string(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
-    }
-}
 
 /// The table of `bridge`: `rkube-podnet-<bridge>`, with any character nft would not take
 /// in a name (interface names allow more) replaced by `_`.
@@ -179,33 +113,11 @@ impl Masquerade {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use component_base::nft::RecordingNft;
+    use std::sync::Arc;
 
     fn cidr(text: &str) -> Ipv4Cidr {
         text.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
-    }
-
-    /// Records every batch; fails when told to.
-    #[derive(Default)]
-    struct RecordingNft {
-        batches: Mutex<Vec<String>>,
-        fail: bool,
-    }
-
-    impl Nft for RecordingNft {
-        fn apply(&self, batch: &str) -> Result<(), NftError> {
-            self.batches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(batch.to_string());
-            if self.fail {
-                return Err(NftError::Failed {
-                    status: "exit status: 1".into(),
-                    stderr: "fake".into(),
-                });
-            }
-            Ok(())
-        }
     }
 
     #[test]
@@ -281,29 +193,21 @@ table ip rkube-podnet-lab1 {
         let masq = Masquerade::new(nft.clone(), "rkube0", Some(cidr("10.42.0.0/16")));
         assert!(masq.ensure(cidr("10.42.1.0/24")).is_ok());
         assert!(masq.remove().is_ok());
-        let batches = nft.batches.lock().map(|b| b.clone()).unwrap_or_default();
         assert_eq!(
-            batches,
+            nft.batches(),
             [
                 ensure_batch("rkube0", cidr("10.42.1.0/24"), Some(cidr("10.42.0.0/16"))),
                 delete_batch("rkube0")
             ]
         );
-        let failing = Masquerade::new(
-            Arc::new(RecordingNft {
-                fail: true,
-                ..Default::default()
-            }),
-            "rkube0",
-            None,
-        );
+        let failing = Masquerade::new(Arc::new(RecordingNft::failing(1)), "rkube0", None);
         let err = failing
             .ensure(cidr("10.42.1.0/24"))
             .err()
             .map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
-            Some("`nft -f -` failed (exit status: 1): fake")
+            Some("`nft -f -` failed (exit status: 1): injected failure")
         );
     }
 }

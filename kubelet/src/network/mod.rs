@@ -89,7 +89,7 @@ pub fn start(
         .map(parse_cluster_cidr)
         .transpose()?;
     let masquerade = Masquerade::new(
-        Arc::new(NftCommand::new()),
+        Arc::new(NftCommand::default()),
         &config.bridge_name,
         cluster_cidr,
     );
@@ -188,7 +188,7 @@ pub fn remove_routes_and_vxlan(bridge: &str) -> Result<(usize, bool), NetworkErr
 /// bridge, every route marked as ours and the VXLAN device. All are tried; the first
 /// error is returned.
 pub async fn teardown(config: &KubeletConfig) -> Result<(), NetworkError> {
-    let masquerade = Masquerade::new(Arc::new(NftCommand::new()), &config.bridge_name, None);
+    let masquerade = Masquerade::new(Arc::new(NftCommand::default()), &config.bridge_name, None);
     let bridge = config.bridge_name.clone();
     tokio::task::spawn_blocking(move || {
         let nft = masquerade.remove().map_err(NetworkError::RemoveMasquerade);
@@ -231,37 +231,9 @@ mod tests {
         }
     }
 
-    /// Records batches; fails the first `failures` of them.
-    struct FlakyNft {
-        batches: std::sync::Mutex<Vec<String>>,
-        failures: std::sync::atomic::AtomicUsize,
-    }
-
-    impl masquerade::Nft for FlakyNft {
-        fn apply(&self, batch: &str) -> Result<(), NftError> {
-            self.batches
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(batch.to_string());
-            let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
-            if left > 0 {
-                self.failures
-                    .store(left - 1, std::sync::atomic::Ordering::SeqCst);
-                return Err(NftError::Failed {
-                    status: "exit status: 1".into(),
-                    stderr: "busy".into(),
-                });
-            }
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn pods_see_the_pod_cidr_only_once_the_masquerade_is_in_place() -> anyhow::Result<()> {
-        let nft = Arc::new(FlakyNft {
-            batches: Default::default(),
-            failures: 1.into(),
-        });
+        let nft = Arc::new(component_base::nft::RecordingNft::failing(1));
         let masquerade = Masquerade::new(nft.clone(), "rkube0", Some("10.42.0.0/16".parse()?));
         let (upstream_tx, upstream_rx) = watch::channel(None);
         let (ready_tx, mut ready_rx) = watch::channel(None);
@@ -279,7 +251,7 @@ mod tests {
         // The first attempt fails; the retry a little later succeeds.
         ready_rx.changed().await?;
         assert_eq!(ready_rx.borrow().as_deref(), Some("10.42.1.0/24"));
-        let batches = nft.batches.lock().map(|b| b.clone()).unwrap_or_default();
+        let batches = nft.batches();
         assert_eq!(batches.len(), 2);
         assert!(
             batches[1].contains("ip saddr 10.42.1.0/24 ip daddr != 10.42.0.0/16"),
@@ -291,12 +263,7 @@ mod tests {
         upstream_tx.send_replace(Some("10.42.7.0/24,fd00::/64".to_string()));
         ready_rx.changed().await?;
         assert_eq!(ready_rx.borrow().as_deref(), Some("10.42.7.0/24,fd00::/64"));
-        let last = nft
-            .batches
-            .lock()
-            .map(|b| b.last().cloned())
-            .unwrap_or_default()
-            .unwrap_or_default();
+        let last = nft.batches().last().cloned().unwrap_or_default();
         assert!(last.contains("ip saddr 10.42.7.0/24 "), "{last}");
 
         shutdown.cancel();
