@@ -6,4 +6,5 @@ pub mod client;
 pub mod events;
 pub mod leaderelection;
 pub mod nft;
+pub mod pki;
 pub mod signals;
