@@ -7,12 +7,14 @@
 //! - [`patch`]: JSON patch, JSON merge patch and strategic merge patch.
 //! - [`validation`]: DNS names, label keys and values, with Kubernetes' messages.
 //! - [`quantity`]: resource quantities (`100m`, `1Gi`).
+//! - [`rbac`]: the normal form of RBAC policy rules and ClusterRole aggregation.
 
 pub mod fields;
 pub mod labels;
 pub mod managedfields;
 pub mod patch;
 pub mod quantity;
+pub mod rbac;
 pub mod validation;
 
 pub use fields::FieldSelector;

@@ -24,6 +24,10 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     prepare_for_create(res, obj);
     if res.group.is_empty() && res.kind == "Pod" {
         resolve_priority(api, res, obj).await?;
+        if api.security.tokens.is_some() {
+            mount_service_account_token(api, obj);
+        }
+        enforce_pod_security(api, obj, &name)?;
     }
     if res.group.is_empty() && res.kind == "PersistentVolumeClaim" {
         default_storage_class(api, obj).await?;
@@ -40,6 +44,136 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
         return Err(ApiError::invalid(res, &name, causes));
     }
     Ok(guard)
+}
+
+/// The Pod Security policy of `namespace` (its `pod-security.kubernetes.io/*` labels); a
+/// namespace with unreadable labels gets Kubernetes' fallback policy (enforce fails
+/// closed).
+pub fn namespace_pod_security(api: &ApiServer, namespace: &str) -> crate::podsecurity::NamespacePolicy {
+    use crate::podsecurity::{NamespacePolicy, PodSecurityError};
+    let ns = crate::registry::lookup("", "v1", "namespaces").and_then(|r| api.cache(r).ok().and_then(|c| c.get(&r.key(None, namespace))));
+    let labels = ns.as_ref().and_then(|n| n.pointer("/metadata/labels").and_then(Value::as_object).cloned());
+    match NamespacePolicy::from_labels(labels.as_ref()) {
+        Ok(p) => p,
+        Err(PodSecurityError::ParseNamespaceLabels { fallback, .. }) => fallback,
+        Err(_) => NamespacePolicy { enforce: crate::podsecurity::Level::Privileged, audit: None, warn: None },
+    }
+}
+
+/// Pod Security admission's enforce mode: a pod that breaks its namespace's enforced
+/// level is refused with Kubernetes' message.
+fn enforce_pod_security(api: &ApiServer, pod: &Value, name: &str) -> Result<(), ApiError> {
+    use crate::podsecurity::{check, forbidden_reason, Level};
+    let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+    let policy = namespace_pod_security(api, namespace);
+    if policy.enforce == Level::Privileged {
+        return Ok(());
+    }
+    let violations = check(policy.enforce, pod.get("metadata").unwrap_or(&Value::Null), pod.get("spec").unwrap_or(&Value::Null));
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let pods = crate::registry::lookup("", "v1", "pods").ok_or_else(|| ApiError::internal("pods not registered"))?;
+    Err(ApiError::forbidden(pods, name, forbidden_reason(policy.enforce, &violations)))
+}
+
+/// Pod Security admission's warn mode, for pods and workload templates: the warnings a
+/// write of `obj` of `kind` into `namespace` gets.
+pub fn pod_security_warnings(api: &ApiServer, kind: &str, namespace: &str, obj: &Value) -> Vec<String> {
+    use crate::podsecurity::{check, pod_spec_paths, warning_message, Level};
+    let policy = namespace_pod_security(api, namespace);
+    let Some(level) = policy.warn.filter(|l| *l != Level::Privileged) else { return Vec::new() };
+    let template = if kind == "Pod" { Some(obj) } else { pod_spec_paths(kind).and_then(|p| obj.pointer(p)) };
+    let Some(template) = template else { return Vec::new() };
+    let violations = check(level, template.get("metadata").unwrap_or(&Value::Null), template.get("spec").unwrap_or(&Value::Null));
+    if violations.is_empty() {
+        return Vec::new();
+    }
+    vec![warning_message(level, &violations)]
+}
+
+/// A Secret's `stringData` is write-only: its entries are base64-encoded into `data`
+/// (overriding keys there) and the field is dropped, as Kubernetes does on every write.
+fn fold_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(obj) = secret.as_object_mut() else { return };
+    let Some(Value::Object(plain)) = obj.remove("stringData") else { return };
+    let data = obj.entry("data").or_insert_with(|| json!({}));
+    if data.is_null() {
+        *data = json!({});
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (k, v) in plain {
+            let text = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
+    }
+}
+
+/// Where a pod's service account credentials appear in its containers.
+pub const SERVICE_ACCOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount admission plugin's token volume: unless the pod or its account
+/// opts out (`automountServiceAccountToken: false`), a projected volume
+/// `kube-api-access-<random>` with a bound token (refreshed by the kubelet), the cluster
+/// CA (`kube-root-ca.crt`) and the namespace, mounted read-only in every container at
+/// [`SERVICE_ACCOUNT_MOUNT_PATH`], as Kubernetes adds it.
+fn mount_service_account_token(api: &ApiServer, pod: &mut Value) {
+    let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let account = spec
+        .get("serviceAccountName")
+        .or_else(|| spec.get("serviceAccount"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_string();
+    let automount = match spec.get("automountServiceAccountToken").and_then(Value::as_bool) {
+        Some(b) => b,
+        None => {
+            let sa = crate::registry::lookup("", "v1", "serviceaccounts").and_then(|r| api.cache(r).ok().and_then(|c| c.get(&r.key(Some(&namespace), &account))));
+            sa.and_then(|sa| sa.get("automountServiceAccountToken").and_then(Value::as_bool)).unwrap_or(true)
+        }
+    };
+    if !automount {
+        return;
+    }
+    let mounted_already = ["containers", "initContainers"].iter().any(|list| {
+        spec.get(*list).and_then(Value::as_array).into_iter().flatten().any(|c| {
+            c.get("volumeMounts").and_then(Value::as_array).into_iter().flatten().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SERVICE_ACCOUNT_MOUNT_PATH))
+        })
+    });
+    if mounted_already {
+        return;
+    }
+    // Kubernetes' random suffix alphabet (no vowels, no look-alikes).
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String = (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect();
+    let volume_name = format!("kube-api-access-{suffix}");
+    let volume = json!({
+        "name": volume_name,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        },
+    });
+    if let Some(volumes) = spec.entry("volumes").or_insert_with(|| json!([])).as_array_mut() {
+        volumes.push(volume);
+    }
+    for list in ["containers", "initContainers"] {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Some(mounts) = c.as_object_mut().map(|c| c.entry("volumeMounts").or_insert_with(|| json!([]))).and_then(Value::as_array_mut) {
+                mounts.push(json!({"name": volume_name, "readOnly": true, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH}));
+            }
+        }
+    }
 }
 
 /// The DefaultStorageClass admission plugin: a claim that names no class gets the class
@@ -265,6 +399,9 @@ fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
 
 /// Kubernetes' defaults for the kinds rkube serves.
 pub fn default(res: &ResourceInfo, obj: &mut Value) {
+    if res.group.is_empty() && res.plural == "secrets" {
+        fold_string_data(obj);
+    }
     match (res.group, res.kind) {
         ("", "Pod") => {
             if let Some(spec) = obj.get_mut("spec") {
@@ -690,6 +827,15 @@ pub fn validate(res: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cau
     }
     validate_meta(obj, &mut causes);
     match (res.group, res.kind) {
+        ("", "Namespace") => {
+            if let Err(crate::podsecurity::PodSecurityError::ParseNamespaceLabels { errors, .. }) =
+                crate::podsecurity::NamespacePolicy::from_labels(obj.pointer("/metadata/labels").and_then(Value::as_object))
+            {
+                for e in errors {
+                    causes.push(Cause::invalid(e.field(), &e.value, e.detail));
+                }
+            }
+        }
         ("", "Pod") => validate_pod_spec(obj.get("spec"), "spec", &mut causes),
         ("apps", "Deployment") | ("apps", "ReplicaSet") | ("apps", "StatefulSet") | ("apps", "DaemonSet") => {
             validate_workload(obj, &mut causes, true);

@@ -78,7 +78,7 @@ pub fn group(group: &str) -> Option<Value> {
 fn sub_verbs(sub: &Subresource) -> Vec<&'static str> {
     match sub {
         Subresource::Status | Subresource::Scale => vec!["get", "patch", "update"],
-        Subresource::Binding | Subresource::Eviction => vec!["create"],
+        Subresource::Binding | Subresource::Eviction | Subresource::Token => vec!["create"],
         Subresource::Finalize => vec!["update"],
         Subresource::NodeStream("log") => vec!["get"],
         Subresource::NodeStream("exec" | "attach" | "portforward") => vec!["create", "get"],
@@ -92,6 +92,7 @@ fn sub_kind(r: &ResourceInfo, sub: &Subresource) -> (&'static str, &'static str,
         Subresource::Scale => ("autoscaling", "v1", "Scale"),
         Subresource::Binding => ("", "v1", "Binding"),
         Subresource::Eviction => ("policy", "v1", "Eviction"),
+        Subresource::Token => ("authentication.k8s.io", "v1", "TokenRequest"),
         Subresource::NodeStream("log") => ("", "v1", "Pod"),
         Subresource::NodeStream("exec" | "attach") => ("", "v1", "PodExecOptions"),
         Subresource::NodeStream("portforward") => ("", "v1", "PodPortForwardOptions"),

@@ -105,20 +105,29 @@ impl ApiError {
     }
 
     pub fn invalid(res: &ResourceInfo, name: &str, causes: Vec<Cause>) -> ApiError {
+        ApiError::invalid_named(&kind_of(res), res.group, res.kind, name, causes)
+    }
+
+    /// A 422 for an object of `kind` that is not a stored resource (a review, a
+    /// TokenRequest).
+    pub fn invalid_kind(kind: &str, name: &str, causes: Vec<Cause>) -> ApiError {
+        ApiError::invalid_named(kind, "", kind, name, causes)
+    }
+
+    fn invalid_named(shown_kind: &str, group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> ApiError {
         let summary: Vec<String> = causes
             .iter()
             .map(|c| if c.field.is_empty() { c.message.clone() } else { format!("{}: {}", c.field, c.message) })
             .collect();
         let message = match summary.len() {
-            1 => format!("{} \"{}\" is invalid: {}", kind_of(res), name, summary[0]),
-            _ => format!("{} \"{}\" is invalid: [{}]", kind_of(res), name, summary.join(", ")),
+            1 => format!("{} \"{}\" is invalid: {}", shown_kind, name, summary[0]),
+            _ => format!("{} \"{}\" is invalid: [{}]", shown_kind, name, summary.join(", ")),
         };
         let causes: Vec<Value> = causes
             .iter()
             .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
             .collect();
-        ApiError::new(422, "Invalid", message)
-            .with_details(json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes}))
+        ApiError::new(422, "Invalid", message).with_details(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -129,6 +138,23 @@ impl ApiError {
         let what = if name.is_empty() { String::new() } else { format!(" \"{name}\"") };
         ApiError::new(403, "Forbidden", format!("{}{} is forbidden: {}", res.group_resource(), what, why))
             .with_details(json!({"name": name, "group": res.group, "kind": res.plural}))
+    }
+
+    /// No credential, or one that proves nothing (Kubernetes answers just "Unauthorized").
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// A request an authorizer refused: `pods "web" is forbidden: User "jane" cannot get
+    /// resource "pods" ...`, or `forbidden: User ... cannot get path "/metrics"` for a
+    /// non-resource URL.
+    pub fn forbidden_request(group: &str, resource: &str, name: &str, message: &str) -> ApiError {
+        if resource.is_empty() {
+            return ApiError::new(403, "Forbidden", format!("forbidden: {message}")).with_details(json!({}));
+        }
+        let gr = if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") };
+        let what = if name.is_empty() { String::new() } else { format!(" \"{name}\"") };
+        ApiError::new(403, "Forbidden", format!("{gr}{what} is forbidden: {message}")).with_details(json!({"name": name, "group": group, "kind": resource}))
     }
 
     pub fn method_not_allowed(message: impl Into<String>) -> ApiError {

@@ -148,7 +148,10 @@ impl ApiServer {
             Method::POST | Method::PUT => Some(codec::decode_object(&headers, &body)?),
             _ => None,
         };
-        let warnings = self.check_fields(&target, &method, &params, &headers, &body, decoded.as_ref())?;
+        let mut warnings = self.check_fields(&target, &method, &params, &headers, &body, decoded.as_ref())?;
+        if let (Some(obj), Some(ns), None) = (decoded.as_ref(), target.namespace.as_deref(), target.sub.as_deref()) {
+            warnings.extend(crate::admission::pod_security_warnings(&self, target.res.kind, ns, obj));
+        }
         let mut response = self.dispatch_verb(method, target, params, headers, body, decoded, negotiated).await?;
         for w in warnings {
             let text = format!("299 - {}", serde_json::Value::String(w));

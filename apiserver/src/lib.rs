@@ -2,6 +2,7 @@
 //! kubectl, client-go, kube-rs and the Python client alike.
 
 pub mod admission;
+pub mod auth;
 pub mod codec;
 pub mod discovery;
 pub mod errors;
@@ -9,12 +10,14 @@ pub mod filter;
 pub mod handlers;
 pub mod metrics;
 pub mod openapi;
+pub mod podsecurity;
 pub mod printers;
 pub mod protobuf;
 pub mod proxy;
 pub mod registry;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod watchcache;
 
 pub use server::{run, ApiServer, Config};

@@ -31,6 +31,8 @@ pub enum Subresource {
     Eviction,
     /// `namespaces/{name}/finalize`: replaces a namespace's `spec.finalizers` only.
     Finalize,
+    /// `serviceaccounts/{name}/token`: the TokenRequest API.
+    Token,
     /// Routed to the kubelet once it exists (log, exec, attach, portforward, proxy).
     NodeStream(&'static str),
 }
@@ -43,6 +45,7 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
             Subresource::Finalize => "finalize",
+            Subresource::Token => "token",
             Subresource::NodeStream(n) => n,
         }
     }
@@ -81,6 +84,7 @@ impl ResourceInfo {
         match (self.group, self.plural) {
             ("", "bindings") => &["create"],
             ("metrics.k8s.io", _) => &["get", "list"],
+            ("authorization.k8s.io" | "authentication.k8s.io", _) => &["create"],
             _ => &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
         }
     }
@@ -174,7 +178,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     r("", "v1", "replicationcontrollers", "replicationcontroller", "ReplicationController", NS, &["rc"], ALL, STATUS_SCALE, true),
     r("", "v1", "resourcequotas", "resourcequota", "ResourceQuota", NS, &["quota"], &[], STATUS, false),
     r("", "v1", "secrets", "secret", "Secret", NS, &[], &[], NONE, false),
-    r("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", NS, &["sa"], &[], NONE, false),
+    r("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", NS, &["sa"], &[], &[Token], false),
     r("", "v1", "services", "service", "Service", NS, &["svc"], ALL, SERVICE_SUBS, false),
     // apps/v1
     r("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", NS, &[], &[], NONE, false),
@@ -227,9 +231,26 @@ pub static METRICS_RESOURCES: &[ResourceInfo] = &[
     r("metrics.k8s.io", "v1beta1", "pods", "", "PodMetrics", NS, &[], &[], NONE, false),
 ];
 
-/// What discovery lists: the stored resources and the [`METRICS_RESOURCES`].
+/// The create-only review resources, answered from the request by
+/// [`crate::auth::reviews`]: listed in discovery, never cached or stored.
+pub static REVIEW_RESOURCES: &[ResourceInfo] = &[
+    r("authentication.k8s.io", "v1", "selfsubjectreviews", "", "SelfSubjectReview", CLUSTER, &[], &[], NONE, false),
+    r("authentication.k8s.io", "v1", "tokenreviews", "", "TokenReview", CLUSTER, &[], &[], NONE, false),
+    r("authorization.k8s.io", "v1", "localsubjectaccessreviews", "", "LocalSubjectAccessReview", NS, &[], &[], NONE, false),
+    r("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "", "SelfSubjectAccessReview", CLUSTER, &[], &[], NONE, false),
+    r("authorization.k8s.io", "v1", "selfsubjectrulesreviews", "", "SelfSubjectRulesReview", CLUSTER, &[], &[], NONE, false),
+    r("authorization.k8s.io", "v1", "subjectaccessreviews", "", "SubjectAccessReview", CLUSTER, &[], &[], NONE, false),
+];
+
+/// The review resource at `/apis/<group>/<version>/<plural>`.
+pub fn lookup_review(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    REVIEW_RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// What discovery lists: the stored resources, the [`METRICS_RESOURCES`] and the
+/// [`REVIEW_RESOURCES`].
 fn discoverable() -> impl Iterator<Item = &'static ResourceInfo> {
-    RESOURCES.iter().chain(METRICS_RESOURCES.iter())
+    RESOURCES.iter().chain(METRICS_RESOURCES.iter()).chain(REVIEW_RESOURCES.iter())
 }
 
 /// The group versions discovery lists (stored and in-memory resources), in order.

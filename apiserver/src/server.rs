@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::admission::ServiceRanges;
+use crate::auth::filter::RequestUser;
+use crate::auth::UserInfo;
 use crate::discovery;
 use crate::errors::ApiError;
 use crate::handlers::{Params, Target};
@@ -34,6 +36,52 @@ pub struct Config {
     pub service_ranges: ServiceRanges,
     /// The address clients are told to use (the `kubernetes` Service's endpoint).
     pub advertise_address: std::net::IpAddr,
+    pub security: SecurityConfig,
+}
+
+/// How the apiserver proves itself to clients and checks them.
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    /// Serve plain HTTP with no authentication or authorization
+    /// (`--insecure-serve-http`): anyone who can connect is cluster-admin.
+    pub insecure_serve_http: bool,
+    /// The serving certificate and key (`--tls-cert-file`, `--tls-private-key-file`);
+    /// without them one is issued at start by the cluster CA under `DATA_DIR/pki`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    /// The CA bundle client certificates are checked against (`--client-ca-file`);
+    /// defaults to the cluster CA.
+    pub client_ca_file: Option<PathBuf>,
+    /// Extra names and addresses for the serving certificate (`--tls-san`).
+    pub tls_sans: Vec<String>,
+    /// Static bearer tokens (`--token-auth-file`).
+    pub token_auth_file: Option<PathBuf>,
+    /// The key that signs and verifies ServiceAccount tokens
+    /// (`--service-account-key-file`); defaults to `DATA_DIR/pki/service-account.key`.
+    pub service_account_key_file: Option<PathBuf>,
+    pub service_account_issuer: String,
+    /// `--authorization-mode`, in order.
+    pub authorization_modes: Vec<crate::auth::filter::Mode>,
+    /// An EncryptionConfiguration file: which resources are encrypted at rest, and how
+    /// (`--encryption-provider-config`).
+    pub encryption_provider_config: Option<PathBuf>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> SecurityConfig {
+        SecurityConfig {
+            insecure_serve_http: false,
+            tls_cert_file: None,
+            tls_private_key_file: None,
+            client_ca_file: None,
+            tls_sans: Vec::new(),
+            token_auth_file: None,
+            service_account_key_file: None,
+            service_account_issuer: crate::auth::serviceaccount::DEFAULT_ISSUER.to_string(),
+            authorization_modes: vec![crate::auth::filter::Mode::Node, crate::auth::filter::Mode::Rbac],
+            encryption_provider_config: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +98,16 @@ pub enum ServerError {
     WriteKubeconfig { path: PathBuf, #[source] source: std::io::Error },
     #[error("serving HTTP failed")]
     Serve(#[source] std::io::Error),
+    #[error("setting up the cluster certificates failed")]
+    Pki(#[from] component_base::pki::PkiError),
+    #[error("setting up TLS failed")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("loading the service account key failed")]
+    ServiceAccountKey(#[from] crate::auth::serviceaccount::TokenError),
+    #[error("loading the encryption provider config failed")]
+    EncryptionConfig(#[source] Box<crate::storage::encryption::EncryptionError>),
+    #[error("loading --token-auth-file failed")]
+    TokenFile(#[from] crate::auth::authn::TokenFileError),
 }
 
 /// Shared state of a running apiserver.
@@ -61,23 +119,34 @@ pub struct ApiServer {
     pub service_allocation: Arc<tokio::sync::Mutex<()>>,
     /// The latest resource usage nodes reported (`metrics.k8s.io`).
     pub metrics: crate::metrics::MetricsStore,
+    /// Authentication and authorization.
+    pub security: crate::auth::filter::Security,
     pub shutdown: CancellationToken,
 }
 
 impl ApiServer {
     /// Opens the configured store and starts the watch caches.
-    pub async fn new(config: Config, shutdown: CancellationToken) -> Result<Arc<ApiServer>, ServerError> {
+    pub async fn new(config: Config, security: crate::auth::filter::Security, shutdown: CancellationToken) -> Result<Arc<ApiServer>, ServerError> {
         let store: Arc<dyn Store> = if config.etcd_servers.is_empty() {
             let dir = config.data_dir.join("db");
             Arc::new(EmbeddedStore::open(&dir).await.map_err(|e| ServerError::OpenStore(Box::new(e)))?)
         } else {
             Arc::new(EtcdStore::connect(&config.etcd_servers).await.map_err(|e| ServerError::OpenStore(Box::new(e)))?)
         };
-        ApiServer::with_store(config, store, shutdown).await
+        let store = match &config.security.encryption_provider_config {
+            Some(path) => crate::storage::encryption::wrap_store(store, path).map_err(|e| ServerError::EncryptionConfig(Box::new(e)))?,
+            None => store,
+        };
+        ApiServer::with_store(config, store, security, shutdown).await
     }
 
     /// An apiserver over a store the caller opened.
-    pub async fn with_store(config: Config, store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<Arc<ApiServer>, ServerError> {
+    pub async fn with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        security: crate::auth::filter::Security,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<ApiServer>, ServerError> {
         let mut caches = HashMap::new();
         for r in registry::RESOURCES {
             if caches.contains_key(r.storage_resource) {
@@ -88,7 +157,7 @@ impl ApiServer {
                 .map_err(|source| ServerError::StartCache { prefix: r.prefix(), source: Box::new(source) })?;
             caches.insert(r.storage_resource, cache);
         }
-        let api = Arc::new(ApiServer { store, config, caches, service_allocation: Default::default(), metrics: Default::default(), shutdown });
+        let api = Arc::new(ApiServer { store, config, caches, service_allocation: Default::default(), metrics: Default::default(), security, shutdown });
         api.bootstrap().await?;
         Ok(api)
     }
@@ -129,6 +198,16 @@ impl ApiServer {
             "subsets": [{"addresses": [{"ip": self.config.advertise_address.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
         });
         self.ensure(ep, Some("default"), "kubernetes", endpoints).await?;
+        let roles = registry::lookup("rbac.authorization.k8s.io", "v1", "clusterroles").ok_or_else(|| bootstrap_err("clusterroles", ApiError::internal("not registered")))?;
+        for role in crate::auth::policy::bootstrap_cluster_roles() {
+            let name = role.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+            self.ensure(roles, None, &name, role).await?;
+        }
+        let bindings = registry::lookup("rbac.authorization.k8s.io", "v1", "clusterrolebindings").ok_or_else(|| bootstrap_err("clusterrolebindings", ApiError::internal("not registered")))?;
+        for binding in crate::auth::policy::bootstrap_cluster_role_bindings() {
+            let name = binding.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+            self.ensure(bindings, None, &name, binding).await?;
+        }
         Ok(())
     }
 
@@ -152,6 +231,7 @@ impl ApiServer {
         Router::new()
             .fallback(dispatch)
             .layer(axum::middleware::from_fn_with_state(self.clone(), crate::proxy::intercept))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), crate::auth::filter::guard))
             .with_state(self.clone())
     }
 }
@@ -164,11 +244,19 @@ fn json_response(value: &Value) -> Response {
     (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], serde_json::to_vec(value).unwrap_or_default()).into_response()
 }
 
-async fn dispatch(State(api): State<Arc<ApiServer>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn dispatch(
+    State(api): State<Arc<ApiServer>>,
+    user: Option<axum::Extension<RequestUser>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let span = info_span!("request", verb = %method, path = %uri.path());
+    let user = user.map(|u| u.0 .0).unwrap_or_default();
     async move {
         let started = std::time::Instant::now();
-        let response = match route(api, method.clone(), &uri, headers, body).await {
+        let response = match route(api, method.clone(), &uri, headers, body, &user).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         };
@@ -179,12 +267,42 @@ async fn dispatch(State(api): State<Arc<ApiServer>>, method: Method, uri: Uri, h
     .await
 }
 
-async fn route(api: Arc<ApiServer>, method: Method, uri: &Uri, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn route(api: Arc<ApiServer>, method: Method, uri: &Uri, headers: HeaderMap, body: Bytes, user: &UserInfo) -> Result<Response, ApiError> {
     let path = uri.path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
         ["healthz" | "livez" | "readyz", ..] => return Ok((StatusCode::OK, "ok").into_response()),
         ["version"] => return Ok(json_response(&discovery::version())),
+        [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"] => {
+            let tokens = api.security.tokens.as_ref().ok_or_else(|| ApiError::path_not_found(path))?;
+            let doc = if segments[0] == ".well-known" { tokens.openid_configuration() } else { tokens.jwks() };
+            return Ok(json_response(&doc));
+        }
+        ["apis", group @ ("authorization.k8s.io" | "authentication.k8s.io"), version, rest @ ..] if !rest.is_empty() => {
+            let (namespace, plural) = match rest {
+                [plural] => (None, *plural),
+                ["namespaces", ns, plural] => (Some(*ns), *plural),
+                _ => return Err(ApiError::path_not_found(path)),
+            };
+            let res = registry::lookup_review(group, version, plural).ok_or_else(|| ApiError::path_not_found(path))?;
+            if method != Method::POST {
+                return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({})", res.group_resource())));
+            }
+            if res.namespaced != namespace.is_some() {
+                return Err(ApiError::path_not_found(path));
+            }
+            let obj = crate::codec::decode_object(&headers, &body)?;
+            let answer = api.serve_review(group, plural, namespace, user, obj)?;
+            return Ok((StatusCode::CREATED, [(http::header::CONTENT_TYPE, "application/json")], serde_json::to_vec(&answer).unwrap_or_default()).into_response());
+        }
+        ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"] => {
+            if method != Method::POST {
+                return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource (serviceaccounts/token)"));
+            }
+            let obj = if body.is_empty() { json!({}) } else { crate::codec::decode_object(&headers, &body)? };
+            let answer = api.serve_token_request(ns, name, user, obj)?;
+            return Ok((StatusCode::CREATED, [(http::header::CONTENT_TYPE, "application/json")], serde_json::to_vec(&answer).unwrap_or_default()).into_response());
+        }
         ["openapi", "v3"] => return Ok(json_response(&crate::openapi::root())),
         ["openapi", "v3", gv @ ..] => {
             let doc = crate::openapi::document(&gv.join("/")).ok_or_else(|| ApiError::path_not_found(path))?;
@@ -268,51 +386,146 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
     }
 }
 
-/// Writes a kubeconfig with full access to `server` (no credentials are needed until
-/// authentication lands; the file is still private to its owner).
+/// Writes a kubeconfig for `server` with no credentials (the insecure plain-HTTP mode).
 pub fn write_admin_kubeconfig(path: &std::path::Path, server: &str) -> Result<(), ServerError> {
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: {server}\n  name: rkube\ncontexts:\n- context:\n    cluster: rkube\n    user: admin\n    namespace: default\n  name: rkube\ncurrent-context: rkube\npreferences: {{}}\nusers:\n- name: admin\n  user: {{}}\n"
     );
-    let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+    component_base::pki::write_file(path, text.as_bytes(), 0o600).map_err(|e| ServerError::WriteKubeconfig { path: path.to_path_buf(), source: std::io::Error::other(e) })
+}
+
+/// The name of the cluster CA's certificate.
+pub const CA_COMMON_NAME: &str = "rkube-ca";
+/// The admin user of the kubeconfig the apiserver writes (in `system:masters`).
+pub const ADMIN_USER: &str = "system:admin";
+
+/// Where an apiserver with `data_dir` keeps its CA and keys.
+pub fn pki_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("pki")
+}
+
+/// The cluster CA of an apiserver's data directory, created on first use. `rkube` issues
+/// the components' certificates from it.
+pub fn cluster_ca(data_dir: &std::path::Path) -> Result<component_base::pki::CertificateAuthority, component_base::pki::PkiError> {
+    component_base::pki::CertificateAuthority::load_or_create(&pki_dir(data_dir), CA_COMMON_NAME)
+}
+
+/// Writes a kubeconfig at `path` for `server` with a new client certificate for `user`
+/// in `group`, issued by the cluster CA of `data_dir`: how a component gets its own
+/// identity (`system:kube-scheduler`, `system:node:<name>` in `system:nodes`...).
+pub fn write_client_kubeconfig(data_dir: &std::path::Path, server: &str, user: &str, group: Option<&str>, path: &std::path::Path) -> Result<(), component_base::pki::PkiError> {
+    let ca = cluster_ca(data_dir)?;
+    let pair = ca.issue_client(user, group)?;
+    let text = component_base::pki::kubeconfig(server, "rkube", user, ca.cert_pem(), &pair);
+    component_base::pki::write_file(path, text.as_bytes(), 0o600)
+}
+
+/// What the secure server needs: its TLS configuration, the authenticators and
+/// authorizers, and the admin kubeconfig's certificate.
+struct SecureSetup {
+    tls: Arc<rustls::ServerConfig>,
+    security: crate::auth::filter::Security,
+    ca_pem: String,
+    admin: Option<component_base::pki::CertPair>,
+}
+
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+fn secure_setup(config: &Config) -> Result<SecureSetup, ServerError> {
+    use component_base::pki::{self, Usage};
+    let sec = &config.security;
+    let dir = pki_dir(&config.data_dir);
+    // The cluster CA signs the serving certificate (unless one is given) and the admin's
+    // client certificate; without an explicit --client-ca-file it is also what client
+    // certificates are checked against.
+    let ca = cluster_ca(&config.data_dir)?;
+    let serving = match (&sec.tls_cert_file, &sec.tls_private_key_file) {
+        (Some(cert), Some(key)) => pki::CertPair {
+            cert_pem: std::fs::read_to_string(cert).map_err(|source| pki::PkiError::Read { path: cert.clone(), source })?,
+            key_pem: std::fs::read_to_string(key).map_err(|source| pki::PkiError::Read { path: key.clone(), source })?,
+        },
+        _ => {
+            let mut dns: Vec<String> = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            dns.extend(host_name());
+            let mut ips: Vec<std::net::IpAddr> = vec![std::net::IpAddr::from([127, 0, 0, 1]), config.advertise_address, std::net::IpAddr::V4(config.service_ranges.first())];
+            if !config.bind.ip().is_unspecified() {
+                ips.push(config.bind.ip());
+            }
+            for san in &sec.tls_sans {
+                match san.parse::<std::net::IpAddr>() {
+                    Ok(ip) => ips.push(ip),
+                    Err(_) => dns.push(san.clone()),
+                }
+            }
+            ips.sort();
+            ips.dedup();
+            dns.dedup();
+            // Issued afresh at every start, so that a changed address is covered.
+            let pair = ca.issue("kube-apiserver", None, &dns, &ips, Usage::Server)?;
+            pair.write(&dir, "apiserver")?;
+            pair
         }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-        }
-        std::fs::rename(&tmp, path)
     };
-    write().map_err(|source| ServerError::WriteKubeconfig { path: path.to_path_buf(), source })
+    let client_cas = match &sec.client_ca_file {
+        Some(path) => pki::read_certificates(path)?,
+        None => pki::pem_certificates(ca.cert_pem()),
+    };
+    let tls = crate::tls::server_config(&serving.cert_pem, &serving.key_pem, &client_cas)?;
+    let key_path = sec.service_account_key_file.clone().unwrap_or_else(|| dir.join("service-account.key"));
+    let tokens = Arc::new(crate::auth::serviceaccount::TokenIssuer::load_or_create(&key_path, &sec.service_account_issuer)?);
+    let static_tokens = match &sec.token_auth_file {
+        Some(path) => crate::auth::authn::read_token_file(path)?,
+        None => Default::default(),
+    };
+    let authenticator = crate::auth::authn::Authenticator::new(static_tokens, Some(tokens.clone()));
+    let security = crate::auth::filter::Security::new(false, authenticator, sec.authorization_modes.clone(), Some(tokens));
+    let admin = ca.issue_client(ADMIN_USER, Some(crate::auth::MASTERS_GROUP))?;
+    Ok(SecureSetup { tls, security, ca_pem: ca.cert_pem().to_string(), admin: Some(admin) })
 }
 
 /// Runs the apiserver until `shutdown`: opens storage, binds, writes the admin
-/// kubeconfig, serves. `ready` (if given) receives the bound address once serving.
+/// kubeconfig, serves (HTTPS, or plain HTTP with `insecure_serve_http`). `ready` (if
+/// given) receives the bound address once serving.
 pub async fn run(config: Config, shutdown: CancellationToken, ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> Result<(), ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::WriteKubeconfig { path: config.data_dir.clone(), source })?;
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.bind, source })?;
     let mut config = config;
     config.bind = addr;
-    let api = ApiServer::new(config.clone(), shutdown.clone()).await?;
-    let host = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
-    let server_url = format!("http://{}", SocketAddr::new(host, addr.port()));
+    let host = crate::tls::client_address(addr);
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
-    write_admin_kubeconfig(&kubeconfig, &server_url)?;
-    info!(address = %addr, store = if config.etcd_servers.is_empty() { "embedded" } else { "etcd" }, kubeconfig = %kubeconfig.display(), "kube-apiserver serving");
+    let store_kind = if config.etcd_servers.is_empty() { "embedded" } else { "etcd" };
+    if config.security.insecure_serve_http {
+        warn!(address = %addr, "serving plain HTTP without authentication or authorization (--insecure-serve-http): anyone who can connect is cluster-admin");
+        let api = ApiServer::new(config.clone(), crate::auth::filter::Security::insecure(), shutdown.clone()).await?;
+        write_admin_kubeconfig(&kubeconfig, &format!("http://{host}"))?;
+        info!(address = %addr, store = store_kind, kubeconfig = %kubeconfig.display(), "kube-apiserver serving plain HTTP");
+        if let Some(tx) = ready {
+            let _ = tx.send(addr);
+        }
+        let token = shutdown.clone();
+        let served = axum::serve(listener, api.router()).with_graceful_shutdown(async move { token.cancelled().await }).await;
+        return served.map_err(|e| {
+            warn!(error = %e, "HTTP server stopped");
+            ServerError::Serve(e)
+        });
+    }
+    let setup = secure_setup(&config)?;
+    let api = ApiServer::new(config.clone(), setup.security, shutdown.clone()).await?;
+    if let Some(admin) = &setup.admin {
+        let text = component_base::pki::kubeconfig(&format!("https://{host}"), "rkube", "admin", &setup.ca_pem, admin);
+        component_base::pki::write_file(&kubeconfig, text.as_bytes(), 0o600)?;
+    }
+    info!(address = %addr, store = store_kind, kubeconfig = %kubeconfig.display(), "kube-apiserver serving HTTPS");
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
-    let router = api.router();
-    let token = shutdown.clone();
-    let served = axum::serve(listener, router).with_graceful_shutdown(async move { token.cancelled().await }).await;
-    if let Err(e) = served {
-        warn!(error = %e, "HTTP server stopped");
-        return Err(ServerError::Serve(e));
-    }
-    Ok(())
+    crate::tls::serve(listener, setup.tls, api.router(), shutdown).await.map_err(ServerError::Serve)
 }

@@ -60,6 +60,9 @@ struct Inner {
     /// Events with revision > `oldest` are all in `history`.
     oldest: Revision,
     history: VecDeque<Arc<CacheEvent>>,
+    /// Counts changes to `objects` (not progress), so that derived views such as the
+    /// compiled RBAC policy know when to rebuild.
+    changes: u64,
 }
 
 /// A cache over every object under one store prefix.
@@ -100,7 +103,7 @@ impl WatchCache {
         let (progress, _) = tokio::sync::watch::channel(0);
         let cache = Arc::new(WatchCache {
             prefix,
-            inner: Mutex::new(Inner { objects: BTreeMap::new(), revision: 0, oldest: 0, history: VecDeque::new() }),
+            inner: Mutex::new(Inner { objects: BTreeMap::new(), revision: 0, oldest: 0, history: VecDeque::new(), changes: 0 }),
             fanout,
             progress,
         });
@@ -147,6 +150,7 @@ impl WatchCache {
             inner.oldest = revision;
         }
         inner.objects = fresh;
+        inner.changes += 1;
         inner.revision = revision.max(inner.revision);
         drop(inner);
         self.progress.send_replace(revision);
@@ -248,6 +252,7 @@ impl WatchCache {
     }
 
     fn record(inner: &mut Inner, ev: Arc<CacheEvent>) {
+        inner.changes += 1;
         inner.history.push_back(ev);
         while inner.history.len() > HISTORY {
             if let Some(old) = inner.history.pop_front() {
@@ -265,6 +270,11 @@ impl WatchCache {
     /// The revision the cache has caught up to.
     pub fn revision(&self) -> Revision {
         self.lock().revision
+    }
+
+    /// A counter that moves whenever the cached objects change (and only then).
+    pub fn changes(&self) -> u64 {
+        self.lock().changes
     }
 
     /// Waits until the cache has seen `revision` (or `timeout` passes); false on timeout.

@@ -136,7 +136,11 @@ async fn crash_and_restart(backend: Backend) -> anyhow::Result<()> {
     }
     let endpoints = etcd.as_ref().map(|e| e.endpoints()).unwrap_or_default();
     let port = free_ports(1)?[0];
-    let base = Client::try_from(Config::new(format!("http://127.0.0.1:{port}").parse()?))?;
+    // Readiness is public (anonymous) and checked before the kubeconfig exists, so this
+    // client has no credential and does not check the serving certificate.
+    let mut probe = Config::new(format!("https://127.0.0.1:{port}").parse()?);
+    probe.accept_invalid_certs = true;
+    let base = Client::try_from(probe)?;
 
     let mut server = ApiServerProcess::spawn(&data_dir, port, &endpoints, log.clone())?;
     server.wait_ready(&base).await?;

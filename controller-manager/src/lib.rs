@@ -47,6 +47,10 @@ pub struct Config {
     /// The addresses LoadBalancer Services are given (`--load-balancer-ip-pool`): CIDRs
     /// and `first-last` ranges, comma-separated. None: the nodes' addresses, as k3s does.
     pub load_balancer_ip_pool: Option<String>,
+    /// The cluster CA certificate (PEM) the `root-ca-cert-publisher` controller puts in
+    /// every namespace's `kube-root-ca.crt` ConfigMap (`--root-ca-file`). None: that
+    /// controller does not run.
+    pub root_ca_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             hpa_tuning: Default::default(),
             local_path_root: PathBuf::from("/var/lib/rkube/storage"),
             load_balancer_ip_pool: None,
+            root_ca_file: None,
         }
     }
 }

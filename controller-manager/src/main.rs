@@ -62,6 +62,10 @@ struct Options {
     /// Seconds after a pod starts during which its readiness changes are taken as initial.
     #[arg(long, default_value_t = 30)]
     horizontal_pod_autoscaler_initial_readiness_delay: u64,
+    /// The cluster CA certificate (PEM) published to every namespace as the ConfigMap
+    /// `kube-root-ca.crt`. Without it the root-ca-cert-publisher controller does not run.
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
 }
 
 /// A duration flag as Kubernetes writes them for these options: `15s` (or just `15`).
@@ -94,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         hpa_sync_period: Duration::from_secs(o.horizontal_pod_autoscaler_sync_period),
         local_path_root: o.local_path_root,
         load_balancer_ip_pool: o.load_balancer_ip_pool,
+        root_ca_file: o.root_ca_file,
         hpa_tuning: controller_manager::controllers::hpa::recommend::Tuning {
             tolerance: o.horizontal_pod_autoscaler_tolerance,
             cpu_initialization_period: Duration::from_secs(o.horizontal_pod_autoscaler_cpu_initialization_period),

@@ -71,10 +71,13 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
         .map_err(|e| anyhow::anyhow!("{}: serviceCidr: {e}", lab.dir.join("lab.json").display()))?;
     let api_config = apiserver::server::Config {
         data_dir: lab.dir.clone(),
-        bind: SocketAddr::from(([127, 0, 0, 1], settings.port)),
+        // Every address: pods reach the API through the `kubernetes` Service, which
+        // leads to the node's address. Nothing is served without a credential.
+        bind: SocketAddr::from(([0, 0, 0, 0], settings.port)),
         etcd_servers: Vec::new(),
         service_ranges,
         advertise_address: std::net::IpAddr::V4(kubelet_config.node_ip),
+        security: Default::default(),
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let api = tokio::spawn(apiserver::server::run(api_config, shutdown.clone(), Some(ready_tx)));
@@ -90,6 +93,20 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
         }
     };
     tracing::info!(%addr, "kube-apiserver ready");
+    // Each component gets its own identity and the permissions of its role.
+    let server = format!("https://127.0.0.1:{}", addr.port());
+    let identity = |file: &str, user: &str, group: Option<&str>| -> anyhow::Result<std::path::PathBuf> {
+        let path = lab.dir.join("kubeconfigs").join(format!("{file}.kubeconfig"));
+        apiserver::server::write_client_kubeconfig(&lab.dir, &server, user, group, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    };
+    let controller_manager_kubeconfig = identity("kube-controller-manager", "system:kube-controller-manager", None)?;
+    let scheduler_kubeconfig = identity("kube-scheduler", "system:kube-scheduler", None)?;
+    let proxy_kubeconfig = identity("kube-proxy", "system:kube-proxy", None)?;
+    let dns_kubeconfig = identity("cluster-dns", "system:kube-dns", None)?;
+    let kubelet_kubeconfig = identity("kubelet", &format!("system:node:{}", kubelet_config.node_name), Some("system:nodes"))?;
+    let mut kubelet_config = kubelet_config;
+    kubelet_config.kubeconfig = Some(kubelet_kubeconfig);
     // The cluster DNS listens on the node's address (on a port of its own, so that labs
     // and a resolver on port 53 do not collide); the kube-dns Service leads there.
     let dns_listeners = cluster_dns::bind(SocketAddr::from((kubelet_config.node_ip, 0)))
@@ -99,19 +116,20 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
     install_addons(lab, settings, dns_addr).await.context("installing the lab's add-ons")?;
 
     let cm_config = controller_manager::Config {
-        kubeconfig: Some(lab.kubeconfig()),
+        kubeconfig: Some(controller_manager_kubeconfig),
+        root_ca_file: Some(apiserver::server::pki_dir(&lab.dir).join("ca.crt")),
         leader_elect: false,
         cluster_cidr: Some(settings.cluster_cidr.clone()),
         local_path_root: lab.dir.join("storage"),
         ..Default::default()
     };
-    let sched_config = scheduler::Config { kubeconfig: Some(lab.kubeconfig()), leader_elect: false, ..Default::default() };
+    let sched_config = scheduler::Config { kubeconfig: Some(scheduler_kubeconfig), leader_elect: false, ..Default::default() };
     let mut proxy_config = kube_proxy::Config::new(&kubelet_config.node_name);
-    proxy_config.kubeconfig = Some(lab.kubeconfig());
+    proxy_config.kubeconfig = Some(proxy_kubeconfig);
     proxy_config.table = proxy_table(settings);
     proxy_config.cluster_cidr = settings.cluster_cidr.parse().ok();
-    let dns_config = cluster_dns::Config { kubeconfig: Some(lab.kubeconfig()), listen: dns_addr, ..Default::default() };
-    let dns_client = component_base::client::client(Some(&lab.kubeconfig())).await?;
+    let dns_config = cluster_dns::Config { kubeconfig: Some(dns_kubeconfig.clone()), listen: dns_addr, ..Default::default() };
+    let dns_client = component_base::client::client(Some(&dns_kubeconfig)).await?;
     let components: Vec<(&str, tokio::task::JoinHandle<anyhow::Result<()>>)> = vec![
         ("kube-apiserver", tokio::spawn(async move { api.await.map_err(anyhow::Error::new)?.map_err(anyhow::Error::new) })),
         (

@@ -26,6 +26,7 @@ impl Cluster {
             etcd_servers: vec![],
             service_ranges: apiserver::admission::ServiceRanges::parse("10.43.0.0/16", "30000-32767").map_err(anyhow::Error::msg)?,
             advertise_address: "127.0.0.1".parse()?,
+            security: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -62,6 +63,8 @@ impl Cluster {
             leader_elect,
             cluster_cidr: Some("10.42.0.0/16".into()),
             node_monitor_grace_period: Duration::from_secs(40),
+            // The CA pods' projected service account volumes carry (kube-root-ca.crt).
+            root_ca_file: Some(apiserver::server::pki_dir(self.dir.path()).join("ca.crt")),
             ..Default::default()
         };
         configure(&mut config);

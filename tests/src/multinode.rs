@@ -413,13 +413,30 @@ impl Lan {
         Ok(text.lines().filter_map(Conntrack::parse).collect())
     }
 
+    /// A kubeconfig under `DIR` for `user` in `group`, with a client certificate from
+    /// the control plane's CA: nodes and their kube-proxies run with their own
+    /// identities, as on a real cluster, so the Node authorizer and RBAC are in the path.
+    fn identity(&self, file: &str, user: &str, group: Option<&str>) -> anyhow::Result<PathBuf> {
+        let admin = kube::config::Kubeconfig::read_from(&self.kubeconfig).context("reading the admin kubeconfig")?;
+        let server = admin
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.server.clone())
+            .context("the admin kubeconfig names no server")?;
+        let path = self.dir.join(format!("{file}.kubeconfig"));
+        apiserver::server::write_client_kubeconfig(&self.dir.join("apiserver"), &server, user, group, &path)?;
+        Ok(path)
+    }
+
     /// The flags that make node `k`'s kubelet (and its `--teardown`).
-    fn kubelet_args(&self, k: u8) -> Vec<String> {
+    fn kubelet_args(&self, k: u8) -> anyhow::Result<Vec<String>> {
         let n = &self.names;
         let root = self.dir.join(format!("n{k}"));
-        [
+        let kubeconfig = self.identity(&format!("kubelet-n{k}"), &format!("system:node:{}", n.node_name(k)), Some("system:nodes"))?;
+        Ok([
             "--kubeconfig",
-            &self.kubeconfig.to_string_lossy(),
+            &kubeconfig.to_string_lossy(),
             "--hostname-override",
             &n.node_name(k),
             "--node-ip",
@@ -435,7 +452,7 @@ impl Lan {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect()
+        .collect())
     }
 
     /// Starts node `k`'s kubelet and kube-proxy.
@@ -447,7 +464,7 @@ impl Lan {
     /// Starts node `k`'s kubelet; its log is `DIR/kubelet-n<k>.log`.
     pub fn start_kubelet(&mut self, k: u8) -> anyhow::Result<()> {
         let log = self.dir.join(format!("kubelet-n{k}.log"));
-        let child = self.spawn_in_node(k, &self.kubelet, &self.kubelet_args(k), &log)?;
+        let child = self.spawn_in_node(k, &self.kubelet, &self.kubelet_args(k)?, &log)?;
         let node = self.node_mut(k)?;
         node.logs.push(("kubelet".into(), log.clone()));
         node.kubelet = Some(NodeProcess {
@@ -462,11 +479,12 @@ impl Lan {
     /// the node's namespace; its log is `DIR/kube-proxy-n<k>.log`. Like every daemon it
     /// is stopped before the kubelet; its table must be gone afterwards.
     pub fn start_kube_proxy(&mut self, k: u8) -> anyhow::Result<()> {
+        let kubeconfig = self.identity(&format!("kube-proxy-n{k}"), "system:kube-proxy", None)?;
         let n = &self.names;
         let table = n.kube_proxy_table();
         let args: Vec<String> = [
             "--kubeconfig",
-            &self.kubeconfig.to_string_lossy(),
+            &kubeconfig.to_string_lossy(),
             "--hostname-override",
             &n.node_name(k),
             "--cluster-cidr",
@@ -558,12 +576,8 @@ impl Lan {
         }
         let log = self.dir.join(format!("teardown-n{k}.log"));
         let torn_down = self
-            .spawn_in_node(
-                k,
-                &self.kubelet,
-                &[self.kubelet_args(k), vec!["--teardown".into()]].concat(),
-                &log,
-            )
+            .kubelet_args(k)
+            .and_then(|args| self.spawn_in_node(k, &self.kubelet, &[args, vec!["--teardown".into()]].concat(), &log))
             .and_then(|mut child| Ok(child.wait()?));
         match torn_down {
             Ok(status) if status.success() => {}
@@ -847,6 +861,7 @@ pub async fn start_control_plane(names: &Names, dir: &Path) -> anyhow::Result<Co
         service_ranges: apiserver::admission::ServiceRanges::parse(SERVICE_CIDR, "30000-32767")
             .map_err(anyhow::Error::msg)?,
         advertise_address: IpAddr::V4(names.host_ip()),
+        security: Default::default(),
     };
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -865,6 +880,7 @@ pub async fn start_control_plane(names: &Names, dir: &Path) -> anyhow::Result<Co
         leader_elect: false,
         cluster_cidr: Some(names.cluster_cidr()),
         node_cidr_mask_size: 24,
+        root_ca_file: Some(apiserver::server::pki_dir(&data_dir).join("ca.crt")),
         ..Default::default()
     };
     let token = shutdown.child_token();

@@ -13,6 +13,7 @@ use futures::Stream;
 #[doc(hidden)]
 pub mod conformance;
 pub mod embedded;
+pub mod encryption;
 pub mod etcd;
 mod wal;
 

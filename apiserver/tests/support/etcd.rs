@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use apiserver::storage::etcd::EtcdStore;
 
-
 pub fn etcd_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -133,9 +132,10 @@ pub fn start_etcd(size: usize) -> anyhow::Result<Option<EtcdCluster>> {
     match etcd_binary() {
         Some(binary) => EtcdCluster::start(&binary, size).map(Some),
         None => {
-            super::skip_or_fail("etcd not on PATH; install etcd-server (the README's test command does)")?;
+            super::skip_or_fail(
+                "etcd not on PATH; install etcd-server (the README's test command does)",
+            )?;
             Ok(None)
         }
     }
 }
-

@@ -35,19 +35,23 @@ impl TestServer {
         let (etcd_servers, etcd) = match backend {
             Backend::Embedded => (vec![], None),
             Backend::Etcd => {
-                let Some(mut cluster) = start_etcd(1)? else { return Ok(None) };
+                let Some(mut cluster) = start_etcd(1)? else {
+                    return Ok(None);
+                };
                 // Wait until etcd answers before the apiserver connects.
                 let _ = cluster.connect().await?;
                 (cluster.endpoints(), Some(cluster))
             }
         };
-        let service_ranges = ServiceRanges::parse("10.43.0.0/16", "30000-32767").map_err(anyhow::Error::msg)?;
+        let service_ranges =
+            ServiceRanges::parse("10.43.0.0/16", "30000-32767").map_err(anyhow::Error::msg)?;
         let config = apiserver::Config {
             data_dir: dir.path().to_path_buf(),
             bind: "127.0.0.1:0".parse()?,
             etcd_servers,
             service_ranges,
             advertise_address: "127.0.0.1".parse()?,
+            security: Default::default(),
         };
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -59,7 +63,13 @@ impl TestServer {
         });
         let addr = rx.await.context("the apiserver stopped before serving")?;
         let kubeconfig = dir.path().join("admin.kubeconfig");
-        Ok(Some(TestServer { addr, kubeconfig, dir, shutdown, _etcd: etcd }))
+        Ok(Some(TestServer {
+            addr,
+            kubeconfig,
+            dir,
+            shutdown,
+            _etcd: etcd,
+        }))
     }
 
     pub fn url(&self) -> String {
@@ -72,13 +82,21 @@ impl TestServer {
     }
 
     /// Runs kubectl with `stdin` as its standard input.
-    pub async fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+    pub async fn kubectl_stdin(
+        &self,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> anyhow::Result<Output> {
         use tokio::io::AsyncWriteExt;
         let mut cmd = tokio::process::Command::new("kubectl");
         cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.dir.path())
-            .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+            .stdin(if stdin.is_some() {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
@@ -86,9 +104,10 @@ impl TestServer {
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
             pipe.write_all(input.as_bytes()).await?;
         }
-        let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
-            .await
-            .with_context(|| format!("kubectl {} timed out", args.join(" ")))??;
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+                .await
+                .with_context(|| format!("kubectl {} timed out", args.join(" ")))??;
         Ok(out)
     }
 
@@ -96,7 +115,12 @@ impl TestServer {
     pub async fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.kubectl(args).await?;
         if !out.status.success() {
-            bail!("kubectl {} failed: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kubectl {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -105,7 +129,11 @@ impl TestServer {
     pub async fn fails(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.kubectl(args).await?;
         if out.status.success() {
-            bail!("kubectl {} succeeded but should have failed: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+            bail!(
+                "kubectl {} succeeded but should have failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 
+pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod endpoint;
 pub mod endpointslice;
@@ -27,6 +28,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod persistentvolume;
 pub mod resources;
+pub mod rootcacert;
 pub mod serviceaccount;
 pub mod servicelb;
 pub mod ttlafterfinished;
@@ -105,6 +107,8 @@ pub static CONTROLLERS: &[Registered] = &[
     Registered { name: "ttl-after-finished", enabled_by_default: true, start: ttlafterfinished::start },
     Registered { name: "persistentvolume-binder", enabled_by_default: true, start: persistentvolume::start },
     Registered { name: "service-lb", enabled_by_default: true, start: servicelb::start },
+    Registered { name: "clusterrole-aggregation", enabled_by_default: true, start: clusterroleaggregation::start },
+    Registered { name: "root-ca-cert-publisher", enabled_by_default: true, start: rootcacert::start },
 ];
 
 /// The controllers a `--controllers` list selects: `*` means every one enabled by
