@@ -45,20 +45,67 @@ pub fn pod_dir(pods_dir: &Path, uid: &str) -> PathBuf {
     pods_dir.join(uid)
 }
 
+/// The ServiceAccount tokens a pod's projected volumes hold, by volume and path, each
+/// renewed once 80% of its lifetime has passed (or after a day), as the kubelet's token
+/// manager renews them.
+#[derive(Debug, Default)]
+pub struct ServiceAccountTokens {
+    held: BTreeMap<(String, String), (String, std::time::Instant)>,
+}
+
+/// Tokens are renewed at least this often, whatever their lifetime.
+const TOKEN_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl ServiceAccountTokens {
+    async fn token(&mut self, pod: &Pod, volume: &str, source: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection, sources: &Sources) -> Result<String, VolumeError> {
+        use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+        let key = (volume.to_string(), source.path.clone());
+        if let Some((token, renew_at)) = self.held.get(&key) {
+            if std::time::Instant::now() < *renew_at {
+                return Ok(token.clone());
+            }
+        }
+        let account = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into());
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: source.audience.clone().filter(|a| !a.is_empty()).into_iter().collect(),
+                expiration_seconds: Some(source.expiration_seconds.unwrap_or(3600)),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: pod.metadata.name.clone(),
+                    uid: pod.metadata.uid.clone(),
+                }),
+            },
+            ..Default::default()
+        };
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(sources.client().clone(), sources.namespace());
+        let answer = api
+            .create_token_request(&account, &Default::default(), &request)
+            .await
+            .map_err(|e| setup(volume, format!("failed to fetch token: {e}")))?;
+        let status = answer.status.ok_or_else(|| setup(volume, "failed to fetch token: the answer has no status"))?;
+        let lifetime = (status.expiration_timestamp.0.as_second() - k8s_openapi::jiff::Timestamp::now().as_second()).max(0) as u64;
+        let renew_in = std::time::Duration::from_secs(lifetime * 4 / 5).min(TOKEN_MAX_AGE);
+        self.held.insert(key, (status.token.clone(), std::time::Instant::now() + renew_in));
+        Ok(status.token)
+    }
+}
+
 /// Sets up (or refreshes) every volume of `pod`; returns the host path of each.
-pub async fn prepare(pods_dir: &Path, pod: &Pod, sources: &mut Sources) -> Result<VolumePaths, VolumeError> {
+pub async fn prepare(pods_dir: &Path, pod: &Pod, sources: &mut Sources, tokens: &mut ServiceAccountTokens) -> Result<VolumePaths, VolumeError> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let base = pod_dir(pods_dir, &uid).join("volumes");
     let mut out = VolumePaths::new();
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
     for v in &volumes {
-        let path = prepare_one(&base, pod, v, sources).await?;
+        let path = prepare_one(&base, pod, v, sources, tokens).await?;
         out.insert(v.name.clone(), path);
     }
     Ok(out)
 }
 
-async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources) -> Result<PathBuf, VolumeError> {
+async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources, tokens: &mut ServiceAccountTokens) -> Result<PathBuf, VolumeError> {
     let name = v.name.as_str();
     if let Some(e) = &v.empty_dir {
         let dir = base.join("kubernetes.io~empty-dir").join(name);
@@ -134,8 +181,10 @@ async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources) 
             if let Some(d) = &source.downward_api {
                 files.extend(downward_files(name, pod, d.items.as_deref().unwrap_or_default(), p.default_mode)?);
             }
-            if source.service_account_token.is_some() {
-                tracing::debug!(volume = name, "serviceAccountToken projections need the token API; left out");
+            if let Some(t) = &source.service_account_token {
+                let token = tokens.token(pod, name, t, sources).await?;
+                let mode = p.default_mode.unwrap_or(0o644) as u32;
+                files.push((t.path.clone(), token.into_bytes(), mode));
             }
         }
         write_atomic(&dir, &files)?;

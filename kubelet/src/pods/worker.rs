@@ -74,6 +74,8 @@ pub struct Worker {
     /// Set once the pod's containers are stopped and its resources released.
     cleaned_up: bool,
     sandbox_attempt: u32,
+    /// The ServiceAccount tokens in the pod's projected volumes.
+    tokens: volumes::ServiceAccountTokens,
 }
 
 impl Worker {
@@ -89,6 +91,7 @@ impl Worker {
             last_status: None,
             cleaned_up: false,
             sandbox_attempt: 0,
+            tokens: Default::default(),
         }
     }
 
@@ -212,7 +215,7 @@ impl Worker {
             return Duration::from_millis(500);
         }
         let mut sources = Sources::new(self.ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
-        let volumes = match volumes::prepare(&self.ctx.config.pods_dir(), pod, &mut sources).await {
+        let volumes = match volumes::prepare(&self.ctx.config.pods_dir(), pod, &mut sources, &mut self.tokens).await {
             Ok(v) => v,
             Err(e) => {
                 self.event(pod, "Warning", "FailedMount", &e.to_string()).await;
