@@ -69,6 +69,19 @@ struct Options {
     /// aesgcm, secretbox; kms is not supported). Without it nothing is encrypted.
     #[arg(long, value_name = "FILE")]
     encryption_provider_config: Option<PathBuf>,
+    /// The CA bundle kubelets' serving certificates are checked against. Defaults to the
+    /// cluster CA.
+    #[arg(long)]
+    kubelet_certificate_authority: Option<PathBuf>,
+    /// The CA that signed etcd's serving certificate (TLS to etcd: https:// endpoints).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// The client certificate the apiserver presents to etcd.
+    #[arg(long, requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// The key of --etcd-certfile.
+    #[arg(long, requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
 }
 
 // glibc's allocator fragments under the apiserver's many short-lived JSON trees (malloc
@@ -101,6 +114,10 @@ async fn main() -> anyhow::Result<()> {
         service_account_issuer: opts.service_account_issuer,
         authorization_modes,
         encryption_provider_config: opts.encryption_provider_config,
+        kubelet_certificate_authority: opts.kubelet_certificate_authority,
+        etcd_cafile: opts.etcd_cafile,
+        etcd_certfile: opts.etcd_certfile,
+        etcd_keyfile: opts.etcd_keyfile,
     };
     let config = apiserver::Config {
         data_dir: opts.data_dir,

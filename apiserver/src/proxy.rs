@@ -260,14 +260,34 @@ fn dial_error(address: &str, e: impl std::fmt::Display) -> ApiError {
 /// Sends `req` to the kubelet at `address` as `path_and_query`, and answers with its
 /// response: streamed, or spliced after an upgrade. For `pods/log` (`log_of` names the
 /// pod), a kubelet error becomes a `Status` as the apiserver's log streamer makes it.
-async fn forward(api: &ApiServer, address: &str, path_and_query: &str, mut req: Request, log_of: Option<&str>) -> Result<Response, ApiError> {
-    let upgrade = is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+async fn forward(api: &ApiServer, address: &str, path_and_query: &str, req: Request, log_of: Option<&str>) -> Result<Response, ApiError> {
     let tcp = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect(address))
         .await
         .map_err(|_| dial_error(address, "i/o timeout"))?
         .map_err(|e| dial_error(address, e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tcp)).await.map_err(|e| dial_error(address, e))?;
+    match &api.security.kubelet_tls {
+        None => forward_over(api, tcp, address, path_and_query, req, log_of).await,
+        Some(config) => {
+            // The kubelet's serving certificate names the node's address (or name).
+            let host = address.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')).unwrap_or(address);
+            let server_name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| dial_error(address, e))?;
+            let tls = tokio::time::timeout(DIAL_TIMEOUT, tokio_rustls::TlsConnector::from(config.clone()).connect(server_name, tcp))
+                .await
+                .map_err(|_| dial_error(address, "TLS handshake timeout"))?
+                .map_err(|e| dial_error(address, format!("TLS handshake with the kubelet failed: {e}")))?;
+            forward_over(api, tls, address, path_and_query, req, log_of).await
+        }
+    }
+}
+
+/// [`forward`] over an established connection (plain or TLS).
+async fn forward_over<IO>(api: &ApiServer, io: IO, address: &str, path_and_query: &str, mut req: Request, log_of: Option<&str>) -> Result<Response, ApiError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io)).await.map_err(|e| dial_error(address, e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             debug!(error = %e, "kubelet connection ended");

@@ -65,6 +65,27 @@ pub struct SecurityConfig {
     /// An EncryptionConfiguration file: which resources are encrypted at rest, and how
     /// (`--encryption-provider-config`).
     pub encryption_provider_config: Option<PathBuf>,
+    /// The CA bundle kubelets' serving certificates are checked against
+    /// (`--kubelet-certificate-authority`); defaults to the cluster CA.
+    pub kubelet_certificate_authority: Option<PathBuf>,
+    /// TLS to etcd: the CA of etcd's serving certificate (`--etcd-cafile`) and the
+    /// apiserver's client certificate and key (`--etcd-certfile`, `--etcd-keyfile`).
+    pub etcd_cafile: Option<PathBuf>,
+    pub etcd_certfile: Option<PathBuf>,
+    pub etcd_keyfile: Option<PathBuf>,
+}
+
+impl SecurityConfig {
+    /// The TLS settings for etcd, if `--etcd-cafile` is set.
+    pub fn etcd_tls(&self) -> Result<Option<crate::storage::etcd::EtcdTls>, StoreError> {
+        let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| StoreError::Io(std::io::Error::new(e.kind(), format!("reading {}: {e}", p.display()))));
+        let Some(ca) = &self.etcd_cafile else { return Ok(None) };
+        let client = match (&self.etcd_certfile, &self.etcd_keyfile) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        };
+        Ok(Some(crate::storage::etcd::EtcdTls { ca_pem: read(ca)?, client }))
+    }
 }
 
 impl Default for SecurityConfig {
@@ -80,6 +101,10 @@ impl Default for SecurityConfig {
             service_account_issuer: crate::auth::serviceaccount::DEFAULT_ISSUER.to_string(),
             authorization_modes: vec![crate::auth::filter::Mode::Node, crate::auth::filter::Mode::Rbac],
             encryption_provider_config: None,
+            kubelet_certificate_authority: None,
+            etcd_cafile: None,
+            etcd_certfile: None,
+            etcd_keyfile: None,
         }
     }
 }
@@ -131,7 +156,8 @@ impl ApiServer {
             let dir = config.data_dir.join("db");
             Arc::new(EmbeddedStore::open(&dir).await.map_err(|e| ServerError::OpenStore(Box::new(e)))?)
         } else {
-            Arc::new(EtcdStore::connect(&config.etcd_servers).await.map_err(|e| ServerError::OpenStore(Box::new(e)))?)
+            let tls = config.security.etcd_tls().map_err(|e| ServerError::OpenStore(Box::new(e)))?;
+            Arc::new(EtcdStore::connect_with(&config.etcd_servers, tls.as_ref()).await.map_err(|e| ServerError::OpenStore(Box::new(e)))?)
         };
         let store = match &config.security.encryption_provider_config {
             Some(path) => crate::storage::encryption::wrap_store(store, path).map_err(|e| ServerError::EncryptionConfig(Box::new(e)))?,
@@ -197,7 +223,19 @@ impl ApiServer {
             "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
             "subsets": [{"addresses": [{"ip": self.config.advertise_address.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
         });
-        self.ensure(ep, Some("default"), "kubernetes", endpoints).await?;
+        self.ensure_current(ep, Some("default"), "kubernetes", endpoints, "/subsets").await?;
+        // kube-proxy follows EndpointSlices, so the apiserver keeps the `kubernetes`
+        // Service's slice itself, as Kubernetes' endpoint reconciler does.
+        let slices = registry::lookup("discovery.k8s.io", "v1", "endpointslices").ok_or_else(|| bootstrap_err("endpointslices", ApiError::internal("not registered")))?;
+        let address_type = if self.config.advertise_address.is_ipv4() { "IPv4" } else { "IPv6" };
+        let slice = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "kube-apiserver"}},
+            "addressType": address_type,
+            "endpoints": [{"addresses": [self.config.advertise_address.to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        });
+        self.ensure_current(slices, Some("default"), "kubernetes", slice, "/endpoints").await?;
         let roles = registry::lookup("rbac.authorization.k8s.io", "v1", "clusterroles").ok_or_else(|| bootstrap_err("clusterroles", ApiError::internal("not registered")))?;
         for role in crate::auth::policy::bootstrap_cluster_roles() {
             let name = role.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -208,6 +246,23 @@ impl ApiServer {
             let name = binding.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
             self.ensure(bindings, None, &name, binding).await?;
         }
+        Ok(())
+    }
+
+    /// Like [`ApiServer::ensure`], and if the object exists with a different value at
+    /// `pointer` (or a different `/ports`), replaces it: the apiserver's address or port
+    /// may have changed since the last start (a VM that got a new address).
+    async fn ensure_current(self: &Arc<Self>, res: &'static ResourceInfo, namespace: Option<&str>, name: &str, obj: Value, pointer: &str) -> Result<(), ServerError> {
+        let key = res.key(namespace, name);
+        let (existing, _) = self.store.get(&key).await.map_err(|e| bootstrap_err(name, ApiError::internal(e)))?;
+        let Some(existing) = existing else { return self.ensure(res, namespace, name, obj).await };
+        let existing: Value = serde_json::from_slice(&existing.value).unwrap_or(Value::Null);
+        if existing.pointer(pointer) == obj.pointer(pointer) && existing.pointer("/ports") == obj.pointer("/ports") {
+            return Ok(());
+        }
+        let target = Target { res, namespace: namespace.map(str::to_string), name: Some(name.to_string()), sub: None };
+        let body = Bytes::from(serde_json::to_vec(&obj).unwrap_or_default());
+        self.clone().serve_resource(Method::PUT, target, Params::default(), HeaderMap::new(), body).await.map_err(|e| bootstrap_err(name, e))?;
         Ok(())
     }
 
@@ -398,6 +453,8 @@ pub fn write_admin_kubeconfig(path: &std::path::Path, server: &str) -> Result<()
 pub const CA_COMMON_NAME: &str = "rkube-ca";
 /// The admin user of the kubeconfig the apiserver writes (in `system:masters`).
 pub const ADMIN_USER: &str = "system:admin";
+/// Who the apiserver is to kubelets (kubeadm's name for it).
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
 /// Where an apiserver with `data_dir` keeps its CA and keys.
 pub fn pki_dir(data_dir: &std::path::Path) -> PathBuf {
@@ -485,7 +542,16 @@ fn secure_setup(config: &Config) -> Result<SecureSetup, ServerError> {
         None => Default::default(),
     };
     let authenticator = crate::auth::authn::Authenticator::new(static_tokens, Some(tokens.clone()));
-    let security = crate::auth::filter::Security::new(false, authenticator, sec.authorization_modes.clone(), Some(tokens));
+    let mut security = crate::auth::filter::Security::new(false, authenticator, sec.authorization_modes.clone(), Some(tokens));
+    // Kubelets serve their API on TLS with certificates from the cluster CA (or the
+    // --kubelet-certificate-authority bundle) and accept this client certificate.
+    let kubelet_cas = match &sec.kubelet_certificate_authority {
+        Some(path) => pki::read_certificates(path)?,
+        None => pki::pem_certificates(ca.cert_pem()),
+    };
+    let kubelet_client = ca.issue_client(KUBELET_CLIENT_USER, Some(crate::auth::MASTERS_GROUP))?;
+    kubelet_client.write(&dir, "apiserver-kubelet-client")?;
+    security.kubelet_tls = Some(component_base::tls::client_config(&kubelet_cas, Some(&kubelet_client), &["http/1.1"])?);
     let admin = ca.issue_client(ADMIN_USER, Some(crate::auth::MASTERS_GROUP))?;
     Ok(SecureSetup { tls, security, ca_pem: ca.cert_pem().to_string(), admin: Some(admin) })
 }

@@ -11,8 +11,6 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -24,51 +22,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open connections (watches, exec sessions) get to finish after shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("the serving certificate has no PEM certificate in it")]
-    NoCertificate,
-    #[error("the serving key is not a PEM PKCS#8 private key")]
-    NoKey,
-    #[error("the client CA bundle is unusable: {0}")]
-    ClientCa(String),
-    #[error("the TLS configuration is refused: {0}")]
-    Config(#[from] rustls::Error),
-}
+pub use component_base::tls::TlsError;
 
 /// The user a connection's client certificate names, if it presented one (already
 /// verified against the client CA by the handshake).
 #[derive(Debug, Clone, Default)]
 pub struct PeerIdentity(pub Option<UserInfo>);
 
-/// A rustls server configuration for the serving certificate and key (PEM), accepting
-/// client certificates signed by one of `client_cas` (DER) and connections without one.
+/// The apiserver's TLS configuration: HTTP/2 and HTTP/1.1, client certificates signed
+/// by one of `client_cas` (DER) verified when presented.
 pub fn server_config(cert_pem: &str, key_pem: &str, client_cas: &[Vec<u8>]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> = component_base::pki::pem_certificates(cert_pem).into_iter().map(CertificateDer::from).collect();
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate);
-    }
-    let key = pem_private_key(key_pem).ok_or(TlsError::NoKey)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for der in client_cas {
-        roots.add(CertificateDer::from(der.clone())).map_err(|e| TlsError::ClientCa(e.to_string()))?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::ClientCa(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-fn pem_private_key(pem_text: &str) -> Option<PrivateKeyDer<'static>> {
-    let der = component_base::pki::pem_blocks(pem_text, "PRIVATE KEY").into_iter().next()?;
-    Some(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der)))
+    let serving = component_base::pki::CertPair { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string() };
+    component_base::tls::server_config(&serving, client_cas, component_base::tls::ClientAuth::Optional, &["h2", "http/1.1"])
 }
 
 /// The user a verified client certificate names: CN is the user, each O a group.

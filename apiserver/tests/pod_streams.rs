@@ -29,6 +29,7 @@ struct Cluster {
     /// The kubelet's files: logs, and files for `kubectl cp`.
     files: tempfile::TempDir,
     kubelet_shutdown: CancellationToken,
+    kubelet_port: u16,
 }
 
 impl Drop for Cluster {
@@ -67,9 +68,16 @@ async fn cluster() -> anyhow::Result<Option<Cluster>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let kubelet_port = listener.local_addr()?.port();
     let kubelet_shutdown = CancellationToken::new();
-    tokio::spawn(kubelet::server::serve(listener, runtime.clone(), pods, kubelet_shutdown.clone()));
+    // The kubelet API as a node serves it: TLS with a certificate from the cluster CA,
+    // callers authenticated by client certificate and authorized by SubjectAccessReview.
+    let ca = apiserver::server::cluster_ca(api.dir.path())?;
+    let serving = ca.issue("node-1", None, &["node-1".into()], &["127.0.0.1".parse()?], component_base::pki::Usage::Server)?;
+    let tls = kubelet::server::tls_config(&serving, &component_base::pki::pem_certificates(ca.cert_pem()))?;
+    let kubelet_client = component_base::client::client(Some(&api.kubeconfig)).await?;
+    let authorizer = Arc::new(kubelet::server::auth::Authorizer::new(kubelet_client, "node-1"));
+    tokio::spawn(kubelet::server::serve_tls(listener, tls, authorizer, runtime.clone(), pods, kubelet_shutdown.clone()));
 
-    let c = Cluster { api, runtime, files, kubelet_shutdown };
+    let c = Cluster { api, runtime, files, kubelet_shutdown, kubelet_port };
     c.create("apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n").await?;
     c.status("node", "node-1", &format!(r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"127.0.0.1"}},{{"type":"Hostname","address":"node-1"}}],"daemonEndpoints":{{"kubeletEndpoint":{{"Port":{kubelet_port}}}}}}}}}"#)).await?;
     // A node whose kubelet is gone.
@@ -444,5 +452,42 @@ async fn long_quiet_exec_survives_heartbeats() -> anyhow::Result<()> {
     for out in futures::future::join_all(runs).await {
         ensure!(ok(out?, &["exec sleep 70"])? == "done\n");
     }
+    Ok(())
+}
+
+/// GET `path` from the kubelet API over TLS as `client` (or with no certificate);
+/// `Err` when the TLS handshake itself refuses.
+async fn kubelet_get(c: &Cluster, client: Option<&component_base::pki::CertPair>, path: &str) -> anyhow::Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    let ca = apiserver::server::cluster_ca(c.api.dir.path())?;
+    let config = component_base::tls::client_config(&component_base::pki::pem_certificates(ca.cert_pem()), client, &["http/1.1"])?;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.kubelet_port)).await?;
+    let tls = tokio_rustls::TlsConnector::from(config).connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    let response = sender.send_request(http::Request::get(path).header("host", "127.0.0.1").body(http_body_util::Empty::new())?).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test]
+async fn the_kubelet_api_needs_a_certificate_and_permission() -> anyhow::Result<()> {
+    let Some(c) = cluster().await? else { return Ok(()) };
+    let path = "/containerLogs/default/web/web";
+    // No certificate: the handshake (or the first request on it) fails.
+    ensure!(kubelet_get(&c, None, path).await.is_err(), "the kubelet answered a caller without a certificate");
+    // A user of the cluster CA without nodes/proxy is refused by the SubjectAccessReview.
+    let ca = apiserver::server::cluster_ca(c.api.dir.path())?;
+    let jane = ca.issue_client("jane", None)?;
+    let (status, body) = kubelet_get(&c, Some(&jane), path).await?;
+    ensure!(status == 403 && body.contains("user=jane") && body.contains("subresource=proxy"), "{status} {body}");
+    // A user granted nodes/proxy reads the logs straight from the kubelet. (Another
+    // user than jane: the kubelet caches a denial for 30 seconds, as the real one does.)
+    c.api.ok(&["create", "clusterrole", "node-proxy", "--verb=get,create", "--resource=nodes/proxy"]).await?;
+    c.api.ok(&["create", "clusterrolebinding", "bob-node-proxy", "--clusterrole=node-proxy", "--user=bob"]).await?;
+    let bob = ca.issue_client("bob", None)?;
+    let (status, body) = kubelet_get(&c, Some(&bob), path).await?;
+    ensure!(status == 200 && !body.is_empty(), "{status} {body}");
     Ok(())
 }

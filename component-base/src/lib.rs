@@ -8,3 +8,4 @@ pub mod leaderelection;
 pub mod nft;
 pub mod pki;
 pub mod signals;
+pub mod tls;

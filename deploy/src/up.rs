@@ -107,6 +107,23 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
     let kubelet_kubeconfig = identity("kubelet", &format!("system:node:{}", kubelet_config.node_name), Some("system:nodes"))?;
     let mut kubelet_config = kubelet_config;
     kubelet_config.kubeconfig = Some(kubelet_kubeconfig);
+    // The kubelet API's certificate comes from the cluster CA (the apiserver checks it),
+    // and only callers with certificates from that CA get past its handshake.
+    let pki = apiserver::server::pki_dir(&lab.dir);
+    let ca = apiserver::server::cluster_ca(&lab.dir).context("loading the cluster CA")?;
+    let serving = ca
+        .issue(
+            &kubelet_config.node_name,
+            None,
+            std::slice::from_ref(&kubelet_config.node_name),
+            &[std::net::IpAddr::V4(kubelet_config.node_ip)],
+            component_base::pki::Usage::Server,
+        )
+        .context("issuing the kubelet's serving certificate")?;
+    let (cert, key) = serving.write(&pki, "kubelet").context("writing the kubelet's serving certificate")?;
+    kubelet_config.tls_cert_file = Some(cert);
+    kubelet_config.tls_private_key_file = Some(key);
+    kubelet_config.client_ca_file = Some(pki.join("ca.crt"));
     // The cluster DNS listens on the node's address (on a port of its own, so that labs
     // and a resolver on port 53 do not collide); the kube-dns Service leads there.
     let dns_listeners = cluster_dns::bind(SocketAddr::from((kubelet_config.node_ip, 0)))

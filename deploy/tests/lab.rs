@@ -395,6 +395,56 @@ fn wait_for_web(addr: &str) -> anyhow::Result<()> {
     }
 }
 
+/// An in-pod client of the API, as client-go's and kube-rs's in-cluster configuration
+/// finds it: the projected token, CA and namespace at the well-known path, and the
+/// apiserver behind the `kubernetes` Service's ClusterIP, whose certificate names it.
+/// The pod's ServiceAccount gets what a RoleBinding grants and nothing more. (The
+/// requests are made with the stock kubectl on the node, with the pod's files: busybox's
+/// own TLS cannot agree a cipher suite with the apiserver.)
+fn in_cluster_api(lab: &Lab, pods: &[String]) -> anyhow::Result<()> {
+    const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let namespace = lab.kubectl(&["exec", "client", "--", "cat", &format!("{SA}/namespace")])?;
+    assert_eq!(namespace.trim(), "default");
+    let ca = lab.kubectl(&["exec", "client", "--", "cat", &format!("{SA}/ca.crt")])?;
+    assert!(ca.contains("BEGIN CERTIFICATE"), "ca.crt: {ca}");
+    let token = lab.kubectl(&["exec", "client", "--", "cat", &format!("{SA}/token")])?;
+    let ca_file = lab.dir.path().join("pod-ca.crt");
+    std::fs::write(&ca_file, &ca)?;
+    let service_ip = lab.kubectl(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let server = format!("https://{}:443", service_ip.trim());
+    let as_pod = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        let mut cmd = std::process::Command::new("kubectl");
+        cmd.args(["--kubeconfig", "/dev/null", "--server", &server, "--certificate-authority"])
+            .arg(&ca_file)
+            .args(["--token", token.trim()])
+            .args(args);
+        Ok(cmd.output()?)
+    };
+    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // The default account may do nothing yet.
+    let refused = as_pod(&["get", "pods", "-n", "default"])?;
+    assert!(
+        text(&refused).contains(r#"User "system:serviceaccount:default:default" cannot list resource "pods""#),
+        "an account without a binding listed pods: {}",
+        text(&refused)
+    );
+    lab.kubectl(&["create", "rolebinding", "client-view", "--clusterrole=view", "--serviceaccount=default:default"])?;
+    let mut listed = String::new();
+    for _ in 0..50 {
+        let out = as_pod(&["get", "pods", "-n", "default", "-o", "name"])?;
+        listed = text(&out);
+        if out.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(pods.iter().all(|p| listed.contains(p.as_str())), "list pods with the pod's token: {listed}");
+    let secrets = as_pod(&["get", "secrets", "-n", "default"])?;
+    assert!(text(&secrets).contains("Forbidden"), "view lets a pod read secrets: {}", text(&secrets));
+    lab.kubectl(&["delete", "rolebinding", "client-view"])?;
+    Ok(())
+}
+
 /// Services as the tutorials use them: `kubectl expose`, a ClusterIP answering from the
 /// node and from pods with every ready backend, names through the cluster DNS, a
 /// NodePort on the node's address and on localhost, and the study notes' `expose rc`.
@@ -423,6 +473,7 @@ fn services_and_dns(lab: &Lab) -> anyhow::Result<()> {
     let many = lab.kubectl(&["exec", "client", "--", "sh", "-c", "for i in $(seq 40); do wget -qO- http://web; done"])?;
     let from_pod: std::collections::BTreeSet<String> = many.lines().filter_map(answering_pod).collect();
     assert_eq!(from_pod.into_iter().collect::<Vec<_>>(), pods, "every backend answers a pod: {many}");
+    in_cluster_api(lab, &pods)?;
 
     lab.kubectl(&["expose", "deployment", "web", "--name=web-np", "--type=NodePort", "--port=80", "--target-port=8080"])?;
     let node_port = lab.kubectl(&["get", "svc", "web-np", "-o", "jsonpath={.spec.ports[0].nodePort}"])?.trim().to_string();

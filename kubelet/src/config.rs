@@ -113,6 +113,15 @@ pub struct KubeletConfig {
     pub image_gc_low_threshold: u8,
     /// Labels set on the Node at registration (`--node-labels`).
     pub node_labels: Vec<(String, String)>,
+    /// The kubelet API's serving certificate and key (`--tls-cert-file`,
+    /// `--tls-private-key-file`); without them the kubelet makes a self-signed one under
+    /// `ROOT/pki`, as the real kubelet does.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Client certificates signed by this CA bundle may call the kubelet API, as far as
+    /// a SubjectAccessReview allows (`--client-ca-file`). Without it no caller can be
+    /// authenticated and the API refuses everyone.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl KubeletConfig {
@@ -141,6 +150,9 @@ impl KubeletConfig {
             image_gc_high_threshold: 85,
             image_gc_low_threshold: 80,
             node_labels: Vec::new(),
+            tls_cert_file: None,
+            tls_private_key_file: None,
+            client_ca_file: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub enum KubeletError {
     Runtime(#[from] runtime::RuntimeError),
     #[error("pod network: {0}")]
     Network(#[from] network::NetworkError),
+    #[error("setting up the kubelet API's TLS: {0}")]
+    Tls(String),
     #[error("listening on {address}: {source}")]
     Listen {
         address: String,
@@ -93,7 +95,9 @@ pub async fn run_with(config: KubeletConfig, client: kube::Client, runtimes: Run
     let node_task = tokio::spawn(agent.clone().run(shutdown.clone()));
     let pods_task = tokio::spawn(manager.clone().run());
     let stats_task = tokio::spawn(stats::run(config.clone(), client.clone(), manager.clone(), shutdown.clone()));
-    let server_task = tokio::spawn(serve_api(listener, runtimes.clone(), manager.clone(), shutdown.clone()));
+    let tls = api_tls(&config)?;
+    let authorizer = Arc::new(server::auth::Authorizer::new(client.clone(), &config.node_name));
+    let server_task = tokio::spawn(serve_api(listener, tls, authorizer, runtimes.clone(), manager.clone(), shutdown.clone()));
     let gc_task = tokio::spawn(imagegc::run(config.clone(), runtimes.runtime.clone(), runtimes.images.clone(), shutdown.clone()));
     shutdown.cancelled().await;
     let _ = tokio::join!(node_task, pods_task, stats_task, server_task, gc_task, futures::future::join_all(pod_network.tasks));
@@ -101,8 +105,52 @@ pub async fn run_with(config: KubeletConfig, client: kube::Client, runtimes: Run
     Ok(())
 }
 
-async fn serve_api(listener: tokio::net::TcpListener, runtimes: Runtimes, pods: Arc<pods::PodManager>, shutdown: CancellationToken) {
-    if let Err(e) = server::serve(listener, runtimes.runtime, pods, shutdown).await {
+/// The kubelet API's TLS configuration: the configured serving certificate or a
+/// self-signed one (kept under `ROOT/pki`, naming the node's address and name), and
+/// client certificates checked against `--client-ca-file`. Without a client CA no
+/// certificate can pass, and nobody can use the API.
+fn api_tls(config: &KubeletConfig) -> Result<Arc<rustls::ServerConfig>, KubeletError> {
+    use component_base::pki::{self, CertPair};
+    let serving = match (&config.tls_cert_file, &config.tls_private_key_file) {
+        (Some(cert), Some(key)) => CertPair {
+            cert_pem: std::fs::read_to_string(cert).map_err(|source| KubeletError::Tls(format!("reading {}: {source}", cert.display())))?,
+            key_pem: std::fs::read_to_string(key).map_err(|source| KubeletError::Tls(format!("reading {}: {source}", key.display())))?,
+        },
+        _ => {
+            let dir = config.root_dir.join("pki");
+            match CertPair::read(&dir, "kubelet").map_err(|e| KubeletError::Tls(e.to_string()))? {
+                Some(pair) => pair,
+                None => {
+                    let ca = pki::CertificateAuthority::generate(&format!("{}-ca", config.node_name)).map_err(|e| KubeletError::Tls(e.to_string()))?;
+                    let pair = ca
+                        .issue(&config.node_name, None, std::slice::from_ref(&config.node_name), &[std::net::IpAddr::V4(config.node_ip)], pki::Usage::Server)
+                        .map_err(|e| KubeletError::Tls(e.to_string()))?;
+                    pair.write(&dir, "kubelet").map_err(|e| KubeletError::Tls(e.to_string()))?;
+                    pair
+                }
+            }
+        }
+    };
+    let client_cas = match &config.client_ca_file {
+        Some(path) => pki::read_certificates(path).map_err(|e| KubeletError::Tls(e.to_string()))?,
+        None => {
+            tracing::warn!("no --client-ca-file: nobody can authenticate to the kubelet API, so logs, exec and port-forward are refused");
+            // A CA nobody holds the key of: every client certificate fails.
+            pki::pem_certificates(pki::CertificateAuthority::generate("nobody").map_err(|e| KubeletError::Tls(e.to_string()))?.cert_pem())
+        }
+    };
+    server::tls_config(&serving, &client_cas).map_err(|e| KubeletError::Tls(e.to_string()))
+}
+
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    authorizer: Arc<server::auth::Authorizer>,
+    runtimes: Runtimes,
+    pods: Arc<pods::PodManager>,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = server::serve_tls(listener, tls, authorizer, runtimes.runtime, pods, shutdown).await {
         tracing::error!(error = %e, "the kubelet API stopped");
     }
 }

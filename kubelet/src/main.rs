@@ -68,6 +68,18 @@ struct Options {
     /// --cgroup-root; then exit.
     #[arg(long)]
     teardown: bool,
+    /// The kubelet API's serving certificate (PEM). Without it a self-signed one is made
+    /// under --root-dir/pki.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's private key (PEM, PKCS#8).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// Callers of the kubelet API must present a client certificate signed by this CA
+    /// bundle; each request is then authorized by a SubjectAccessReview. Without it
+    /// nobody can use the kubelet API (logs, exec, port-forward).
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +104,9 @@ fn main() -> anyhow::Result<()> {
     config.bridge_name = options.bridge_name;
     config.port = options.port;
     config.address = options.address;
+    config.tls_cert_file = options.tls_cert_file;
+    config.tls_private_key_file = options.tls_private_key_file;
+    config.client_ca_file = options.client_ca_file;
     config.cluster_dns = options.cluster_dns;
     config.cluster_domain = options.cluster_domain;
     config.max_pods = options.max_pods;

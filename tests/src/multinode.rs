@@ -434,7 +434,24 @@ impl Lan {
         let n = &self.names;
         let root = self.dir.join(format!("n{k}"));
         let kubeconfig = self.identity(&format!("kubelet-n{k}"), &format!("system:node:{}", n.node_name(k)), Some("system:nodes"))?;
+        // The kubelet API's certificate, from the cluster CA, for the node's address.
+        let control = self.dir.join("apiserver");
+        let serving = apiserver::server::cluster_ca(&control)?.issue(
+            &n.node_name(k),
+            None,
+            &[n.node_name(k)],
+            &[IpAddr::V4(n.node_ip(k))],
+            component_base::pki::Usage::Server,
+        )?;
+        let (cert, key) = serving.write(&self.dir, &format!("kubelet-n{k}-serving"))?;
+        let client_ca = apiserver::server::pki_dir(&control).join("ca.crt");
         Ok([
+            "--tls-cert-file",
+            &cert.to_string_lossy(),
+            "--tls-private-key-file",
+            &key.to_string_lossy(),
+            "--client-ca-file",
+            &client_ca.to_string_lossy(),
             "--kubeconfig",
             &kubeconfig.to_string_lossy(),
             "--hostname-override",

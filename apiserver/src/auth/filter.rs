@@ -56,12 +56,16 @@ pub struct Security {
     pub authenticator: Authenticator,
     pub modes: Vec<Mode>,
     pub tokens: Option<Arc<TokenIssuer>>,
+    /// How the apiserver reaches kubelets (logs, exec, port-forward): TLS, verifying the
+    /// kubelet's serving certificate against the cluster CA and presenting the
+    /// apiserver's kubelet client certificate. `None` speaks plain HTTP.
+    pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
     rbac: Mutex<Option<([u64; 4], Arc<Rbac>)>>,
 }
 
 impl Security {
     pub fn new(insecure: bool, authenticator: Authenticator, modes: Vec<Mode>, tokens: Option<Arc<TokenIssuer>>) -> Security {
-        Security { insecure, authenticator, modes, tokens, rbac: Mutex::new(None) }
+        Security { insecure, authenticator, modes, tokens, kubelet_tls: None, rbac: Mutex::new(None) }
     }
 
     /// Everyone may do everything (tests of other layers, `--insecure-serve-http`).

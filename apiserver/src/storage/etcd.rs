@@ -135,14 +135,40 @@ fn first_get(responses: &[TxnOpResponse]) -> Result<Option<KeyValue>, StoreError
     Ok(None)
 }
 
+/// TLS to etcd (`--etcd-cafile`, `--etcd-certfile`, `--etcd-keyfile`): the CA that
+/// signed etcd's serving certificate, and the apiserver's client certificate, PEM.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: String,
+    pub client: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls").field("client", &self.client.is_some()).finish_non_exhaustive()
+    }
+}
+
 impl EtcdStore {
     /// Connects to the cluster at `endpoints` (`http://host:port`, several for a
     /// cluster) and checks that it answers.
     pub async fn connect(endpoints: &[String]) -> Result<EtcdStore, StoreError> {
-        let options = ConnectOptions::new()
+        EtcdStore::connect_with(endpoints, None).await
+    }
+
+    /// [`EtcdStore::connect`], over TLS when `tls` is given (`https://` endpoints).
+    pub async fn connect_with(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<EtcdStore, StoreError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls {
+            let mut config = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.client {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
         if endpoints.is_empty() {
             return Err(StoreError::Etcd(etcd_client::Error::InvalidArgs(
                 "no etcd endpoints".into(),

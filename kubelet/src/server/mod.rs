@@ -17,6 +17,7 @@
 //! the [`Runtime`]. The server speaks plain HTTP on any byte stream
 //! ([`KubeletApi::serve_connection`]), so TLS can wrap the accepted connections.
 
+pub mod auth;
 pub mod logs;
 pub mod portforward;
 pub mod remotecommand;
@@ -195,6 +196,57 @@ pub async fn serve(listener: TcpListener, runtime: Arc<dyn Runtime>, pods: Arc<d
     }
 }
 
+/// Serves the kubelet API over TLS on `listener` until `shutdown`: every connection
+/// must present a client certificate the TLS configuration verifies (see
+/// [`tls_config`]), and every request is authorized by `authorizer`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    authorizer: Arc<auth::Authorizer>,
+    runtime: Arc<dyn Runtime>,
+    pods: Arc<dyn PodResolver>,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let api = KubeletApi::new(runtime, pods, shutdown.clone());
+    if let Ok(addr) = listener.local_addr() {
+        info!(address = %addr, "kubelet API serving HTTPS");
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let api = api.clone();
+                let acceptor = acceptor.clone();
+                let authorizer = authorizer.clone();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return debug!(%peer, error = %e, "kubelet API TLS handshake failed"),
+                        Err(_) => return debug!(%peer, "kubelet API TLS handshake timed out"),
+                    };
+                    let caller = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| auth::Caller::from_certificate(c.as_ref()));
+                    let Some(caller) = caller else { return debug!(%peer, "kubelet API client presented no usable certificate") };
+                    api.serve_connection_checked(tls, Some((authorizer, caller))).await
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting a kubelet API connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// The kubelet API's TLS configuration: its serving certificate, and client
+/// certificates required and checked against `client_cas` (DER).
+pub fn tls_config(serving: &component_base::pki::CertPair, client_cas: &[Vec<u8>]) -> Result<Arc<rustls::ServerConfig>, component_base::tls::TlsError> {
+    component_base::tls::server_config(serving, client_cas, component_base::tls::ClientAuth::Required, &["http/1.1"])
+}
+
 impl KubeletApi {
     pub fn new(runtime: Arc<dyn Runtime>, pods: Arc<dyn PodResolver>, shutdown: CancellationToken) -> KubeletApi {
         KubeletApi { runtime, pods, shutdown }
@@ -205,10 +257,29 @@ impl KubeletApi {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_connection_checked(io, None).await
+    }
+
+    /// [`KubeletApi::serve_connection`], with every request of `caller` authorized first
+    /// (403 with the kubelet's message when refused).
+    pub async fn serve_connection_checked<IO>(&self, io: IO, check: Option<(Arc<auth::Authorizer>, auth::Caller)>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let api = self.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let api = api.clone();
-            async move { Ok::<_, Infallible>(api.handle(req).await) }
+            let check = check.clone();
+            async move {
+                if let Some((authorizer, caller)) = &check {
+                    if !authorizer.allowed(caller, req.method(), req.uri().path()).await {
+                        let (verb, sub) = auth::attributes(req.method(), req.uri().path());
+                        let message = format!("Forbidden (user={}, verb={verb}, resource=nodes, subresource={sub})", caller.user);
+                        return Ok::<_, Infallible>(text(StatusCode::FORBIDDEN, message));
+                    }
+                }
+                Ok::<_, Infallible>(api.handle(req).await)
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades();
         tokio::pin!(conn);
