@@ -7,6 +7,7 @@
 //! - [`patch`]: JSON patch, JSON merge patch and strategic merge patch.
 //! - [`validation`]: DNS names, label keys and values, with Kubernetes' messages.
 //! - [`quantity`]: resource quantities (`100m`, `1Gi`).
+//! - [`quota`]: what objects charge against a ResourceQuota, and resource-list arithmetic.
 //! - [`rbac`]: the normal form of RBAC policy rules and ClusterRole aggregation.
 
 pub mod fields;
@@ -14,6 +15,7 @@ pub mod labels;
 pub mod managedfields;
 pub mod patch;
 pub mod quantity;
+pub mod quota;
 pub mod rbac;
 pub mod validation;
 

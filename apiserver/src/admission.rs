@@ -33,6 +33,7 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
         default_storage_class(api, obj).await?;
     }
     default(res, obj);
+    crate::quota::limit_ranger(api, res, obj, None).await?;
     let mut causes = validate(res, obj, None);
     let mut guard = None;
     if res.group.is_empty() && res.plural == "services" && causes.is_empty() {
@@ -42,6 +43,12 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     }
     if !causes.is_empty() {
         return Err(ApiError::invalid(res, &name, causes));
+    }
+    let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string();
+    if dry_run {
+        crate::quota::check(api, res, &namespace, obj, None).await?;
+    } else {
+        crate::quota::admit(api, res, &namespace, obj, None).await?;
     }
     Ok(guard)
 }
@@ -249,6 +256,7 @@ pub async fn admit_update(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     let mut causes = Vec::new();
     decode_check(res, obj, &name)?;
     default(res, obj);
+    crate::quota::limit_ranger(api, res, obj, Some(old)).await?;
     if res.group.is_empty() && res.plural == "services" {
         // Allocated fields stay as they are unless the client changes them.
         for field in ["clusterIP", "clusterIPs"] {
@@ -298,6 +306,8 @@ pub async fn admit_update(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     if !causes.is_empty() {
         return Err(ApiError::invalid(res, &name, causes));
     }
+    let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string();
+    crate::quota::admit(api, res, &namespace, obj, Some(old)).await?;
     Ok(guard)
 }
 

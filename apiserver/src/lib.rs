@@ -14,6 +14,7 @@ pub mod podsecurity;
 pub mod printers;
 pub mod protobuf;
 pub mod proxy;
+pub mod quota;
 pub mod registry;
 pub mod server;
 pub mod storage;

@@ -51,6 +51,9 @@ pub struct Config {
     /// every namespace's `kube-root-ca.crt` ConfigMap (`--root-ca-file`). None: that
     /// controller does not run.
     pub root_ca_file: Option<PathBuf>,
+    /// How often every ResourceQuota's usage is counted again in full (Kubernetes'
+    /// `--resource-quota-sync-period`, 5 minutes).
+    pub resource_quota_sync_period: Duration,
 }
 
 impl Default for Config {
@@ -71,6 +74,7 @@ impl Default for Config {
             local_path_root: PathBuf::from("/var/lib/rkube/storage"),
             load_balancer_ip_pool: None,
             root_ca_file: None,
+            resource_quota_sync_period: controllers::resourcequota::DEFAULT_SYNC_PERIOD,
         }
     }
 }

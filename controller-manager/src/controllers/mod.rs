@@ -27,6 +27,7 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod persistentvolume;
+pub mod resourcequota;
 pub mod resources;
 pub mod rootcacert;
 pub mod serviceaccount;
@@ -109,6 +110,7 @@ pub static CONTROLLERS: &[Registered] = &[
     Registered { name: "service-lb", enabled_by_default: true, start: servicelb::start },
     Registered { name: "clusterrole-aggregation", enabled_by_default: true, start: clusterroleaggregation::start },
     Registered { name: "root-ca-cert-publisher", enabled_by_default: true, start: rootcacert::start },
+    Registered { name: "resourcequota", enabled_by_default: true, start: resourcequota::start },
 ];
 
 /// The controllers a `--controllers` list selects: `*` means every one enabled by
