@@ -224,6 +224,26 @@ impl ApiError {
             other => ApiError::internal(other),
         }
     }
+
+    /// 429 TooManyRequests (apimachinery's `NewTooManyRequests`): the client should
+    /// retry after `retry_after_seconds`; the caller sets the `Retry-After` header.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u64) -> ApiError {
+        ApiError::new(429, "TooManyRequests", message).with_details(ApiError::retry_after(retry_after_seconds))
+    }
+
+    /// 504 Timeout (apimachinery's `NewTimeoutError`): `Timeout: <message>`.
+    pub fn timeout(message: impl std::fmt::Display, retry_after_seconds: u64) -> ApiError {
+        ApiError::new(504, "Timeout", format!("Timeout: {message}")).with_details(ApiError::retry_after(retry_after_seconds))
+    }
+
+    /// `details` with `retryAfterSeconds`, left out when zero (Kubernetes' omitempty).
+    fn retry_after(seconds: u64) -> Value {
+        if seconds == 0 {
+            json!({})
+        } else {
+            json!({"retryAfterSeconds": seconds})
+        }
+    }
 }
 
 fn kind_of(res: &ResourceInfo) -> String {

@@ -2,12 +2,14 @@
 //! kubectl, client-go, kube-rs and the Python client alike.
 
 pub mod admission;
+pub mod audit;
 pub mod auth;
 pub mod codec;
 pub mod discovery;
 pub mod errors;
 pub mod filter;
 pub mod handlers;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod podsecurity;

@@ -82,6 +82,10 @@ struct Options {
     /// The key of --etcd-certfile.
     #[arg(long, requires = "etcd_certfile")]
     etcd_keyfile: Option<PathBuf>,
+    /// Write audit events (audit.k8s.io/v1, Metadata level: who did what to which
+    /// object) to this file, one JSON line each; "-" is standard output.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
 }
 
 // glibc's allocator fragments under the apiserver's many short-lived JSON trees (malloc
@@ -118,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         etcd_cafile: opts.etcd_cafile,
         etcd_certfile: opts.etcd_certfile,
         etcd_keyfile: opts.etcd_keyfile,
+        audit_log_path: opts.audit_log_path,
     };
     let config = apiserver::Config {
         data_dir: opts.data_dir,

@@ -73,6 +73,9 @@ pub struct SecurityConfig {
     pub etcd_cafile: Option<PathBuf>,
     pub etcd_certfile: Option<PathBuf>,
     pub etcd_keyfile: Option<PathBuf>,
+    /// Where audit events are written, one JSON line each ("-" is standard output);
+    /// None disables auditing (`--audit-log-path`).
+    pub audit_log_path: Option<PathBuf>,
 }
 
 impl SecurityConfig {
@@ -105,6 +108,7 @@ impl Default for SecurityConfig {
             etcd_cafile: None,
             etcd_certfile: None,
             etcd_keyfile: None,
+            audit_log_path: None,
         }
     }
 }
@@ -131,6 +135,8 @@ pub enum ServerError {
     ServiceAccountKey(#[from] crate::auth::serviceaccount::TokenError),
     #[error("loading the encryption provider config failed")]
     EncryptionConfig(#[source] Box<crate::storage::encryption::EncryptionError>),
+    #[error("opening the audit log failed")]
+    Audit(#[from] crate::audit::AuditError),
     #[error("loading --token-auth-file failed")]
     TokenFile(#[from] crate::auth::authn::TokenFileError),
 }
@@ -147,6 +153,10 @@ pub struct ApiServer {
     /// Authentication and authorization.
     pub security: crate::auth::filter::Security,
     pub shutdown: CancellationToken,
+    /// In-flight, rate, timeout and body-size limits (`crate::limits`).
+    pub limits: crate::limits::Limiter,
+    /// The audit log (`--audit-log-path`), set once at start-up if there is one.
+    pub audit: std::sync::OnceLock<crate::audit::AuditLog>,
 }
 
 impl ApiServer {
@@ -183,7 +193,11 @@ impl ApiServer {
                 .map_err(|source| ServerError::StartCache { prefix: r.prefix(), source: Box::new(source) })?;
             caches.insert(r.storage_resource, cache);
         }
-        let api = Arc::new(ApiServer { store, config, caches, service_allocation: Default::default(), metrics: Default::default(), security, shutdown });
+        let audit = std::sync::OnceLock::new();
+        if let Some(path) = &config.security.audit_log_path {
+            let _ = audit.set(crate::audit::AuditLog::open(path)?);
+        }
+        let api = Arc::new(ApiServer { store, config, caches, service_allocation: Default::default(), metrics: Default::default(), security, shutdown, limits: Default::default(), audit });
         api.bootstrap().await?;
         Ok(api)
     }
@@ -286,7 +300,9 @@ impl ApiServer {
         Router::new()
             .fallback(dispatch)
             .layer(axum::middleware::from_fn_with_state(self.clone(), crate::proxy::intercept))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), crate::limits::limit))
             .layer(axum::middleware::from_fn_with_state(self.clone(), crate::auth::filter::guard))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), crate::audit::audit))
             .with_state(self.clone())
     }
 }
