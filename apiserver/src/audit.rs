@@ -32,8 +32,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::auth::authn::Outcome;
-use crate::auth::request::RequestInfo;
-use crate::auth::{UserInfo, ANONYMOUS_USER, UNAUTHENTICATED_GROUP};
+use crate::auth::{Attributes, UserInfo, ANONYMOUS_USER, UNAUTHENTICATED_GROUP};
 use crate::server::ApiServer;
 use crate::tls::PeerIdentity;
 
@@ -257,7 +256,7 @@ fn micro_time(t: DateTime<Utc>) -> String {
 impl Event {
     /// The event of a request as it arrives (no user or answer yet).
     pub fn received(audit_id: String, method: &http::Method, uri: &http::Uri, headers: &HeaderMap, peer: Option<SocketAddr>, at: DateTime<Utc>) -> Event {
-        let info = RequestInfo::parse(method, uri);
+        let info = Attributes::parse(method, uri);
         let object_ref = info.resource_request.then(|| ObjectRef {
             resource: info.resource.clone(),
             namespace: info.namespace.clone(),

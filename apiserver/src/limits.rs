@@ -29,8 +29,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
 use crate::auth::filter::RequestUser;
-use crate::auth::request::RequestInfo;
-use crate::auth::{UserInfo, MASTERS_GROUP, NODE_USER_PREFIX};
+use crate::auth::{Attributes, UserInfo, MASTERS_GROUP, NODE_USER_PREFIX};
 use crate::errors::ApiError;
 use crate::server::ApiServer;
 
@@ -109,7 +108,7 @@ pub fn classify(method: &Method, uri: &Uri) -> RequestClass {
     if HEALTH_PATHS.iter().any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))) {
         return RequestClass::Exempt;
     }
-    let info = RequestInfo::parse(method, uri);
+    let info = Attributes::parse(method, uri);
     if is_long_running(&info, uri) {
         return RequestClass::LongRunning;
     }
@@ -120,7 +119,7 @@ pub fn classify(method: &Method, uri: &Uri) -> RequestClass {
     }
 }
 
-fn is_long_running(info: &RequestInfo, uri: &Uri) -> bool {
+fn is_long_running(info: &Attributes, uri: &Uri) -> bool {
     if !info.resource_request {
         return false;
     }

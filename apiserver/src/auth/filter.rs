@@ -16,7 +16,7 @@ use tracing::debug;
 use super::authn::{Authenticator, Objects, Outcome};
 use super::node::{self, Graph};
 use super::rbac::Rbac;
-use super::request::{forbidden_message, RequestInfo};
+use super::request::forbidden_message;
 use super::serviceaccount::TokenIssuer;
 use super::{Attributes, Decision, UserInfo, ANONYMOUS_USER, AUTHENTICATED_GROUP, MASTERS_GROUP, SERVICE_ACCOUNTS_GROUP, UNAUTHENTICATED_GROUP};
 use crate::errors::ApiError;
@@ -199,8 +199,7 @@ async fn check(api: &Arc<ApiServer>, mut req: Request) -> Result<Request, ApiErr
         }
     };
     let user = impersonate(api, user, req.headers())?;
-    let info = RequestInfo::parse(req.method(), req.uri());
-    let attrs = info.attributes(user);
+    let attrs = Attributes::parse(req.method(), req.uri()).with_user(user);
     match api.authorize(&attrs) {
         Decision::Allow => {}
         Decision::Deny(reason) | Decision::NoOpinion(reason) => return Err(forbidden(&attrs, &reason)),

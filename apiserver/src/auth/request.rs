@@ -6,25 +6,11 @@ use http::{Method, Uri};
 
 use super::{Attributes, UserInfo};
 
-/// The parts of a request authorizers need, without the user.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestInfo {
-    pub resource_request: bool,
-    pub verb: String,
-    pub namespace: String,
-    pub api_group: String,
-    pub api_version: String,
-    pub resource: String,
-    pub subresource: String,
-    pub name: String,
-    pub path: String,
-}
-
-impl RequestInfo {
-    /// Reads a request.
-    pub fn parse(method: &Method, uri: &Uri) -> RequestInfo {
+impl Attributes {
+    /// Reads a request (with no user yet: see [`Attributes::with_user`]).
+    pub fn parse(method: &Method, uri: &Uri) -> Attributes {
         let path = uri.path().to_string();
-        let non_resource = || RequestInfo { resource_request: false, verb: method.as_str().to_ascii_lowercase(), path: path.clone(), ..Default::default() };
+        let non_resource = || Attributes { resource_request: false, verb: method.as_str().to_ascii_lowercase(), path: path.clone(), ..Default::default() };
         let parts: Vec<&str> = uri.path().trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
         let (group, version, mut rest) = match parts.as_slice() {
             ["api", version, rest @ ..] => ("", *version, rest),
@@ -36,7 +22,7 @@ impl RequestInfo {
             return non_resource();
         }
         let query = uri.query().unwrap_or("");
-        let mut info = RequestInfo { resource_request: true, api_group: group.into(), api_version: version.into(), path: path.clone(), ..Default::default() };
+        let mut info = Attributes { resource_request: true, api_group: group.into(), api_version: version.into(), path: path.clone(), ..Default::default() };
         let mut legacy_watch = false;
         if let ["watch", tail @ ..] = rest {
             legacy_watch = true;
@@ -88,7 +74,7 @@ impl RequestInfo {
                     "delete"
                 }
             }
-            _ => return RequestInfo { verb: method.as_str().to_ascii_lowercase(), ..info },
+            _ => return Attributes { verb: method.as_str().to_ascii_lowercase(), ..info },
         }
         .to_string();
         // A list or watch of one object by field selector names it, so that rules with
@@ -103,20 +89,9 @@ impl RequestInfo {
         info
     }
 
-    /// The attributes of this request made by `user`.
-    pub fn attributes(&self, user: UserInfo) -> Attributes {
-        Attributes {
-            user,
-            verb: self.verb.clone(),
-            resource_request: self.resource_request,
-            namespace: self.namespace.clone(),
-            api_group: self.api_group.clone(),
-            api_version: self.api_version.clone(),
-            resource: self.resource.clone(),
-            subresource: self.subresource.clone(),
-            name: self.name.clone(),
-            path: self.path.clone(),
-        }
+    /// These attributes, asked by `user`.
+    pub fn with_user(self, user: UserInfo) -> Attributes {
+        Attributes { user, ..self }
     }
 }
 
@@ -136,8 +111,8 @@ pub fn forbidden_message(attrs: &Attributes) -> String {
 mod tests {
     use super::*;
 
-    fn info(method: Method, uri: &str) -> RequestInfo {
-        RequestInfo::parse(&method, &uri.parse().expect("uri"))
+    fn info(method: Method, uri: &str) -> Attributes {
+        Attributes::parse(&method, &uri.parse().expect("uri"))
     }
 
     #[test]
@@ -184,11 +159,11 @@ mod tests {
 
     #[test]
     fn forbidden_messages_read_like_kubernetes() {
-        let mut a = info(Method::GET, "/api/v1/namespaces/default/secrets").attributes(UserInfo { name: "jane".into(), ..Default::default() });
+        let mut a = info(Method::GET, "/api/v1/namespaces/default/secrets").with_user(UserInfo { name: "jane".into(), ..Default::default() });
         assert_eq!(forbidden_message(&a), "User \"jane\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\"");
-        a = info(Method::POST, "/apis/rbac.authorization.k8s.io/v1/clusterroles").attributes(a.user);
+        a = info(Method::POST, "/apis/rbac.authorization.k8s.io/v1/clusterroles").with_user(a.user);
         assert_eq!(forbidden_message(&a), "User \"jane\" cannot create resource \"clusterroles\" in API group \"rbac.authorization.k8s.io\" at the cluster scope");
-        a = info(Method::GET, "/metrics").attributes(a.user);
+        a = info(Method::GET, "/metrics").with_user(a.user);
         assert_eq!(forbidden_message(&a), "User \"jane\" cannot get path \"/metrics\"");
     }
 }
