@@ -829,6 +829,13 @@ impl ApiServer {
                     }
                 }
             }
+            // `{"$patch": "replace"}` at the root, or a JSON patch removing `/kind`, leaves
+            // the object without its type, which Kubernetes' typed decode fills in from
+            // the resource; a patch that changes the type is refused further on.
+            if let Some(o) = patched.as_object_mut() {
+                o.entry("apiVersion").or_insert_with(|| Value::String(res.api_version()));
+                o.entry("kind").or_insert_with(|| Value::String(kind_name.to_string()));
+            }
             Ok(patched.with_current(current, sub.as_deref()))
         })
         .await

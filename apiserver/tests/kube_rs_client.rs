@@ -93,6 +93,13 @@ async fn verbs(client: &Client) -> anyhow::Result<()> {
     let data = strategic.data.clone().unwrap_or_default();
     ensure!(!data.contains_key("a") && data.get("c").map(String::as_str) == Some("3"), "strategic patch: {data:?}");
 
+    // A strategic `$patch: replace` at the root replaces the content, never the type.
+    let replaced = cms.patch("settings", &PatchParams::default(), &Patch::Strategic(json!({"$patch": "replace", "data": {"c": "3"}}))).await?;
+    ensure!(replaced.data.clone().unwrap_or_default().len() == 1, "replace patch: {:?}", replaced.data);
+    let raw = client.request_text(http::Request::get(format!("/api/v1/namespaces/{}/configmaps/settings", cms.namespace().unwrap_or("default"))).body(Vec::new())?).await?;
+    let stored: serde_json::Value = serde_json::from_str(&raw)?;
+    ensure!(stored["apiVersion"] == "v1" && stored["kind"] == "ConfigMap", "a replace patch lost the object's type: {raw}");
+
     let apply = PatchParams::apply("kube-rs-test").force();
     let applied = cms
         .patch("settings", &apply, &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"}, "data": {"d": "4"}})))
