@@ -157,6 +157,48 @@ pub fn encode(format: Format, value: &Value) -> (Vec<u8>, &'static str) {
     }
 }
 
+/// Parses a Go duration string (`1h30m`, `1.5s`, `300ms`, `-2m`) into nanoseconds.
+pub fn parse_go_duration(s: &str) -> Option<i64> {
+    let (neg, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let digits = &rest[..num_end];
+        if digits.is_empty() || digits == "." || digits.matches('.').count() > 1 {
+            return None;
+        }
+        let number: f64 = digits.parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += number * scale;
+    }
+    // Go's durations are int64 nanoseconds (about 292 years).
+    if !total.is_finite() || total > i64::MAX as f64 {
+        return None;
+    }
+    let nanos = total.round() as i64;
+    Some(if neg { -nanos } else { nanos })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

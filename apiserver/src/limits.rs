@@ -166,47 +166,8 @@ pub fn request_deadline(uri: &Uri, server: Duration) -> Result<Duration, ApiErro
 /// Parses a Go `time.Duration` (`300ms`, `1.5h`, `2h45m`, `-1s`, `0`). `None` is a
 /// malformed value; `Some(None)` a zero or negative one.
 fn parse_go_duration(s: &str) -> Option<Option<Duration>> {
-    let (negative, mut rest) = match s.as_bytes().first()? {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    if rest == "0" {
-        return Some(None);
-    }
-    if rest.is_empty() {
-        return None;
-    }
-    let mut nanos = 0f64;
-    while !rest.is_empty() {
-        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let number = &rest[..number_end];
-        if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-            return None;
-        }
-        let value: f64 = number.parse().ok()?;
-        rest = &rest[number_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        nanos += value * scale;
-    }
-    // Go's durations are int64 nanoseconds (about 292 years).
-    if !nanos.is_finite() || nanos > i64::MAX as f64 {
-        return None;
-    }
-    if negative || nanos < 1.0 {
-        return Some(None);
-    }
-    Some(Some(Duration::from_nanos(nanos as u64)))
+    let nanos = crate::codec::parse_go_duration(s)?;
+    Some((nanos > 0).then(|| Duration::from_nanos(nanos as u64)))
 }
 
 /// A token bucket: `burst` tokens, refilled at `qps` per second; a request takes one.

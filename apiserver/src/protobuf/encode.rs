@@ -103,7 +103,7 @@ fn encode_message(idx: u16, value: &Value, depth: usize) -> Result<Vec<u8>, Prot
         }
         Special::Duration => {
             let s = value.as_str().ok_or_else(|| wrong(msg, "", "a duration"))?;
-            let nanos = parse_go_duration(s).ok_or_else(|| wrong(msg, "", "a duration"))?;
+            let nanos = crate::codec::parse_go_duration(s).ok_or_else(|| wrong(msg, "", "a duration"))?;
             put_key(&mut out, 1, VARINT);
             put_varint(&mut out, nanos as u64);
         }
@@ -222,39 +222,3 @@ fn integer(v: &Value) -> Option<i64> {
     v.as_i64().or_else(|| v.as_f64().filter(|x| x.fract() == 0.0 && x.abs() < 9.2e18).map(|x| x as i64))
 }
 
-/// Parses a Go duration string (`1h30m`, `1.5s`, `300ms`, `-2m`) into nanoseconds.
-pub(super) fn parse_go_duration(s: &str) -> Option<i64> {
-    let (neg, mut rest) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s.strip_prefix('+').unwrap_or(s)),
-    };
-    if rest == "0" {
-        return Some(0);
-    }
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total: f64 = 0.0;
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let number: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        total += number * scale;
-    }
-    if total > i64::MAX as f64 {
-        return None;
-    }
-    let nanos = total.round() as i64;
-    Some(if neg { -nanos } else { nanos })
-}

@@ -464,11 +464,11 @@ fn every_message_decodes_from_empty_and_reencodes() {
 #[test]
 fn go_duration_parse_roundtrip() {
     for d in [0, 1, 1_500, 300_000_000, 1_500_000_000, 60_000_000_000, 3_600_000_000_000, -90_000_000_000, 5_445_000_000_123] {
-        assert_eq!(encode::parse_go_duration(&go_duration(d)), Some(d), "{d}");
+        assert_eq!(crate::codec::parse_go_duration(&go_duration(d)), Some(d), "{d}");
     }
-    assert_eq!(encode::parse_go_duration("1h30m"), Some(5_400_000_000_000));
-    assert_eq!(encode::parse_go_duration("10"), None);
-    assert_eq!(encode::parse_go_duration(""), None);
+    assert_eq!(crate::codec::parse_go_duration("1h30m"), Some(5_400_000_000_000));
+    assert_eq!(crate::codec::parse_go_duration("10"), None);
+    assert_eq!(crate::codec::parse_go_duration(""), None);
 }
 
 #[test]
