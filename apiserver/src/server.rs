@@ -459,9 +459,7 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
 
 /// Writes a kubeconfig for `server` with no credentials (the insecure plain-HTTP mode).
 pub fn write_admin_kubeconfig(path: &std::path::Path, server: &str) -> Result<(), ServerError> {
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: {server}\n  name: rkube\ncontexts:\n- context:\n    cluster: rkube\n    user: admin\n    namespace: default\n  name: rkube\ncurrent-context: rkube\npreferences: {{}}\nusers:\n- name: admin\n  user: {{}}\n"
-    );
+    let text = component_base::pki::anonymous_kubeconfig(server, "rkube", "admin");
     component_base::pki::write_file(path, text.as_bytes(), 0o600).map_err(|e| ServerError::WriteKubeconfig { path: path.to_path_buf(), source: std::io::Error::other(e) })
 }
 

@@ -189,20 +189,30 @@ fn validity(params: &mut CertificateParams, lifetime: Duration) {
 /// A kubeconfig for `server` that trusts `ca_pem` and authenticates with `client`, all
 /// inline (`certificate-authority-data`, `client-certificate-data`, `client-key-data`).
 pub fn kubeconfig(server: &str, cluster: &str, user: &str, ca_pem: &str, client: &CertPair) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {ca}\n    server: {server}\n  name: {cluster}\ncontexts:\n- context:\n    cluster: {cluster}\n    user: {user}\n    namespace: default\n  name: {cluster}\ncurrent-context: {cluster}\npreferences: {{}}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\n",
-        ca = b64(ca_pem),
-        cert = b64(&client.cert_pem),
-        key = b64(&client.key_pem),
-    )
+    let credentials = format!("\n    client-certificate-data: {}\n    client-key-data: {}", b64(&client.cert_pem), b64(&client.key_pem));
+    kubeconfig_text(server, cluster, user, Some(ca_pem), &credentials)
 }
 
 /// A kubeconfig for `server` that trusts `ca_pem` and authenticates with a bearer token.
 pub fn token_kubeconfig(server: &str, cluster: &str, user: &str, ca_pem: &str, token: &str) -> String {
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
+    kubeconfig_text(server, cluster, user, Some(ca_pem), &format!("\n    token: {token}"))
+}
+
+/// A kubeconfig with no credentials at all (a plain-HTTP server that checks nothing).
+pub fn anonymous_kubeconfig(server: &str, cluster: &str, user: &str) -> String {
+    kubeconfig_text(server, cluster, user, None, " {}")
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+/// One cluster, one user, one context named after the cluster (namespace `default`);
+/// `user_body` follows `user:` verbatim.
+fn kubeconfig_text(server: &str, cluster: &str, user: &str, ca_pem: Option<&str>, user_body: &str) -> String {
+    let ca = ca_pem.map(|pem| format!("    certificate-authority-data: {}\n", b64(pem))).unwrap_or_default();
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {ca}\n    server: {server}\n  name: {cluster}\ncontexts:\n- context:\n    cluster: {cluster}\n    user: {user}\n    namespace: default\n  name: {cluster}\ncurrent-context: {cluster}\npreferences: {{}}\nusers:\n- name: {user}\n  user:\n    token: {token}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n{ca}    server: {server}\n  name: {cluster}\ncontexts:\n- context:\n    cluster: {cluster}\n    user: {user}\n    namespace: default\n  name: {cluster}\ncurrent-context: {cluster}\npreferences: {{}}\nusers:\n- name: {user}\n  user:{user_body}\n"
     )
 }
 
@@ -310,6 +320,25 @@ mod tests {
         assert!(leaf.verify_signature(Some(root.public_key())).is_ok());
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path().join("ca.key")).expect("key").permissions());
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn kubeconfigs_read_back_with_their_credentials() {
+        let ca = CertificateAuthority::generate("rkube-ca").expect("ca");
+        let pair = ca.issue_client("jane", None).expect("issue");
+        let read = |text: String| kube::config::Kubeconfig::from_yaml(&text).expect("a kubeconfig");
+        let with_cert = read(kubeconfig("https://10.0.0.1:6443", "lab", "jane", ca.cert_pem(), &pair));
+        let cluster = with_cert.clusters[0].cluster.clone().expect("cluster");
+        assert_eq!(cluster.server.as_deref(), Some("https://10.0.0.1:6443"));
+        assert!(cluster.certificate_authority_data.is_some());
+        let auth = with_cert.auth_infos[0].auth_info.clone().expect("user");
+        assert!(auth.client_certificate_data.is_some() && auth.client_key_data.is_some());
+        let with_token = read(token_kubeconfig("https://10.0.0.1:6443", "lab", "sa", ca.cert_pem(), "t0ken"));
+        let auth = with_token.auth_infos[0].auth_info.clone().expect("user");
+        assert!(auth.token.is_some());
+        let anonymous = read(anonymous_kubeconfig("http://127.0.0.1:8080", "lab", "admin"));
+        assert!(anonymous.clusters[0].cluster.clone().expect("cluster").certificate_authority_data.is_none());
+        assert_eq!(anonymous.current_context.as_deref(), Some("lab"));
     }
 
     #[test]
