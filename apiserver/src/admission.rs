@@ -301,6 +301,12 @@ pub async fn admit_update(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     }
     if !status_only {
         causes.extend(validate(res, obj, Some(old)));
+    } else if res.group == crate::certificates::GROUP {
+        // A CSR's status is its certificate: checked on every write.
+        crate::certificates::validate(obj, Some(old), &mut causes);
+    }
+    if res.group == crate::certificates::GROUP {
+        crate::certificates::stamp_conditions(obj);
     }
     causes.extend(validate_immutable(res, obj, old));
     if !causes.is_empty() {
@@ -866,6 +872,7 @@ pub fn validate(res: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cau
             validate_pod_spec(obj.pointer("/spec/jobTemplate/spec/template/spec"), "spec.jobTemplate.spec.template.spec", &mut causes);
         }
         ("", "Service") => validate_service(obj, &mut causes),
+        ("certificates.k8s.io", "CertificateSigningRequest") => crate::certificates::validate(obj, old, &mut causes),
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 for key in obj.get(field).and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {

@@ -136,7 +136,7 @@ impl ApiServer {
             if !target.res.has_subresource(s) {
                 return Err(ApiError::path_not_found(&format!("{}/{}", target.res.plural, s)));
             }
-            if !matches!(s, "status" | "scale" | "binding" | "eviction" | "finalize") {
+            if !matches!(s, "status" | "scale" | "binding" | "eviction" | "finalize" | "approval") {
                 return Err(ApiError::service_unavailable(format!(
                     "the {s} subresource is served by the kubelet, and no kubelet API is connected to this apiserver yet"
                 )));
@@ -1156,6 +1156,7 @@ trait WithCurrent {
 impl WithCurrent for Value {
     fn with_current(mut self, current: &Value, sub: Option<&str>) -> Value {
         match sub {
+            Some("approval") => crate::certificates::with_approval(&self, current),
             Some("status") => {
                 let mut out = current.clone();
                 if let Some(status) = self.get("status").cloned() {

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod audit;
 pub mod auth;
+pub mod certificates;
 pub mod codec;
 pub mod discovery;
 pub mod errors;

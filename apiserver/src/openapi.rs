@@ -38,7 +38,7 @@ macro_rules! kind_schemas {
 
 fn build() -> Documents {
     use k8s_openapi::api::{
-        apps::v1 as apps, autoscaling::v1 as as1, autoscaling::v2 as as2, batch::v1 as batch, coordination::v1 as coord,
+        apps::v1 as apps, autoscaling::v1 as as1, autoscaling::v2 as as2, batch::v1 as batch, certificates::v1 as certs, coordination::v1 as coord,
         core::v1 as core, discovery::v1 as disc, events::v1 as events, networking::v1 as net, policy::v1 as policy,
         rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
     };
@@ -71,6 +71,7 @@ fn build() -> Documents {
         "autoscaling/v1" "Scale" => as1::Scale,
         "batch" "CronJob" => batch::CronJob,
         "batch" "Job" => batch::Job,
+        "certificates.k8s.io" "CertificateSigningRequest" => certs::CertificateSigningRequest,
         "coordination.k8s.io" "Lease" => coord::Lease,
         "discovery.k8s.io" "EndpointSlice" => disc::EndpointSlice,
         "events.k8s.io" "Event" => events::Event,
@@ -91,7 +92,7 @@ fn build() -> Documents {
         let (g, v) = match *group {
             "autoscaling/v2" => ("autoscaling", "v2"),
             "autoscaling/v1" => ("autoscaling", "v1"),
-            "apps" | "batch" | "coordination.k8s.io" | "discovery.k8s.io" | "events.k8s.io" | "networking.k8s.io"
+            "apps" | "batch" | "certificates.k8s.io" | "coordination.k8s.io" | "discovery.k8s.io" | "events.k8s.io" | "networking.k8s.io"
             | "rbac.authorization.k8s.io" | "storage.k8s.io" | "policy" | "scheduling.k8s.io" => (*group, "v1"),
             _ => ("", "v1"),
         };

@@ -33,6 +33,8 @@ pub enum Subresource {
     Finalize,
     /// `serviceaccounts/{name}/token`: the TokenRequest API.
     Token,
+    /// `certificatesigningrequests/{name}/approval`: a CSR's Approved/Denied conditions.
+    Approval,
     /// Routed to the kubelet once it exists (log, exec, attach, portforward, proxy).
     NodeStream(&'static str),
 }
@@ -46,6 +48,7 @@ impl Subresource {
             Subresource::Eviction => "eviction",
             Subresource::Finalize => "finalize",
             Subresource::Token => "token",
+            Subresource::Approval => "approval",
             Subresource::NodeStream(n) => n,
         }
     }
@@ -192,6 +195,8 @@ pub static RESOURCES: &[ResourceInfo] = &[
     // batch/v1
     r("batch", "v1", "cronjobs", "cronjob", "CronJob", NS, &["cj"], ALL, STATUS, true),
     r("batch", "v1", "jobs", "job", "Job", NS, &[], ALL, STATUS, true),
+    // certificates.k8s.io/v1
+    r("certificates.k8s.io", "v1", "certificatesigningrequests", "certificatesigningrequest", "CertificateSigningRequest", CLUSTER, &["csr"], &[], &[Approval, Status], false),
     // coordination.k8s.io/v1
     r("coordination.k8s.io", "v1", "leases", "lease", "Lease", NS, &[], &[], NONE, false),
     // discovery.k8s.io/v1

@@ -424,6 +424,10 @@ async fn route(api: Arc<ApiServer>, method: Method, uri: &Uri, headers: HeaderMa
             return api.serve_resource(method, target, params, headers, body).await;
         }
     }
+    let (mut headers, mut body) = (headers, body);
+    if crate::certificates::is_csr(&target) {
+        body = crate::certificates::prepare(&api, &method, &target, &mut headers, body, user).await?;
+    }
     api.serve_resource(method, target, params, headers, body).await
 }
 
@@ -541,7 +545,10 @@ fn secure_setup(config: &Config) -> Result<SecureSetup, ServerError> {
             // Issued afresh at every start, so that a changed address is covered.
             let pair = ca.issue("kube-apiserver", None, &dns, &ips, Usage::Server)?;
             pair.write(&dir, "apiserver")?;
-            pair
+            // The CA rides along in the handshake: a joining node pins it by the hash in
+            // its join token (as kubeadm's --discovery-token-ca-cert-hash) before it
+            // sends the token.
+            pki::CertPair { cert_pem: format!("{}{}", pair.cert_pem, ca.cert_pem()), key_pem: pair.key_pem }
         }
     };
     let client_cas = match &sec.client_ca_file {

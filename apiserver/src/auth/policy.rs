@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use apimachinery::rbac::{AGGREGATE_TO_ADMIN, AGGREGATE_TO_EDIT, AGGREGATE_TO_VIEW};
 
 use super::rbac::{aggregate, RBAC_GROUP};
-use super::{AUTHENTICATED_GROUP, MASTERS_GROUP, UNAUTHENTICATED_GROUP};
+use super::{AUTHENTICATED_GROUP, MASTERS_GROUP, NODES_GROUP, UNAUTHENTICATED_GROUP};
 
 /// The label every bootstrap object carries.
 pub const BOOTSTRAPPING_LABEL: &str = "kubernetes.io/bootstrapping";
@@ -48,6 +48,14 @@ const AUTOSCALING: &str = "autoscaling";
 const BATCH: &str = "batch";
 const CERTIFICATES: &str = "certificates.k8s.io";
 const COORDINATION: &str = "coordination.k8s.io";
+/// The signers the controller-manager serves (Kubernetes' built-in signer names).
+pub const SIGNER_CLIENT: &str = "kubernetes.io/kube-apiserver-client";
+pub const SIGNER_CLIENT_KUBELET: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub const SIGNER_KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
+/// The ClusterRoles whose `create` on a CSR subresource the approver checks: a node's
+/// first client certificate (bootstrap), and its renewals.
+const NODE_CLIENT_ROLE: &str = "system:certificates.k8s.io:certificatesigningrequests:nodeclient";
+const SELF_NODE_CLIENT_ROLE: &str = "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient";
 const DISCOVERY: &str = "discovery.k8s.io";
 const EVENTS: &str = "events.k8s.io";
 const EXTENSIONS: &str = "extensions";
@@ -381,6 +389,10 @@ fn kube_controller_manager_rules() -> Vec<Value> {
         rule(READ, &[STORAGE], &["storageclasses"]),
         // The horizontal pod autoscaler's resource metrics.
         rule(&["get", "list"], &[METRICS], &["pods"]),
+        // The CSR approver and signer (their reads and subresource writes are in the
+        // wildcard below): which signers' requests they may approve and sign.
+        named(&["approve"], &[CERTIFICATES], &["signers"], &[SIGNER_CLIENT_KUBELET, SIGNER_KUBELET_SERVING]),
+        named(&["sign"], &[CERTIFICATES], &["signers"], &[SIGNER_CLIENT, SIGNER_CLIENT_KUBELET, SIGNER_KUBELET_SERVING]),
         // Delegated authentication and authorization, as Kubernetes' role has.
         rule(&["create"], &[AUTHENTICATION], &["tokenreviews"]),
         rule(&["create"], &[AUTHORIZATION], &["subjectaccessreviews"]),
@@ -497,6 +509,8 @@ pub fn bootstrap_cluster_roles() -> Vec<Value> {
             &[],
             vec![rule(&["create", "get", "list", "watch"], &[CERTIFICATES], &["certificatesigningrequests"])],
         ),
+        cluster_role(NODE_CLIENT_ROLE, &[], vec![rule(&["create"], &[CERTIFICATES], &["certificatesigningrequests/nodeclient"])]),
+        cluster_role(SELF_NODE_CLIENT_ROLE, &[], vec![rule(&["create"], &[CERTIFICATES], &["certificatesigningrequests/selfnodeclient"])]),
     ];
     // Fill in the aggregated roles innermost first: view feeds edit, edit feeds admin.
     for name in ["view", "edit", "admin"] {
@@ -523,6 +537,10 @@ pub fn bootstrap_cluster_role_bindings() -> Vec<Value> {
         binding("system:node-proxier", vec![user(KUBE_PROXY_USER)]),
         binding("system:kube-dns", vec![user(KUBE_DNS_USER)]),
         binding("system:node-bootstrapper", vec![group(BOOTSTRAPPERS_GROUP)]),
+        // As kubeadm binds them: bootstrap tokens may ask for node client certificates
+        // (auto-approved), and nodes may renew their own.
+        binding(NODE_CLIENT_ROLE, vec![group(BOOTSTRAPPERS_GROUP)]),
+        binding(SELF_NODE_CLIENT_ROLE, vec![group(NODES_GROUP)]),
     ]
 }
 

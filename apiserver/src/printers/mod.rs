@@ -326,6 +326,7 @@ mod tests {
             ("cronjobs", "batch"),
             ("horizontalpodautoscalers", "autoscaling"),
             ("poddisruptionbudgets", "policy"),
+            ("certificatesigningrequests", "certificates.k8s.io"),
             ("leases", "coordination.k8s.io"),
             ("ingresses", "networking.k8s.io"),
             ("ingressclasses", "networking.k8s.io"),

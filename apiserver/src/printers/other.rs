@@ -17,6 +17,7 @@ use super::{col, wide, Column, Printer, AGE, NAME};
 pub(crate) fn printer(resource: &str, group: &str) -> Option<Printer> {
     let p: Printer = match (group, resource) {
         ("coordination.k8s.io", "leases") => (LEASE_COLUMNS, lease_row),
+        ("certificates.k8s.io", "certificatesigningrequests") => (CSR_COLUMNS, csr_row),
         ("networking.k8s.io", "ingresses") | ("extensions", "ingresses") => {
             (INGRESS_COLUMNS, ingress_row)
         }
@@ -58,6 +59,32 @@ fn lease_row(l: &Value, now: DateTime<Utc>) -> Vec<Value> {
         json!(name(l)),
         json!(str_at(l, &["spec", "holderIdentity"])),
         age(l, now),
+    ]
+}
+
+// ---------------------------------------------------------------- certificate signing requests
+
+static CSR_COLUMNS: &[Column] = &[
+    NAME,
+    AGE,
+    col("SignerName", "string", "Only one signer may sign a request: the signer named here."),
+    col("Requestor", "string", "Name of the user which made this request."),
+    col("RequestedDuration", "string", "Length of time the certificate is asked to be valid for."),
+    col("Condition", "string", "Condition indicates if the certificate has been approved or denied."),
+];
+
+fn csr_row(csr: &Value, now: DateTime<Utc>) -> Vec<Value> {
+    let duration = opt_int(csr, &["spec", "expirationSeconds"])
+        .map(|s| super::util::human_duration(chrono::Duration::seconds(s)))
+        .unwrap_or_else(|| "<none>".into());
+    let signer = opt_str(csr, &["spec", "signerName"]).filter(|s| !s.is_empty()).unwrap_or("<none>");
+    vec![
+        json!(name(csr)),
+        age(csr, now),
+        json!(signer),
+        json!(str_at(csr, &["spec", "username"])),
+        json!(duration),
+        json!(crate::certificates::condition_summary(csr)),
     ]
 }
 
