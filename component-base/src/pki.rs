@@ -37,6 +37,10 @@ pub enum PkiError {
     GenerateKey(#[source] rcgen::Error),
     #[error("issuing the certificate for {subject} failed")]
     Issue { subject: String, #[source] source: rcgen::Error },
+    /// A certificate signing request that does not parse, is not signed by its own key,
+    /// or asks for something this module cannot put in a certificate.
+    #[error("invalid certificate request: {0}")]
+    InvalidRequest(String),
 }
 
 /// A certificate and its private key, both PEM.
@@ -162,13 +166,7 @@ impl CertificateAuthority {
         }
         sans.extend(ips.iter().copied().map(SanType::IpAddress));
         params.subject_alt_names = sans;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = match usage {
-            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
-            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-        };
-        params.use_authority_key_identifier_extension = true;
+        leaf_usages(&mut params, usage);
         validity(&mut params, LEAF_VALIDITY);
         let cert = params.signed_by(&key, &self.issuer).map_err(issue_err)?;
         Ok(CertPair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
@@ -178,6 +176,18 @@ impl CertificateAuthority {
     pub fn issue_client(&self, user: &str, group: Option<&str>) -> Result<CertPair, PkiError> {
         self.issue(user, group, &[], &[], Usage::Client)
     }
+}
+
+/// What every leaf this module signs says it is for: digital signature and key
+/// encipherment, the extended key usages of `usage`, and the issuing CA's key id.
+fn leaf_usages(params: &mut CertificateParams, usage: Usage) {
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = match usage {
+        Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.use_authority_key_identifier_extension = true;
 }
 
 fn validity(params: &mut CertificateParams, lifetime: Duration) {
@@ -285,6 +295,221 @@ pub fn read_certificates(path: &Path) -> Result<Vec<Vec<u8>>, PkiError> {
     Ok(certs)
 }
 
+// Certificate signing requests: kubelet TLS bootstrapping makes a key and a PKCS#10
+// request, the kube-controller-manager's `csrsigning` controller signs it with the CA.
+
+/// A new ECDSA P-256 key and a PKCS#10 request for it, subject CN `common_name` and O
+/// `organization`, with the given DNS and IP SANs: `(request PEM, key PEM)`. The request
+/// asks for no key usages; the signer decides them (as Kubernetes' signers do).
+pub fn new_request(common_name: &str, organization: Option<&str>, dns_names: &[String], ips: &[IpAddr]) -> Result<(String, String), PkiError> {
+    let request_err = |source| PkiError::Issue { subject: common_name.to_string(), source };
+    let key = KeyPair::generate().map_err(PkiError::GenerateKey)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    if let Some(o) = organization {
+        params.distinguished_name.push(DnType::OrganizationName, o);
+    }
+    for name in dns_names {
+        params.subject_alt_names.push(SanType::DnsName(name.clone().try_into().map_err(request_err)?));
+    }
+    params.subject_alt_names.extend(ips.iter().copied().map(SanType::IpAddress));
+    let csr = params.serialize_request(&key).map_err(request_err)?;
+    Ok((csr.pem().map_err(request_err)?, key.serialize_pem()))
+}
+
+/// What a certificate signing request asks for: its subject (CN = user, O = groups as
+/// the x509 authenticator reads them) and its subject alternative names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub emails: Vec<String>,
+    pub uris: Vec<String>,
+}
+
+/// The one `CERTIFICATE REQUEST` block of a PEM text, as DER.
+fn request_der(csr_pem: &str) -> Result<Vec<u8>, PkiError> {
+    let mut blocks = pem_blocks(csr_pem, "CERTIFICATE REQUEST").into_iter();
+    match (blocks.next(), blocks.next()) {
+        (Some(der), None) => Ok(der),
+        (None, _) => Err(PkiError::InvalidRequest("no PEM CERTIFICATE REQUEST block".into())),
+        (Some(_), Some(_)) => Err(PkiError::InvalidRequest("more than one PEM CERTIFICATE REQUEST block".into())),
+    }
+}
+
+/// Parses a DER request and checks that it is signed by the key it carries.
+fn parse_verified(der: &[u8]) -> Result<x509_parser::certification_request::X509CertificationRequest<'_>, PkiError> {
+    use x509_parser::prelude::FromDer;
+    let (rest, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
+        .map_err(|e| PkiError::InvalidRequest(format!("not a PKCS#10 request: {e}")))?;
+    if !rest.is_empty() {
+        return Err(PkiError::InvalidRequest("trailing bytes after the request".into()));
+    }
+    csr.verify_signature()
+        .map_err(|e| PkiError::InvalidRequest(format!("the request's signature does not verify: {e}")))?;
+    Ok(csr)
+}
+
+/// The subject alternative names a request asks for. Names other than DNS, IP, email
+/// and URI are refused: a signer could not tell what they grant.
+fn requested_sans(csr: &x509_parser::certification_request::X509CertificationRequest<'_>, info: &mut RequestInfo) -> Result<(), PkiError> {
+    match csr.requested_extensions() {
+        Some(extensions) => read_sans(extensions, info),
+        None => Ok(()),
+    }
+}
+
+/// The DNS, IP, email and URI names of the subjectAltName extensions among `extensions`.
+fn read_sans<'a>(extensions: impl Iterator<Item = &'a x509_parser::extensions::ParsedExtension<'a>>, info: &mut RequestInfo) -> Result<(), PkiError> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    for ext in extensions {
+        let ParsedExtension::SubjectAlternativeName(san) = ext else { continue };
+        for name in &san.general_names {
+            match name {
+                GeneralName::DNSName(d) => info.dns_names.push(d.to_string()),
+                GeneralName::RFC822Name(e) => info.emails.push(e.to_string()),
+                GeneralName::URI(u) => info.uris.push(u.to_string()),
+                GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).map(IpAddr::from).ok(),
+                        16 => <[u8; 16]>::try_from(*bytes).map(IpAddr::from).ok(),
+                        _ => None,
+                    };
+                    info.ips.push(ip.ok_or_else(|| PkiError::InvalidRequest(format!("an IP address SAN of {} bytes", bytes.len())))?);
+                }
+                other => return Err(PkiError::InvalidRequest(format!("unsupported subject alternative name {other}"))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a PEM certificate signing request asks for, once its self-signature verifies.
+pub fn parse_request(csr_pem: &str) -> Result<RequestInfo, PkiError> {
+    let der = request_der(csr_pem)?;
+    let csr = parse_verified(&der)?;
+    let subject = &csr.certification_request_info.subject;
+    let text = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| {
+        a.as_str().map(str::to_string).map_err(|e| PkiError::InvalidRequest(format!("a subject attribute is not text: {e}")))
+    };
+    let mut info = RequestInfo {
+        common_name: subject.iter_common_name().next().map(text).transpose()?.unwrap_or_default(),
+        organizations: subject.iter_organization().map(text).collect::<Result<_, _>>()?,
+        ..Default::default()
+    };
+    requested_sans(&csr, &mut info)?;
+    Ok(info)
+}
+
+/// The subject and subject alternative names of a PEM certificate (its first), read as
+/// [`parse_request`] reads a request's: what a signed certificate ended up naming.
+pub fn certificate_names(cert_pem: &str) -> Result<RequestInfo, PkiError> {
+    let bad = |e: String| PkiError::InvalidRequest(format!("not a certificate: {e}"));
+    let der = pem_certificates(cert_pem).into_iter().next().ok_or_else(|| bad("no PEM CERTIFICATE block".into()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(e.to_string()))?;
+    let text = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| a.as_str().map(str::to_string).map_err(|e| bad(e.to_string()));
+    let mut info = RequestInfo {
+        common_name: cert.subject().iter_common_name().next().map(text).transpose()?.unwrap_or_default(),
+        organizations: cert.subject().iter_organization().map(text).collect::<Result<_, _>>()?,
+        ..Default::default()
+    };
+    read_sans(cert.extensions().iter().map(|e| e.parsed_extension()), &mut info)?;
+    Ok(info)
+}
+
+/// The subject of a request, as rcgen writes it again into the certificate. rcgen keeps
+/// at most one attribute of each type (see [`CertificateAuthority::issue`]), so a subject
+/// with two attributes of one type (two O's) or a multi-valued RDN is refused rather
+/// than signed with some of its attributes silently dropped.
+fn request_subject(name: &x509_parser::x509::X509Name<'_>) -> Result<DistinguishedName, PkiError> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let mut dn = DistinguishedName::new();
+    for rdn in name.iter() {
+        let mut attrs = rdn.iter();
+        let (Some(attr), None) = (attrs.next(), attrs.next()) else {
+            return Err(PkiError::InvalidRequest("a multi-valued relative distinguished name in the subject".into()));
+        };
+        let oid: Vec<u64> = attr.attr_type().iter().ok_or_else(|| PkiError::InvalidRequest("an unreadable attribute type in the subject".into()))?.collect();
+        let ty = DnType::from_oid(&oid);
+        if dn.get(&ty).is_some() {
+            return Err(PkiError::InvalidRequest(format!("more than one {} attribute in the subject", attr.attr_type())));
+        }
+        let value = attr.as_str().map_err(|e| PkiError::InvalidRequest(format!("a subject attribute is not text: {e}")))?;
+        let value = match attr.attr_value().header.tag() {
+            Tag::PrintableString => rcgen::DnValue::PrintableString(
+                value.try_into().map_err(|e| PkiError::InvalidRequest(format!("subject attribute {value:?}: {e}")))?,
+            ),
+            _ => rcgen::DnValue::Utf8String(value.to_string()),
+        };
+        dn.push(ty, value);
+    }
+    Ok(dn)
+}
+
+/// A random positive 16-byte serial number (RFC 5280: unique per CA, at most 20 bytes).
+fn random_serial() -> Result<rcgen::SerialNumber, PkiError> {
+    let mut serial = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut serial)
+        .map_err(|_| PkiError::GenerateKey(rcgen::Error::RingUnspecified))?;
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    Ok(serial.to_vec().into())
+}
+
+impl CertificateAuthority {
+    /// Signs a PEM certificate signing request: the certificate keeps the request's
+    /// subject, public key and subject alternative names (DNS, IP, email, URI), is never
+    /// a CA, has the key usages `issue` gives `usage` (whatever the request asked), a
+    /// random serial, and is valid from now (backdated as `issue` does) for `lifetime`,
+    /// but never past the CA's own notAfter (nor before its notBefore).
+    pub fn sign_request(&self, csr_pem: &str, usage: Usage, lifetime: Duration) -> Result<String, PkiError> {
+        let der = request_der(csr_pem)?;
+        let csr = parse_verified(&der)?;
+        let info = &csr.certification_request_info;
+        let subject = info.subject.to_string();
+        let issue_err = |source| PkiError::Issue { subject: subject.clone(), source };
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
+            .map_err(|e| PkiError::InvalidRequest(format!("unsupported public key: {e}")))?;
+        let mut sans = RequestInfo::default();
+        requested_sans(&csr, &mut sans)?;
+
+        let mut params = CertificateParams::default();
+        params.distinguished_name = request_subject(&info.subject)?;
+        for name in sans.dns_names {
+            params.subject_alt_names.push(SanType::DnsName(name.try_into().map_err(issue_err)?));
+        }
+        params.subject_alt_names.extend(sans.ips.into_iter().map(SanType::IpAddress));
+        for email in sans.emails {
+            params.subject_alt_names.push(SanType::Rfc822Name(email.try_into().map_err(issue_err)?));
+        }
+        for uri in sans.uris {
+            params.subject_alt_names.push(SanType::URI(uri.try_into().map_err(issue_err)?));
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        leaf_usages(&mut params, usage);
+        validity(&mut params, lifetime);
+        let (ca_not_before, ca_not_after) = self.validity_window()?;
+        params.not_before = params.not_before.max(ca_not_before);
+        params.not_after = params.not_after.min(ca_not_after);
+        params.serial_number = Some(random_serial()?);
+        let cert = params.signed_by(&public_key, &self.issuer).map_err(issue_err)?;
+        Ok(cert.pem())
+    }
+
+    /// When the CA certificate itself is valid.
+    fn validity_window(&self) -> Result<(time::OffsetDateTime, time::OffsetDateTime), PkiError> {
+        let not_ca = || PkiError::NoCertificate { path: PathBuf::from("<the CA certificate>") };
+        let der = pem_certificates(&self.cert_pem).into_iter().next().ok_or_else(not_ca)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|_| not_ca())?;
+        Ok((cert.validity().not_before.to_datetime(), cert.validity().not_after.to_datetime()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,5 +573,125 @@ mod tests {
         std::fs::remove_file(dir.path().join("ca.key")).expect("rm");
         let err = CertificateAuthority::load_or_create(dir.path(), "rkube-ca").expect_err("half a CA");
         assert!(err.to_string().contains("ca.key"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+
+    fn parse_cert(pem: &str) -> Vec<u8> {
+        pem_certificates(pem).into_iter().next().expect("a certificate")
+    }
+
+    /// Whether the apiserver's client-certificate check (rustls/webpki, the CA as the
+    /// only root) accepts `cert_pem`.
+    fn client_verifies(ca: &CertificateAuthority, cert_pem: &str) -> Result<(), rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(parse_cert(ca.cert_pem()))).expect("root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(std::sync::Arc::new(roots), provider).build().expect("verifier");
+        verifier.verify_client_cert(&CertificateDer::from(parse_cert(cert_pem)), &[], UnixTime::now()).map(|_| ())
+    }
+
+    #[test]
+    fn a_request_round_trips_to_a_certificate_the_ca_vouches_for() {
+        let ca = CertificateAuthority::generate("rkube-ca").expect("ca");
+        let ip: IpAddr = "10.0.0.5".parse().expect("ip");
+        let (csr, key) = new_request("system:node:n1", Some("system:nodes"), &["n1.local".into()], &[ip]).expect("request");
+        assert!(csr.contains("BEGIN CERTIFICATE REQUEST") && key.contains("PRIVATE KEY"));
+        let info = parse_request(&csr).expect("parse");
+        assert_eq!(info.common_name, "system:node:n1");
+        assert_eq!(info.organizations, ["system:nodes"]);
+        assert_eq!(info.dns_names, ["n1.local"]);
+        assert_eq!(info.ips, [ip]);
+        assert!(info.emails.is_empty() && info.uris.is_empty());
+
+        let cert_pem = ca.sign_request(&csr, Usage::Client, Duration::from_secs(3600)).expect("sign");
+        client_verifies(&ca, &cert_pem).expect("webpki accepts the client certificate");
+        let der = parse_cert(&cert_pem);
+        assert_eq!(subject_of(&der), Some(("system:node:n1".to_string(), vec!["system:nodes".to_string()])));
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let root_der = parse_cert(ca.cert_pem());
+        let (_, root) = x509_parser::parse_x509_certificate(&root_der).expect("parse ca");
+        assert!(cert.verify_signature(Some(root.public_key())).is_ok());
+        let san = cert.subject_alternative_name().expect("san ext").expect("a SAN");
+        let names: Vec<String> = san.value.general_names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].contains("n1.local"), "{names:?}");
+        let names = certificate_names(&cert_pem).expect("names");
+        assert_eq!(names, info, "the certificate names what the request asked for");
+        let eku = cert.extended_key_usage().expect("eku").expect("an EKU").value;
+        assert!(eku.client_auth && !eku.server_auth);
+        let bc = cert.basic_constraints().expect("bc").expect("basic constraints").value;
+        assert!(!bc.ca);
+        // The key in the certificate is the request's.
+        use rcgen::PublicKeyData;
+        let key_pair = KeyPair::from_pem(&key).expect("key");
+        assert_eq!(cert.public_key().raw, key_pair.subject_public_key_info().as_slice());
+        // Valid for about the hour asked for, backdated a little.
+        let now = time::OffsetDateTime::now_utc();
+        let not_after = cert.validity().not_after.to_datetime();
+        assert!(not_after <= now + Duration::from_secs(3600) && not_after > now + Duration::from_secs(3500), "{not_after}");
+        assert!(cert.validity().not_before.to_datetime() < now);
+    }
+
+    #[test]
+    fn signing_keeps_within_the_ca_and_ignores_what_the_request_asks_to_be() {
+        let ca = CertificateAuthority::generate("rkube-ca").expect("ca");
+        // A request that asks to be a CA that may sign certificates.
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "sneaky");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let csr = params.serialize_request(&key).expect("request").pem().expect("pem");
+        let cert_pem = ca.sign_request(&csr, Usage::Server, Duration::from_secs(100 * 365 * 24 * 3600)).expect("sign");
+        let der = parse_cert(&cert_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        assert!(!cert.basic_constraints().expect("bc").expect("basic constraints").value.ca);
+        let ku = cert.key_usage().expect("ku").expect("key usage").value;
+        assert!(!ku.key_cert_sign() && ku.digital_signature());
+        // Never valid past the CA.
+        let root_der = parse_cert(ca.cert_pem());
+        let (_, root) = x509_parser::parse_x509_certificate(&root_der).expect("parse ca");
+        assert_eq!(cert.validity().not_after, root.validity().not_after);
+        // Two signatures of one request are two certificates (random serials).
+        let again = ca.sign_request(&csr, Usage::Server, Duration::from_secs(3600)).expect("sign");
+        let again_der = parse_cert(&again);
+        let (_, second) = x509_parser::parse_x509_certificate(&again_der).expect("parse");
+        assert_ne!(cert.raw_serial(), second.raw_serial());
+    }
+
+    #[test]
+    fn a_tampered_request_is_refused() {
+        let ca = CertificateAuthority::generate("rkube-ca").expect("ca");
+        let (csr, _) = new_request("system:node:n1", Some("system:nodes"), &[], &[]).expect("request");
+        let mut der = pem_blocks(&csr, "CERTIFICATE REQUEST").remove(0);
+        let at = der.windows(14).position(|w| w == b"system:node:n1").expect("the CN bytes");
+        der[at + 13] = b'2';
+        let tampered = pem_encode("CERTIFICATE REQUEST", &der);
+        let err = parse_request(&tampered).expect_err("tampered");
+        assert!(matches!(err, PkiError::InvalidRequest(_)), "{err}");
+        assert!(ca.sign_request(&tampered, Usage::Client, LEAF_VALIDITY).is_err());
+        assert!(parse_request("not pem").is_err());
+        assert!(parse_request(ca.cert_pem()).is_err());
+    }
+
+    #[test]
+    fn a_subject_rcgen_cannot_keep_whole_is_refused_not_trimmed() {
+        let ca = CertificateAuthority::generate("rkube-ca").expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "jane");
+        params.distinguished_name.push(DnType::OrganizationName, "dev");
+        // The organizationName OID again, as a second attribute.
+        params.distinguished_name.push(DnType::CustomDnType(vec![2, 5, 4, 10]), "system:masters");
+        let csr = params.serialize_request(&key).expect("request").pem().expect("pem");
+        let info = parse_request(&csr).expect("parse");
+        assert_eq!(info.organizations, ["dev", "system:masters"]);
+        let err = ca.sign_request(&csr, Usage::Client, LEAF_VALIDITY).expect_err("two O's");
+        assert!(err.to_string().contains("more than one"), "{err}");
     }
 }

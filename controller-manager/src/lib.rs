@@ -54,6 +54,15 @@ pub struct Config {
     /// How often every ResourceQuota's usage is counted again in full (Kubernetes'
     /// `--resource-quota-sync-period`, 5 minutes).
     pub resource_quota_sync_period: Duration,
+    /// The CA certificate and key (PEM) the `csrsigning` controller signs
+    /// CertificateSigningRequests of the `kubernetes.io/*` signers with
+    /// (`--cluster-signing-cert-file`, `--cluster-signing-key-file`). Without them that
+    /// controller does not run.
+    pub cluster_signing_cert_file: Option<PathBuf>,
+    pub cluster_signing_key_file: Option<PathBuf>,
+    /// The longest certificate `csrsigning` signs (`--cluster-signing-duration`, 8760h);
+    /// a request's `spec.expirationSeconds` may ask for less.
+    pub cluster_signing_duration: Duration,
 }
 
 impl Default for Config {
@@ -75,6 +84,9 @@ impl Default for Config {
             load_balancer_ip_pool: None,
             root_ca_file: None,
             resource_quota_sync_period: controllers::resourcequota::DEFAULT_SYNC_PERIOD,
+            cluster_signing_cert_file: None,
+            cluster_signing_key_file: None,
+            cluster_signing_duration: controllers::csrsigning::DEFAULT_SIGNING_DURATION,
         }
     }
 }

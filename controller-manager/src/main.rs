@@ -66,12 +66,31 @@ struct Options {
     /// `kube-root-ca.crt`. Without it the root-ca-cert-publisher controller does not run.
     #[arg(long)]
     root_ca_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signs the certificates of CertificateSigningRequests
+    /// for the kubernetes.io/kube-apiserver-client, kube-apiserver-client-kubelet and
+    /// kubelet-serving signers. Without it (and the key) nothing is signed.
+    #[arg(long, requires = "cluster_signing_key_file")]
+    cluster_signing_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --cluster-signing-cert-file.
+    #[arg(long, requires = "cluster_signing_cert_file")]
+    cluster_signing_key_file: Option<PathBuf>,
+    /// The longest certificate signed, as a Go duration (`8760h0m0s`, `720h`, `30m`); a
+    /// request may ask for less with spec.expirationSeconds.
+    #[arg(long, default_value = "8760h0m0s", value_parser = go_duration)]
+    cluster_signing_duration: Duration,
 }
 
 /// A duration flag as Kubernetes writes them for these options: `15s` (or just `15`).
 fn seconds(text: &str) -> Result<Duration, String> {
     let n = text.strip_suffix('s').unwrap_or(text);
     n.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("{text:?} is not a duration in seconds such as 15s"))
+}
+
+/// `--cluster-signing-duration`: a Go duration (`8760h0m0s`, `720h`, `30m`).
+fn go_duration(text: &str) -> Result<Duration, String> {
+    controller_manager::controllers::hpa::source::parse_go_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a duration such as 8760h0m0s"))
 }
 
 /// `--load-balancer-ip-pool`, checked (and kept as text for the config).
@@ -99,6 +118,9 @@ async fn main() -> anyhow::Result<()> {
         local_path_root: o.local_path_root,
         load_balancer_ip_pool: o.load_balancer_ip_pool,
         root_ca_file: o.root_ca_file,
+        cluster_signing_cert_file: o.cluster_signing_cert_file,
+        cluster_signing_key_file: o.cluster_signing_key_file,
+        cluster_signing_duration: o.cluster_signing_duration,
         hpa_tuning: controller_manager::controllers::hpa::recommend::Tuning {
             tolerance: o.horizontal_pod_autoscaler_tolerance,
             cpu_initialization_period: Duration::from_secs(o.horizontal_pod_autoscaler_cpu_initialization_period),

@@ -18,6 +18,9 @@ use crate::Config;
 
 pub mod clusterroleaggregation;
 pub mod cronjob;
+pub mod csr;
+pub mod csrapproving;
+pub mod csrsigning;
 pub mod endpoint;
 pub mod endpointslice;
 pub mod garbagecollector;
@@ -111,6 +114,8 @@ pub static CONTROLLERS: &[Registered] = &[
     Registered { name: "clusterrole-aggregation", enabled_by_default: true, start: clusterroleaggregation::start },
     Registered { name: "root-ca-cert-publisher", enabled_by_default: true, start: rootcacert::start },
     Registered { name: "resourcequota", enabled_by_default: true, start: resourcequota::start },
+    Registered { name: "csrapproving", enabled_by_default: true, start: csrapproving::start },
+    Registered { name: "csrsigning", enabled_by_default: true, start: csrsigning::start },
 ];
 
 /// The controllers a `--controllers` list selects: `*` means every one enabled by
