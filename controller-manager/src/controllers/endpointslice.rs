@@ -70,7 +70,9 @@ pub fn desired_slices(svc: &Service, pods: &[Pod]) -> Vec<(SliceKey, Vec<Endpoin
         let Some(ip) = endpoint::has_address(pod) else { continue };
         let ports: Vec<EndpointPort> = endpoint::pod_ports(svc, pod)
             .into_iter()
-            .map(|(name, port, protocol)| EndpointPort { name, port: Some(port), protocol: Some(protocol), app_protocol: None })
+            // An unnamed Service port gives a port named "" (never absent), as Kubernetes'
+            // controller writes it: `kubectl describe service` dereferences the name.
+            .map(|(name, port, protocol)| EndpointPort { name: Some(name.unwrap_or_default()), port: Some(port), protocol: Some(protocol), app_protocol: None })
             .collect();
         if ports.is_empty() && !(no_ports && is_headless(svc)) {
             continue;
