@@ -111,6 +111,21 @@ impl Lab {
         Ok(settings)
     }
 
+    /// The settings of a node that joins or starts a cluster with the given networks:
+    /// its own bridge and cgroup names, no network claim (the cluster chose them).
+    pub fn cluster_settings(&self, port: u16, cluster_cidr: &str, service_cidr: &str) -> Result<LabSettings, LabError> {
+        let tag = self.tag();
+        let settings = LabSettings {
+            port,
+            cluster_cidr: cluster_cidr.to_string(),
+            service_cidr: service_cidr.to_string(),
+            bridge_name: format!("rkube-{tag}"),
+            cgroup_root: format!("rkube-{tag}"),
+        };
+        self.save(&settings)?;
+        Ok(settings)
+    }
+
     fn save(&self, s: &LabSettings) -> Result<(), LabError> {
         std::fs::create_dir_all(&self.dir).map_err(|source| LabError::Io { path: self.dir.clone(), source })?;
         let path = self.settings_file();
@@ -120,13 +135,23 @@ impl Lab {
         std::fs::rename(&tmp, &path).map_err(|source| LabError::Io { path, source })
     }
 
-    /// The pid of the lab's running `rkube up`, if any.
+    /// Records this process as the lab's (`rkube down` stops it).
+    pub fn write_pid(&self) -> Result<(), LabError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| LabError::Io { path: self.dir.clone(), source })?;
+        let path = self.pid_file();
+        std::fs::write(&path, std::process::id().to_string()).map_err(|source| LabError::Io { path, source })
+    }
+
+    /// The pid of the lab's running `rkube up`, `server` or `agent`, if any.
     pub fn running_pid(&self) -> Option<i32> {
         let pid: i32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
         // A pid reused by an unrelated process is not our lab.
         let ours = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .map(|c| c.contains("rkube") && c.contains("up"))
+            .map(|c| {
+                let args: Vec<&str> = c.split('\0').collect();
+                args.first().is_some_and(|a| a.contains("rkube")) && args.iter().any(|a| matches!(*a, "up" | "server" | "agent"))
+            })
             .unwrap_or(false);
         (alive && ours).then_some(pid)
     }

@@ -2,12 +2,16 @@
 //! it and cleans the host, `rkube reset` also deletes its state; the node-side commands
 //! (`images`, `ps`, `logs`, `exec`…) look inside the lab's node like the docker CLI.
 
+mod agent;
 mod down;
+mod join;
 mod lab;
 mod node;
+mod server;
 mod term;
 mod up;
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::bail;
@@ -39,6 +43,50 @@ enum Command {
         /// Run in the background and return once the node is Ready.
         #[arg(long)]
         detach: bool,
+    },
+    /// Run a control plane and its node that other nodes can join (in the foreground,
+    /// as systemd runs it).
+    Server {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// The apiserver's port.
+        #[arg(long, default_value_t = 6443)]
+        port: u16,
+        /// The node's address, which other nodes reach (default: the default route's).
+        #[arg(long)]
+        node_ip: Option<Ipv4Addr>,
+        /// The node's name (default: the host name).
+        #[arg(long)]
+        node_name: Option<String>,
+        /// The pods' network; each node gets a /24 of it.
+        #[arg(long, default_value = "10.42.0.0/16")]
+        cluster_cidr: String,
+        /// The Services' network.
+        #[arg(long, default_value = "10.43.0.0/16")]
+        service_cidr: String,
+        /// More names or addresses for the apiserver's certificate.
+        #[arg(long = "tls-san")]
+        tls_sans: Vec<String>,
+        /// An external etcd instead of the embedded store (comma-separated URLs).
+        #[arg(long, value_delimiter = ',')]
+        etcd_servers: Vec<String>,
+    },
+    /// Join a cluster as a worker node (in the foreground, as systemd runs it).
+    Agent {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// The server's apiserver, https://host:6443.
+        #[arg(long)]
+        server: String,
+        /// The join token the server printed (DATA_DIR/server/token on the server).
+        #[arg(long, env = "RKUBE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The node's address (default: the default route's).
+        #[arg(long)]
+        node_ip: Option<Ipv4Addr>,
+        /// The node's name (default: the host name).
+        #[arg(long)]
+        node_name: Option<String>,
     },
     /// Stop the lab and remove its containers, mounts, network and cgroups.
     Down {
@@ -150,7 +198,7 @@ fn main() -> anyhow::Result<()> {
     kubelet::runtime::linux::shim_main_if_requested();
     let cli = Cli::parse();
     // The lab logs what it does; the one-shot commands only what went wrong.
-    let default_level = if matches!(cli.command, Command::Up { .. }) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Up { .. } | Command::Server { .. } | Command::Agent { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
@@ -169,8 +217,31 @@ fn main() -> anyhow::Result<()> {
                         bail!("a lab is already running in {} (pid {pid}); stop it with rkube down --data-dir {}", lab.dir.display(), lab.dir.display());
                     }
                     let shutdown = component_base::signals::shutdown_on_signals();
-                    up::run_foreground(&lab, &settings, shutdown).await
+                    up::run_foreground(&lab, &settings, &Default::default(), shutdown).await
                 }
+            }
+            Command::Server { lab, port, node_ip, node_name, cluster_cidr, service_cidr, tls_sans, etcd_servers } => {
+                require_root("server")?;
+                let lab = lab::Lab::new(&lab.data_dir);
+                if let Some(pid) = lab.running_pid() {
+                    bail!("rkube is already running in {} (pid {pid})", lab.dir.display());
+                }
+                for (flag, cidr) in [("--cluster-cidr", &cluster_cidr), ("--service-cidr", &service_cidr)] {
+                    cidr.parse::<ipnet::Ipv4Net>().map_err(|e| anyhow::anyhow!("{flag} {cidr}: {e}"))?;
+                }
+                let settings = lab.cluster_settings(port, &cluster_cidr, &service_cidr)?;
+                let options = up::ServerOptions { multi_node: true, node_ip, node_name, tls_sans, etcd_servers };
+                up::run_foreground(&lab, &settings, &options, component_base::signals::shutdown_on_signals()).await
+            }
+            Command::Agent { lab, server, token, node_ip, node_name } => {
+                require_root("agent")?;
+                let lab = lab::Lab::new(&lab.data_dir);
+                if let Some(pid) = lab.running_pid() {
+                    bail!("rkube is already running in {} (pid {pid})", lab.dir.display());
+                }
+                let token = token.parse().map_err(|e: anyhow::Error| e.context("--token"))?;
+                let options = agent::AgentOptions { server: server.trim_end_matches('/').to_string(), token, node_ip, node_name };
+                agent::run(&lab, &options, component_base::signals::shutdown_on_signals()).await
             }
             Command::Down { lab } => {
                 require_root("down")?;

@@ -4,7 +4,7 @@
 //! its library with one shared shutdown. `--detach` runs that process in the background and returns once the node
 //! is Ready.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -23,24 +23,53 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `--detach` waits for the node to turn Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub fn kubelet_config(lab: &Lab, settings: &LabSettings) -> kubelet::KubeletConfig {
-    let node_name = nix::unistd::gethostname()
+/// What `rkube server` changes in the lab's one process: a node others can join.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Other nodes join (a join token, cluster-info for them, routes or VXLAN to their
+    /// pods, the kubelet on its usual port); `rkube up` keeps one node to itself.
+    pub multi_node: bool,
+    /// The node's address (default: the source address of the default route).
+    pub node_ip: Option<Ipv4Addr>,
+    /// The node's name (default: the host name).
+    pub node_name: Option<String>,
+    /// Extra names and addresses for the apiserver's certificate (`--tls-san`).
+    pub tls_sans: Vec<String>,
+    /// An external etcd (`--etcd-servers`) instead of the embedded store.
+    pub etcd_servers: Vec<String>,
+}
+
+/// The host name, lower-cased, as the node's default name.
+pub fn host_node_name() -> String {
+    nix::unistd::gethostname()
         .ok()
         .map(|h| h.to_string_lossy().to_ascii_lowercase())
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "rkube".into());
+        .unwrap_or_else(|| "rkube".into())
+}
+
+/// The lab node's kubelet settings (also what `rkube down` tears down).
+pub fn kubelet_config(lab: &Lab, settings: &LabSettings) -> kubelet::KubeletConfig {
+    server_kubelet_config(lab, settings, &ServerOptions::default())
+}
+
+fn server_kubelet_config(lab: &Lab, settings: &LabSettings, options: &ServerOptions) -> kubelet::KubeletConfig {
+    let node_name = options.node_name.clone().unwrap_or_else(host_node_name);
     let mut config = kubelet::KubeletConfig::new(&node_name, lab.agent_dir());
     config.kubeconfig = Some(lab.kubeconfig());
-    config.node_ip = kubelet::node::default_node_ip();
+    config.node_ip = options.node_ip.unwrap_or_else(kubelet::node::default_node_ip);
     config.cgroup_root = settings.cgroup_root.clone();
     config.bridge_name = settings.bridge_name.clone();
     config.cluster_cidr = Some(settings.cluster_cidr.clone());
-    // One node has no other nodes to tunnel to: no VXLAN device (and no fight over its
-    // VNI and UDP port between labs side by side).
-    config.pod_network_backend = kubelet::config::PodNetworkBackend::HostGw;
     config.cluster_dns = cluster_dns_ip(settings).map(|ip| vec![ip.to_string()]).unwrap_or_default();
-    // Two labs on one machine must not fight over 10250: the node reports the real port.
-    config.port = 0;
+    if !options.multi_node {
+        // One node has no other nodes to tunnel to: no VXLAN device (and no fight over
+        // its VNI and UDP port between labs side by side).
+        config.pod_network_backend = kubelet::config::PodNetworkBackend::HostGw;
+        // Two labs on one machine must not fight over 10250: the node reports the real
+        // port.
+        config.port = 0;
+    }
     config
 }
 
@@ -57,16 +86,15 @@ pub fn cluster_dns_ip(settings: &LabSettings) -> Option<std::net::Ipv4Addr> {
 }
 
 /// Runs the lab in this process until a signal.
-pub async fn run_foreground(lab: &Lab, settings: &LabSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&lab.dir).with_context(|| format!("creating {}", lab.dir.display()))?;
-    std::fs::write(lab.pid_file(), std::process::id().to_string()).with_context(|| format!("writing {}", lab.pid_file().display()))?;
-    let result = run_components(lab, settings, shutdown).await;
+pub async fn run_foreground(lab: &Lab, settings: &LabSettings, options: &ServerOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    lab.write_pid()?;
+    let result = run_components(lab, settings, options, shutdown).await;
     let _ = std::fs::remove_file(lab.pid_file());
     result
 }
 
-async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let kubelet_config = kubelet_config(lab, settings);
+async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let kubelet_config = server_kubelet_config(lab, settings, options);
     let service_ranges = apiserver::admission::ServiceRanges::parse(&settings.service_cidr, "30000-32767")
         .map_err(|e| anyhow::anyhow!("{}: serviceCidr: {e}", lab.dir.join("lab.json").display()))?;
     let api_config = apiserver::server::Config {
@@ -74,10 +102,10 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
         // Every address: pods reach the API through the `kubernetes` Service, which
         // leads to the node's address. Nothing is served without a credential.
         bind: SocketAddr::from(([0, 0, 0, 0], settings.port)),
-        etcd_servers: Vec::new(),
+        etcd_servers: options.etcd_servers.clone(),
         service_ranges,
         advertise_address: std::net::IpAddr::V4(kubelet_config.node_ip),
-        security: Default::default(),
+        security: apiserver::server::SecurityConfig { tls_sans: options.tls_sans.clone(), ..Default::default() },
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let api = tokio::spawn(apiserver::server::run(api_config, shutdown.clone(), Some(ready_tx)));
@@ -131,10 +159,18 @@ async fn run_components(lab: &Lab, settings: &LabSettings, shutdown: Cancellatio
         .context("binding the cluster DNS server")?;
     let dns_addr = dns_listeners.local_addr();
     install_addons(lab, settings, dns_addr).await.context("installing the lab's add-ons")?;
+    if options.multi_node {
+        let advertised = format!("https://{}:{}", kubelet_config.node_ip, addr.port());
+        crate::server::open_for_agents(lab, settings, &advertised).await.context("preparing the cluster for agents")?;
+    }
 
     let cm_config = controller_manager::Config {
         kubeconfig: Some(controller_manager_kubeconfig),
-        root_ca_file: Some(apiserver::server::pki_dir(&lab.dir).join("ca.crt")),
+        root_ca_file: Some(pki.join("ca.crt")),
+        // The cluster CA signs what CertificateSigningRequests ask for once approved:
+        // how agents get their kubelet certificates.
+        cluster_signing_cert_file: Some(pki.join("ca.crt")),
+        cluster_signing_key_file: Some(pki.join("ca.key")),
         leader_elect: false,
         cluster_cidr: Some(settings.cluster_cidr.clone()),
         local_path_root: lab.dir.join("storage"),
@@ -252,7 +288,7 @@ where
     }
 }
 
-fn flatten(component: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+pub fn flatten(component: &str, r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
     match r {
         Ok(Ok(())) => bail!("{component} stopped unexpectedly"),
         Ok(Err(e)) => Err(e.context(format!("{component} failed"))),

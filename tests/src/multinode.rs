@@ -266,6 +266,9 @@ struct NodeState {
     logs: Vec<(String, PathBuf)>,
     /// The table of a kube-proxy started here, checked gone at teardown.
     kube_proxy_table: Option<String>,
+    /// The data directory of an `rkube server` or `rkube agent` run here, torn down
+    /// with `rkube down` instead of `kubelet --teardown`.
+    rkube_dir: Option<PathBuf>,
     netns_created: bool,
 }
 
@@ -323,6 +326,7 @@ impl Lan {
                 daemons: Vec::new(),
                 logs: Vec::new(),
                 kube_proxy_table: None,
+                rkube_dir: None,
                 netns_created: true,
             });
             let veth = n.host_veth(k);
@@ -394,6 +398,8 @@ impl Lan {
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            // An error's message, not a page of anyhow backtrace, ends a failed log.
+            .env("RUST_LIB_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -543,6 +549,42 @@ impl Lan {
         Ok(())
     }
 
+    /// Starts `rkube <args> --data-dir DIR/rkube-n<k>` in node `k` (a server or an
+    /// agent: the whole node in one process); its log is `DIR/rkube-n<k>.log`. The
+    /// node is torn down with `rkube down` at cleanup. Returns the data directory.
+    pub fn start_rkube(&mut self, k: u8, args: &[String]) -> anyhow::Result<PathBuf> {
+        let data_dir = self.dir.join(format!("rkube-n{k}"));
+        let program = workspace_binary("rkube")?;
+        ensure!(program.is_file(), "no rkube binary at {} (build it first: cargo build --workspace --all-targets)", program.display());
+        let mut all = args.to_vec();
+        all.extend(["--data-dir".to_string(), data_dir.to_string_lossy().into_owned()]);
+        self.start_in_node(k, "rkube", &program, &all)?;
+        self.node_mut(k)?.rkube_dir = Some(data_dir.clone());
+        Ok(data_dir)
+    }
+
+    /// Whether node `k`'s process `name` is still running; its log's tail if not.
+    pub fn still_running(&mut self, k: u8, name: &str) -> Result<(), String> {
+        let node = self.node_mut(k).map_err(|e| e.to_string())?;
+        let process = node.daemons.iter_mut().find(|p| p.name == name).ok_or_else(|| format!("no {name} was started in node {k}"))?;
+        match process.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("{name} of node {k} ended ({status}); its log ends:\n{}", tail(&fs::read_to_string(&process.log).unwrap_or_default(), 15))),
+            Err(e) => Err(format!("waiting for {name} of node {k}: {e}")),
+        }
+    }
+
+    /// Kills node `k`'s process `name` with SIGKILL, as a crash or a pulled plug would
+    /// end it (what it leaves is torn down at cleanup).
+    pub fn kill_in_node(&mut self, k: u8, name: &str) -> anyhow::Result<()> {
+        let node = self.node_mut(k)?;
+        let i = node.daemons.iter().position(|p| p.name == name).with_context(|| format!("no {name} runs in node {k}"))?;
+        let mut process = node.daemons.remove(i);
+        process.child.kill()?;
+        process.child.wait()?;
+        Ok(())
+    }
+
     /// Stops node `k`'s processes, its other daemons first and then its kubelet. One
     /// that does not exit 0 on SIGTERM is reported by [`Lan::cleanup`].
     pub fn stop_node(&mut self, k: u8) {
@@ -592,17 +634,26 @@ impl Lan {
             }
         }
         let log = self.dir.join(format!("teardown-n{k}.log"));
-        let torn_down = self
-            .kubelet_args(k)
-            .and_then(|args| self.spawn_in_node(k, &self.kubelet, &[args, vec!["--teardown".into()]].concat(), &log))
-            .and_then(|mut child| Ok(child.wait()?));
-        match torn_down {
+        let (what, torn_down) = match &node.rkube_dir {
+            Some(dir) => {
+                let args = ["down".to_string(), "--data-dir".into(), dir.to_string_lossy().into_owned()];
+                let torn_down = workspace_binary("rkube").and_then(|rkube| self.spawn_in_node(k, &rkube, &args, &log));
+                ("rkube down", torn_down)
+            }
+            None => {
+                let torn_down = self
+                    .kubelet_args(k)
+                    .and_then(|args| self.spawn_in_node(k, &self.kubelet, &[args, vec!["--teardown".into()]].concat(), &log));
+                ("kubelet --teardown", torn_down)
+            }
+        };
+        match torn_down.and_then(|mut child| Ok(child.wait()?)) {
             Ok(status) if status.success() => {}
             Ok(status) => problems.push(format!(
-                "kubelet --teardown of node {k} failed ({status}): {}",
+                "{what} of node {k} failed ({status}): {}",
                 fs::read_to_string(&log).unwrap_or_default()
             )),
-            Err(e) => problems.push(format!("kubelet --teardown of node {k}: {e:#}")),
+            Err(e) => problems.push(format!("{what} of node {k}: {e:#}")),
         }
         match run(
             "ip",
@@ -729,12 +780,18 @@ impl Lan {
             .map(|entries| entries.flatten().map(|e| e.path()).collect::<Vec<_>>())
             .unwrap_or_default();
         for node in &self.nodes {
-            let name = n.cgroup_root(node.k);
-            for dir in std::iter::once(Path::new("/sys/fs/cgroup"))
-                .chain(hierarchies.iter().map(PathBuf::as_path))
-            {
-                if dir.join(&name).is_dir() {
-                    found.push(format!("cgroup {}", dir.join(&name).display()));
+            // An rkube node names its cgroup root in its lab.json.
+            let rkube_root = node.rkube_dir.as_ref().and_then(|dir| {
+                let settings: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("lab.json")).ok()?).ok()?;
+                settings.get("cgroupRoot")?.as_str().map(str::to_string)
+            });
+            for name in std::iter::once(n.cgroup_root(node.k)).chain(rkube_root) {
+                for dir in std::iter::once(Path::new("/sys/fs/cgroup"))
+                    .chain(hierarchies.iter().map(PathBuf::as_path))
+                {
+                    if dir.join(&name).is_dir() {
+                        found.push(format!("cgroup {}", dir.join(&name).display()));
+                    }
                 }
             }
         }
