@@ -231,25 +231,10 @@ impl ApiServer {
             "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}], "sessionAffinity": "None", "type": "ClusterIP"},
         });
         self.ensure(svc, Some("default"), "kubernetes", kubernetes).await?;
-        let ep = registry::lookup("", "v1", "endpoints").ok_or_else(|| bootstrap_err("endpoints", ApiError::internal("not registered")))?;
-        let endpoints = json!({
-            "apiVersion": "v1", "kind": "Endpoints",
-            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-            "subsets": [{"addresses": [{"ip": self.config.advertise_address.to_string()}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
-        });
-        self.ensure_current(ep, Some("default"), "kubernetes", endpoints, "/subsets").await?;
-        // kube-proxy follows EndpointSlices, so the apiserver keeps the `kubernetes`
-        // Service's slice itself, as Kubernetes' endpoint reconciler does.
-        let slices = registry::lookup("discovery.k8s.io", "v1", "endpointslices").ok_or_else(|| bootstrap_err("endpointslices", ApiError::internal("not registered")))?;
-        let address_type = if self.config.advertise_address.is_ipv4() { "IPv4" } else { "IPv6" };
-        let slice = json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "kube-apiserver"}},
-            "addressType": address_type,
-            "endpoints": [{"addresses": [self.config.advertise_address.to_string()], "conditions": {"ready": true}}],
-            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
-        });
-        self.ensure_current(slices, Some("default"), "kubernetes", slice, "/endpoints").await?;
+        // The `kubernetes` Service's endpoints: this apiserver and its live peers.
+        let mut peers = crate::peers::Peers::default();
+        self.reconcile_peers(&mut peers).await?;
+        tokio::spawn(self.clone().keep_peers(peers, self.shutdown.clone()));
         let roles = registry::lookup("rbac.authorization.k8s.io", "v1", "clusterroles").ok_or_else(|| bootstrap_err("clusterroles", ApiError::internal("not registered")))?;
         for role in crate::auth::policy::bootstrap_cluster_roles() {
             let name = role.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -266,7 +251,7 @@ impl ApiServer {
     /// Like [`ApiServer::ensure`], and if the object exists with a different value at
     /// `pointer` (or a different `/ports`), replaces it: the apiserver's address or port
     /// may have changed since the last start (a VM that got a new address).
-    async fn ensure_current(self: &Arc<Self>, res: &'static ResourceInfo, namespace: Option<&str>, name: &str, obj: Value, pointer: &str) -> Result<(), ServerError> {
+    pub(crate) async fn ensure_current(self: &Arc<Self>, res: &'static ResourceInfo, namespace: Option<&str>, name: &str, obj: Value, pointer: &str) -> Result<(), ServerError> {
         let key = res.key(namespace, name);
         let (existing, _) = self.store.get(&key).await.map_err(|e| bootstrap_err(name, ApiError::internal(e)))?;
         let Some(existing) = existing else { return self.ensure(res, namespace, name, obj).await };
@@ -305,6 +290,11 @@ impl ApiServer {
             .layer(axum::middleware::from_fn_with_state(self.clone(), crate::audit::audit))
             .with_state(self.clone())
     }
+}
+
+/// A served resource, or the bootstrap error that it is not.
+pub(crate) fn resource(group: &str, version: &str, plural: &str) -> Result<&'static ResourceInfo, ServerError> {
+    registry::lookup(group, version, plural).ok_or_else(|| bootstrap_err(plural, ApiError::internal("not registered")))
 }
 
 fn bootstrap_err(what: &str, source: ApiError) -> ServerError {
