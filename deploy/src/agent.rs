@@ -2,7 +2,8 @@
 //! token's hash, gets its kubelet client and serving certificates through
 //! CertificateSigningRequests (see [`crate::join`]), reads the cluster's networks from
 //! `kube-public/cluster-info`, then runs the kubelet and kube-proxy in this process
-//! until a signal. Its files live under `DIR` (`/var/lib/rkube` by default): `pki/`
+//! until a signal. They reach the control plane through a client-side load balancer
+//! on `127.0.0.1:6444` (see [`crate::loadbalancer`]). Its files live under `DIR` (`/var/lib/rkube` by default): `pki/`
 //! (the CA and the node's certificates, reused while valid), `kubeconfigs/`, `agent/`
 //! (the kubelet's root) and `lab.json`, so `rkube down|reset --data-dir DIR` cleans up
 //! after it as after a lab.
@@ -22,6 +23,7 @@ use component_base::pki::{self, CertPair};
 
 use crate::join::{self, JoinToken};
 use crate::lab::Lab;
+use crate::loadbalancer::LoadBalancer;
 
 /// How long the agent's components get to stop.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +35,8 @@ pub struct AgentOptions {
     pub token: JoinToken,
     pub node_ip: Option<Ipv4Addr>,
     pub node_name: Option<String>,
+    /// The port of the client-side load balancer on 127.0.0.1.
+    pub lb_port: u16,
 }
 
 fn pki_dir(lab: &Lab) -> PathBuf {
@@ -57,13 +61,17 @@ async fn join_and_run(lab: &Lab, options: &AgentOptions, shutdown: CancellationT
     let pki_dir = pki_dir(lab);
     let ca_pem = trusted_ca(&pki_dir, options).await?;
     let user = format!("system:node:{node_name}");
+    // Everything from here on reaches the control plane through the load balancer, so
+    // that losing one server of an HA control plane loses nothing.
+    let balancer = LoadBalancer::start(options.lb_port, &options.server, shutdown.clone()).await?;
+    let server = balancer.url();
 
     // The node's client certificate: asked for with the bootstrap token the first time,
     // then kept until a fifth of its life is left.
     let client_cert = pki_dir.join("kubelet-client.crt");
     if !join::still_good(&client_cert, |c| common_name(c).as_deref() == Some(user.as_str())) {
         let bootstrap = kubeconfig_path(lab, "bootstrap");
-        let text = pki::token_kubeconfig(&options.server, "rkube", "kubelet-bootstrap", &ca_pem, &options.token.bearer());
+        let text = pki::token_kubeconfig(&server, "rkube", "kubelet-bootstrap", &ca_pem, &options.token.bearer());
         pki::write_file(&bootstrap, text.as_bytes(), 0o600).with_context(|| format!("writing {}", bootstrap.display()))?;
         let client = component_base::client::client(Some(&bootstrap)).await?;
         let pair = join::request_certificate(client, &user, Some(apiserver::auth::NODES_GROUP), &[], &[], SIGNER_CLIENT_KUBELET)
@@ -75,9 +83,10 @@ async fn join_and_run(lab: &Lab, options: &AgentOptions, shutdown: CancellationT
     }
     let pair = CertPair::read(&pki_dir, "kubelet-client")?.context("the kubelet's client certificate vanished")?;
     let kubeconfig = kubeconfig_path(lab, "kubelet");
-    pki::write_file(&kubeconfig, pki::kubeconfig(&options.server, "rkube", &user, &ca_pem, &pair).as_bytes(), 0o600)
+    pki::write_file(&kubeconfig, pki::kubeconfig(&server, "rkube", &user, &ca_pem, &pair).as_bytes(), 0o600)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;
     let client = component_base::client::client(Some(&kubeconfig)).await?;
+    tokio::spawn(balancer.follow_endpoints(client.clone(), shutdown.clone()));
 
     // The cluster's networks, as the server published them.
     let (namespace, name) = crate::server::CLUSTER_INFO;

@@ -3,9 +3,11 @@
 //! (`images`, `ps`, `logs`, `exec`…) look inside the lab's node like the docker CLI.
 
 mod agent;
+mod bootstrap;
 mod down;
 mod join;
 mod lab;
+mod loadbalancer;
 mod node;
 mod server;
 mod term;
@@ -67,9 +69,14 @@ enum Command {
         /// More names or addresses for the apiserver's certificate.
         #[arg(long = "tls-san")]
         tls_sans: Vec<String>,
-        /// An external etcd instead of the embedded store (comma-separated URLs).
+        /// An external etcd instead of the embedded store (comma-separated URLs):
+        /// servers sharing one etcd make an HA control plane.
         #[arg(long, value_delimiter = ',')]
         etcd_servers: Vec<String>,
+        /// With --etcd-servers, join the control plane of the server whose
+        /// DATA_DIR/server/token this is (its CA and keys are restored from etcd).
+        #[arg(long, env = "RKUBE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Join a cluster as a worker node (in the foreground, as systemd runs it).
     Agent {
@@ -87,6 +94,10 @@ enum Command {
         /// The node's name (default: the host name).
         #[arg(long)]
         node_name: Option<String>,
+        /// The port on 127.0.0.1 where the agent's load balancer for the apiservers
+        /// listens.
+        #[arg(long, default_value_t = loadbalancer::DEFAULT_PORT)]
+        lb_server_port: u16,
     },
     /// Stop the lab and remove its containers, mounts, network and cgroups.
     Down {
@@ -220,11 +231,25 @@ fn main() -> anyhow::Result<()> {
                     up::run_foreground(&lab, &settings, &Default::default(), shutdown).await
                 }
             }
-            Command::Server { lab, port, node_ip, node_name, cluster_cidr, service_cidr, tls_sans, etcd_servers } => {
+            Command::Server { lab, port, node_ip, node_name, cluster_cidr, service_cidr, tls_sans, etcd_servers, token } => {
                 require_root("server")?;
                 let lab = lab::Lab::new(&lab.data_dir);
                 if let Some(pid) = lab.running_pid() {
                     bail!("rkube is already running in {} (pid {pid})", lab.dir.display());
+                }
+                let token: Option<join::JoinToken> = token.map(|t| t.parse().map_err(|e: anyhow::Error| e.context("--token"))).transpose()?;
+                if token.is_some() && etcd_servers.is_empty() {
+                    bail!("--token joins this server to the control plane of another on a shared etcd: give --etcd-servers too");
+                }
+                if !etcd_servers.is_empty() {
+                    let pki = apiserver::server::pki_dir(&lab.dir);
+                    if bootstrap::restore(&etcd_servers, token.as_ref(), &pki).await? {
+                        if let Some(token) = &token {
+                            let path = server::token_file(&lab);
+                            component_base::pki::write_file(&path, format!("{token}\n").as_bytes(), 0o600)?;
+                        }
+                        println!("joined the control plane in etcd at {}", etcd_servers.join(","));
+                    }
                 }
                 for (flag, cidr) in [("--cluster-cidr", &cluster_cidr), ("--service-cidr", &service_cidr)] {
                     cidr.parse::<ipnet::Ipv4Net>().map_err(|e| anyhow::anyhow!("{flag} {cidr}: {e}"))?;
@@ -233,14 +258,14 @@ fn main() -> anyhow::Result<()> {
                 let options = up::ServerOptions { multi_node: true, node_ip, node_name, tls_sans, etcd_servers };
                 up::run_foreground(&lab, &settings, &options, component_base::signals::shutdown_on_signals()).await
             }
-            Command::Agent { lab, server, token, node_ip, node_name } => {
+            Command::Agent { lab, server, token, node_ip, node_name, lb_server_port } => {
                 require_root("agent")?;
                 let lab = lab::Lab::new(&lab.data_dir);
                 if let Some(pid) = lab.running_pid() {
                     bail!("rkube is already running in {} (pid {pid})", lab.dir.display());
                 }
                 let token = token.parse().map_err(|e: anyhow::Error| e.context("--token"))?;
-                let options = agent::AgentOptions { server: server.trim_end_matches('/').to_string(), token, node_ip, node_name };
+                let options = agent::AgentOptions { server: server.trim_end_matches('/').to_string(), token, node_ip, node_name, lb_port: lb_server_port };
                 agent::run(&lab, &options, component_base::signals::shutdown_on_signals()).await
             }
             Command::Down { lab } => {

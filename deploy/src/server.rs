@@ -25,7 +25,7 @@ pub fn token_file(lab: &Lab) -> PathBuf {
 /// Makes the cluster joinable: the join token (kept across restarts while the CA stays
 /// the same), its bootstrap Secret, and cluster-info with who may read it. Prints how
 /// to join.
-pub async fn open_for_agents(lab: &Lab, settings: &LabSettings, advertised: &str) -> anyhow::Result<()> {
+pub async fn open_for_agents(lab: &Lab, settings: &LabSettings, advertised: &str, etcd_servers: &[String]) -> anyhow::Result<()> {
     let client = component_base::client::client(Some(&lab.kubeconfig())).await?;
     let ca = apiserver::server::cluster_ca(&lab.dir).context("loading the cluster CA")?;
     let ca_der = component_base::pki::pem_certificates(ca.cert_pem()).into_iter().next().context("the cluster CA file holds no certificate")?;
@@ -39,6 +39,10 @@ pub async fn open_for_agents(lab: &Lab, settings: &LabSettings, advertised: &str
             t
         }
     };
+    if !etcd_servers.is_empty() {
+        // Other servers on this etcd join with the same token.
+        crate::bootstrap::publish(etcd_servers, &token, &apiserver::server::pki_dir(&lab.dir)).await.context("storing the cluster secrets in etcd")?;
+    }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
     let secret: Secret = serde_json::from_value(token.secret_object())?;
     let name = format!("bootstrap-token-{}", token.id);

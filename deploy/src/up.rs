@@ -20,6 +20,9 @@ use crate::lab::{Lab, LabSettings};
 /// How long components get to stop after the lab is told to.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The cluster DNS port of every server of a multi-node cluster.
+pub const SERVER_DNS_PORT: u16 = 10053;
+
 /// How long `--detach` waits for the node to turn Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -154,16 +157,22 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
     kubelet_config.client_ca_file = Some(pki.join("ca.crt"));
     // The cluster DNS listens on the node's address (on a port of its own, so that labs
     // and a resolver on port 53 do not collide); the kube-dns Service leads there.
-    let dns_listeners = cluster_dns::bind(SocketAddr::from((kubelet_config.node_ip, 0)))
+    // A server of a multi-node cluster uses a fixed port, so that the kube-dns Service
+    // can lead to the DNS of every server (see `keep_dns_on_servers`).
+    let dns_port = if options.multi_node { SERVER_DNS_PORT } else { 0 };
+    let dns_listeners = cluster_dns::bind(SocketAddr::from((kubelet_config.node_ip, dns_port)))
         .await
         .context("binding the cluster DNS server")?;
     let dns_addr = dns_listeners.local_addr();
     install_addons(lab, settings, dns_addr).await.context("installing the lab's add-ons")?;
     if options.multi_node {
         let advertised = format!("https://{}:{}", kubelet_config.node_ip, addr.port());
-        crate::server::open_for_agents(lab, settings, &advertised).await.context("preparing the cluster for agents")?;
+        crate::server::open_for_agents(lab, settings, &advertised, &options.etcd_servers).await.context("preparing the cluster for agents")?;
+        let client = component_base::client::client(Some(&lab.kubeconfig())).await?;
+        tokio::spawn(keep_dns_on_servers(client, dns_addr.port(), shutdown.clone()));
     }
 
+    let ha = !options.etcd_servers.is_empty();
     let cm_config = controller_manager::Config {
         kubeconfig: Some(controller_manager_kubeconfig),
         root_ca_file: Some(pki.join("ca.crt")),
@@ -171,12 +180,14 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
         // how agents get their kubelet certificates.
         cluster_signing_cert_file: Some(pki.join("ca.crt")),
         cluster_signing_key_file: Some(pki.join("ca.key")),
-        leader_elect: false,
+        // Servers sharing an etcd take turns: one controller-manager and one scheduler
+        // lead at a time.
+        leader_elect: ha,
         cluster_cidr: Some(settings.cluster_cidr.clone()),
         local_path_root: lab.dir.join("storage"),
         ..Default::default()
     };
-    let sched_config = scheduler::Config { kubeconfig: Some(scheduler_kubeconfig), leader_elect: false, ..Default::default() };
+    let sched_config = scheduler::Config { kubeconfig: Some(scheduler_kubeconfig), leader_elect: ha, ..Default::default() };
     let mut proxy_config = kube_proxy::Config::new(&kubelet_config.node_name);
     proxy_config.kubeconfig = Some(proxy_kubeconfig);
     proxy_config.table = proxy_table(settings);
@@ -218,7 +229,7 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
 /// StorageClass `local-path` served by the controller-manager's local-path provisioner,
 /// and the `kube-dns` Service at the conventional address, leading to the cluster DNS
 /// server at `dns` (its Endpoints and EndpointSlice are rewritten at every start, since
-/// the server's port is picked afresh).
+/// a lab's DNS port is picked afresh).
 async fn install_addons(lab: &Lab, settings: &LabSettings, dns: SocketAddr) -> anyhow::Result<()> {
     let client = component_base::client::client(Some(&lab.kubeconfig())).await?;
     let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client.clone());
@@ -235,7 +246,7 @@ async fn install_addons(lab: &Lab, settings: &LabSettings, dns: SocketAddr) -> a
     }
 
     let dns_ip = cluster_dns_ip(settings).with_context(|| format!("no DNS address in serviceCidr {}", settings.service_cidr))?;
-    let labels = serde_json::json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"});
+    let labels = dns_labels();
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "kube-system");
     let service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
@@ -251,17 +262,29 @@ async fn install_addons(lab: &Lab, settings: &LabSettings, dns: SocketAddr) -> a
     if services.get_opt("kube-dns").await?.is_none() {
         create_if_missing(&services, &service).await?;
     }
+    publish_dns_endpoints(client, &[dns.ip()], dns.port()).await
+}
+
+/// The labels of the kube-dns Service and its endpoints, as CoreDNS deployments have.
+fn dns_labels() -> serde_json::Value {
+    serde_json::json!({"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true"})
+}
+
+/// Makes the kube-dns Service lead to the cluster DNS at `port` on each of `addresses`.
+async fn publish_dns_endpoints(client: kube::Client, addresses: &[std::net::IpAddr], port: u16) -> anyhow::Result<()> {
+    let labels = dns_labels();
     let params = PatchParams::apply("rkube").force();
     // Endpoints and EndpointSlices spell their ports alike.
     let ports = serde_json::json!([
-        {"name": "dns", "port": dns.port(), "protocol": "UDP"},
-        {"name": "dns-tcp", "port": dns.port(), "protocol": "TCP"},
+        {"name": "dns", "port": port, "protocol": "UDP"},
+        {"name": "dns-tcp", "port": port, "protocol": "TCP"},
     ]);
+    let ips: Vec<String> = addresses.iter().map(|ip| ip.to_string()).collect();
     let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), "kube-system");
     let body = serde_json::json!({
         "apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
-        "subsets": [{"addresses": [{"ip": dns.ip().to_string()}], "ports": ports.clone()}],
+        "subsets": [{"addresses": ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect::<Vec<_>>(), "ports": ports.clone()}],
     });
     endpoints.patch("kube-dns", &params, &Patch::Apply(&body)).await?;
     let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client, "kube-system");
@@ -270,11 +293,38 @@ async fn install_addons(lab: &Lab, settings: &LabSettings, dns: SocketAddr) -> a
         "metadata": {"name": "kube-dns-rkube", "namespace": "kube-system",
                      "labels": {"kubernetes.io/service-name": "kube-dns", "endpointslice.kubernetes.io/managed-by": "rkube"}},
         "addressType": "IPv4",
-        "ports": ports.clone(),
-        "endpoints": [{"addresses": [dns.ip().to_string()], "conditions": {"ready": true}}],
+        "ports": ports,
+        "endpoints": ips.iter().map(|ip| serde_json::json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>(),
     });
     slices.patch("kube-dns-rkube", &params, &Patch::Apply(&body)).await?;
     Ok(())
+}
+
+/// Every server of a multi-node cluster runs a cluster DNS on [`SERVER_DNS_PORT`] of
+/// its address, which is also its apiserver's: the kube-dns Service leads to the
+/// servers the `kubernetes` Endpoints list (the live apiservers), so DNS outlives the
+/// loss of a server.
+async fn keep_dns_on_servers(client: kube::Client, port: u16, shutdown: CancellationToken) {
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), "default");
+    let mut published: Vec<std::net::IpAddr> = Vec::new();
+    loop {
+        if let Ok(ep) = endpoints.get("kubernetes").await {
+            let mut servers: Vec<std::net::IpAddr> =
+                ep.subsets.unwrap_or_default().iter().flat_map(|s| s.addresses.iter().flatten()).filter_map(|a| a.ip.parse().ok()).collect();
+            servers.sort();
+            servers.dedup();
+            if !servers.is_empty() && servers != published {
+                match publish_dns_endpoints(client.clone(), &servers, port).await {
+                    Ok(()) => published = servers,
+                    Err(e) => tracing::warn!(error = %e, "updating the kube-dns endpoints failed"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
 }
 
 async fn create_if_missing<K>(api: &Api<K>, object: &K) -> anyhow::Result<()>

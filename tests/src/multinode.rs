@@ -634,26 +634,30 @@ impl Lan {
             }
         }
         let log = self.dir.join(format!("teardown-n{k}.log"));
-        let (what, torn_down) = match &node.rkube_dir {
-            Some(dir) => {
-                let args = ["down".to_string(), "--data-dir".into(), dir.to_string_lossy().into_owned()];
-                let torn_down = workspace_binary("rkube").and_then(|rkube| self.spawn_in_node(k, &rkube, &args, &log));
-                ("rkube down", torn_down)
+        // A node where nothing ever ran has nothing to tear down (and no identity to
+        // tear down with); the checks below still look.
+        if !node.logs.is_empty() {
+            let (what, torn_down) = match &node.rkube_dir {
+                Some(dir) => {
+                    let args = ["down".to_string(), "--data-dir".into(), dir.to_string_lossy().into_owned()];
+                    let torn_down = workspace_binary("rkube").and_then(|rkube| self.spawn_in_node(k, &rkube, &args, &log));
+                    ("rkube down", torn_down)
+                }
+                None => {
+                    let torn_down = self
+                        .kubelet_args(k)
+                        .and_then(|args| self.spawn_in_node(k, &self.kubelet, &[args, vec!["--teardown".into()]].concat(), &log));
+                    ("kubelet --teardown", torn_down)
+                }
+            };
+            match torn_down.and_then(|mut child| Ok(child.wait()?)) {
+                Ok(status) if status.success() => {}
+                Ok(status) => problems.push(format!(
+                    "{what} of node {k} failed ({status}): {}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                )),
+                Err(e) => problems.push(format!("{what} of node {k}: {e:#}")),
             }
-            None => {
-                let torn_down = self
-                    .kubelet_args(k)
-                    .and_then(|args| self.spawn_in_node(k, &self.kubelet, &[args, vec!["--teardown".into()]].concat(), &log));
-                ("kubelet --teardown", torn_down)
-            }
-        };
-        match torn_down.and_then(|mut child| Ok(child.wait()?)) {
-            Ok(status) if status.success() => {}
-            Ok(status) => problems.push(format!(
-                "{what} of node {k} failed ({status}): {}",
-                fs::read_to_string(&log).unwrap_or_default()
-            )),
-            Err(e) => problems.push(format!("{what} of node {k}: {e:#}")),
         }
         match run(
             "ip",
