@@ -21,6 +21,7 @@ pub type AllocationGuard = Option<tokio::sync::OwnedMutexGuard<()>>;
 pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, dry_run: bool) -> Result<AllocationGuard, ApiError> {
     let name = name_of(obj);
     decode_check(res, obj, &name)?;
+    crate::openapi::prune_unknown_fields(res, obj);
     prepare_for_create(res, obj);
     if res.group.is_empty() && res.kind == "Pod" {
         resolve_priority(api, res, obj).await?;
@@ -255,6 +256,7 @@ pub async fn admit_update(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     let mut guard = None;
     let mut causes = Vec::new();
     decode_check(res, obj, &name)?;
+    crate::openapi::prune_unknown_fields(res, obj);
     default(res, obj);
     crate::quota::limit_ranger(api, res, obj, Some(old)).await?;
     if res.group.is_empty() && res.plural == "services" {

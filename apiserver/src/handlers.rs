@@ -821,6 +821,16 @@ impl ApiServer {
                 obj["spec"]["replicas"] = replicas;
                 return Ok(obj);
             }
+            // A patch may not rename or move the object (as for an update, Kubernetes
+            // answers 400 rather than ignore it).
+            if let Some(n) = patched.pointer("/metadata/name").and_then(Value::as_str).filter(|n| *n != name) {
+                return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+            }
+            if let (Some(ns), Some(url_ns)) = (patched.pointer("/metadata/namespace").and_then(Value::as_str), current.pointer("/metadata/namespace").and_then(Value::as_str)) {
+                if !ns.is_empty() && ns != url_ns {
+                    return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                }
+            }
             if let Some(meta) = patched.get_mut("metadata").and_then(Value::as_object_mut) {
                 // A patch may carry a resourceVersion precondition.
                 if let Some(rv) = meta.get("resourceVersion").and_then(Value::as_str) {

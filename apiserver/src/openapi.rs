@@ -270,6 +270,47 @@ pub fn unknown_fields(res: &ResourceInfo, obj: &Value) -> Vec<String> {
     out
 }
 
+/// Drops the fields of `obj` that `res`'s schema does not have, as decoding into
+/// Kubernetes' typed objects drops them: an unknown field is refused (Strict), warned
+/// about (Warn) or ignored, but never stored.
+pub fn prune_unknown_fields(res: &ResourceInfo, obj: &mut Value) {
+    let docs = documents();
+    let Some(name) = docs.kinds.get(&(res.group.to_string(), res.version.to_string(), res.kind.to_string())) else { return };
+    let Some(schema) = docs.schemas.get(name) else { return };
+    prune(schema, obj, &docs.schemas, 0);
+}
+
+fn prune(schema: &Value, v: &mut Value, all: &Map<String, Value>, depth: usize) {
+    if depth > 64 {
+        return;
+    }
+    let schema = resolve(schema, all);
+    match v {
+        Value::Object(m) => {
+            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+                m.retain(|k, _| props.contains_key(k));
+                for (k, child) in m.iter_mut() {
+                    if let Some(s) = props.get(k) {
+                        prune(s, child, all, depth + 1);
+                    }
+                }
+            } else if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for child in m.values_mut() {
+                    prune(additional, child, all, depth + 1);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for child in items.iter_mut() {
+                    prune(item_schema, child, all, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn resolve<'a>(schema: &'a Value, all: &'a Map<String, Value>) -> &'a Value {
     let mut s = schema;
     for _ in 0..8 {
@@ -347,5 +388,21 @@ mod tests {
         assert_eq!(unknown_fields(deploy, &obj), vec!["spec.bogus", "spec.template.spec.containers[0].imagex"]);
         let cm = lookup("", "v1", "configmaps").expect("configmaps");
         assert!(unknown_fields(cm, &json!({"metadata": {"name": "c"}, "data": {"any-key": "v"}})).is_empty());
+    }
+
+    #[test]
+    fn pruning_drops_unknown_fields_and_keeps_free_form_ones() {
+        let deploy = lookup("apps", "v1", "deployments").expect("deployments");
+        let mut obj = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labels": {"a": "b"}},
+            "spec": {"replicas": 1, "bogus": 1, "template": {"spec": {"containers": [{"name": "c", "image": "i", "imagex": "y"}]}}}});
+        prune_unknown_fields(deploy, &mut obj);
+        assert_eq!(obj, json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labels": {"a": "b"}},
+            "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}));
+        // A ControllerRevision's data is whatever its owner stored (a RawExtension).
+        let revisions = lookup("apps", "v1", "controllerrevisions").expect("controllerrevisions");
+        let data = json!({"spec": {"template": {"$patch": "replace", "spec": {"anything": [1, {"x": "y"}]}}}});
+        let mut revision = json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "r"}, "revision": 1, "data": data});
+        prune_unknown_fields(revisions, &mut revision);
+        assert_eq!(revision["data"], data);
     }
 }
