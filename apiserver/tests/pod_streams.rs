@@ -382,6 +382,21 @@ async fn port_forward_websocket_tunnel() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// rkube's own kubectl forwards with the kubelet's WebSocket channel protocol
+/// (`v4.channel.k8s.io`, one WebSocket per connection), as client libraries do.
+#[tokio::test]
+async fn port_forward_websocket_channels_with_rkube_kubectl() -> anyhow::Result<()> {
+    let Some(c) = cluster().await? else { return Ok(()) };
+    let ours = std::env::current_exe()?.parent().and_then(Path::parent).context("no target directory")?.join("kubectl");
+    if !ours.is_file() {
+        ensure!(std::env::var_os("CI").is_none(), "no rkube kubectl at {} (cargo build --workspace --all-targets)", ours.display());
+        println!("skipped: no rkube kubectl at {} (cargo build --workspace --all-targets)", ours.display());
+        return Ok(());
+    }
+    let remote = upper_case_server().await?;
+    port_forward(&c, &ours, remote).await
+}
+
 #[tokio::test]
 async fn copy_a_file_out_of_the_pod() -> anyhow::Result<()> {
     let Some(c) = cluster().await? else { return Ok(()) };

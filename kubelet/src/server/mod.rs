@@ -441,7 +441,8 @@ impl KubeletApi {
         let target = portforward::Target { runtime: self.runtime.clone(), sandbox_id, pod: format!("{ns}/{pod}") };
         let shutdown = self.shutdown.clone();
         if is_websocket(&req) {
-            let protocol = negotiate(&websocket_protocols(&req), &[portforward::WEBSOCKET_TUNNEL])?;
+            let protocol = negotiate(&websocket_protocols(&req), &[portforward::WEBSOCKET_TUNNEL, portforward::CHANNEL_V4])?;
+            let ports = if protocol == portforward::CHANNEL_V4 { portforward::query_ports(req.uri().query()).map_err(ServerError::BadRequest)? } else { Vec::new() };
             let response = websocket_accept(&req, protocol)?;
             let on_upgrade = hyper::upgrade::on(&mut req);
             info!(pod = %target.pod, protocol, "port-forward session");
@@ -452,7 +453,11 @@ impl KubeletApi {
                         Err(e) => return debug!(error = %e, "upgrade failed"),
                     };
                     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(websocket_config())).await;
-                    portforward::serve_spdy(portforward::websocket_tunnel(ws), target, shutdown).await;
+                    if protocol == portforward::CHANNEL_V4 {
+                        portforward::serve_channels(ws, target, ports, shutdown).await;
+                    } else {
+                        portforward::serve_spdy(portforward::websocket_tunnel(ws), target, shutdown).await;
+                    }
                 }
                 .in_current_span(),
             );

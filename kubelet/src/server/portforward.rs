@@ -1,6 +1,8 @@
 //! `kubectl port-forward`: the `portforward.k8s.io` protocol over SPDY/3.1, either on a
 //! plain upgraded connection or tunneled in WebSocket binary messages
-//! (`SPDY/3.1+portforward.k8s.io`, kubectl ≥ 1.31).
+//! (`SPDY/3.1+portforward.k8s.io`, kubectl ≥ 1.31); and the kubelet's plain WebSocket
+//! port forwarding (`v4.channel.k8s.io`, what client libraries such as kube-rs speak),
+//! one connection per port named in the `ports` query, see [`serve_channels`].
 //!
 //! Each local connection the client accepts becomes a pair of streams sharing a
 //! `requestid` header: `streamtype: error`, on which the server writes a message if
@@ -28,6 +30,11 @@ use crate::runtime::Runtime;
 pub const PROTOCOL_V1: &str = "portforward.k8s.io";
 /// The WebSocket sub-protocol that tunnels SPDY port forwarding (KEP-4006).
 pub const WEBSOCKET_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// The WebSocket channel protocol of port forwarding: channel `2i` carries port `i`'s
+/// bytes both ways, channel `2i + 1` its errors; each channel's first message from the
+/// server is the port (two bytes, little-endian).
+pub const CHANNEL_V4: &str = "v4.channel.k8s.io";
 
 /// How long the first stream of a pair waits for the second (the kubelet's
 /// `streamCreationTimeout`).
@@ -166,6 +173,122 @@ async fn forward(target: Target, error: SpdyStream, data: SpdyStream, closed: Ca
     }
     let _ = to_client.close().await;
     let _ = error.writer.close().await;
+}
+
+/// The ports of a WebSocket port-forward request: `?ports=80&ports=8080` or
+/// `?ports=80,8080`.
+pub(crate) fn query_ports(query: Option<&str>) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for (key, value) in query.unwrap_or_default().split('&').filter_map(|kv| kv.split_once('=')) {
+        if key != "ports" {
+            continue;
+        }
+        for p in value.split(',').filter(|p| !p.is_empty()) {
+            match p.parse::<u16>() {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => return Err(format!("invalid port {p:?}")),
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err("at least one port must be given in the ports query parameter".into());
+    }
+    Ok(ports)
+}
+
+/// Serves `v4.channel.k8s.io` port forwarding on `ws`: one connection to each of `ports`
+/// in the pod, until the client closes or every pod side has ended.
+pub(crate) async fn serve_channels<S>(ws: WebSocketStream<S>, target: Target, ports: Vec<u16>, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    let mut writers = Vec::with_capacity(ports.len());
+    let mut open = 0usize;
+    for (i, port) in ports.iter().enumerate() {
+        let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
+        for channel in [data, error] {
+            let mut first = vec![channel];
+            first.extend_from_slice(&port.to_le_bytes());
+            if sink.send(Message::Binary(Bytes::from(first))).await.is_err() {
+                return;
+            }
+        }
+        match target.runtime.port_forward(&target.sandbox_id, *port).await {
+            Err(e) => {
+                info!(pod = %target.pod, %port, error = %e, "port-forward failed");
+                let mut message = vec![error];
+                message.extend_from_slice(format!("error forwarding port {port} to pod {}, uid : {e}", target.sandbox_id).as_bytes());
+                let _ = sink.send(Message::Binary(Bytes::from(message))).await;
+                writers.push(None);
+            }
+            Ok(conn) => {
+                let (mut pod_read, pod_write) = conn.into_split();
+                writers.push(Some(pod_write));
+                open += 1;
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; READ_CHUNK];
+                    loop {
+                        let n = match pod_read.read(&mut buf[1..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        buf[0] = data;
+                        if tx.send(buf[..=n].to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                    // An empty message marks this port's end.
+                    let _ = tx.send(vec![data]).await;
+                });
+            }
+        }
+    }
+    drop(tx);
+    if open == 0 {
+        let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            out = rx.recv() => match out {
+                Some(frame) if frame.len() == 1 => {
+                    open -= 1;
+                    if open == 0 {
+                        break;
+                    }
+                }
+                Some(frame) => {
+                    if sink.send(Message::Binary(Bytes::from(frame))).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            message = stream.next() => match message {
+                Some(Ok(Message::Binary(frame))) if !frame.is_empty() => {
+                    let index = usize::from(frame[0]) / 2;
+                    if frame[0] % 2 == 0 {
+                        if let Some(Some(writer)) = writers.get_mut(index) {
+                            if writer.write_all(&frame[1..]).await.is_err() {
+                                writers[index] = None;
+                            }
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    for writer in writers.iter_mut().flatten() {
+        let _ = writer.shutdown().await;
+    }
+    let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
+    let _ = sink.close().await;
 }
 
 /// Turns a WebSocket that tunnels a byte stream in binary messages into a plain byte
