@@ -6,4 +6,5 @@
 
 pub mod cluster;
 pub mod fakenode;
+pub mod kubectl_compare;
 pub mod multinode;
