@@ -237,6 +237,9 @@ fn main() -> anyhow::Result<()> {
                 if let Some(pid) = lab.running_pid() {
                     bail!("rkube is already running in {} (pid {pid})", lab.dir.display());
                 }
+                for (flag, cidr) in [("--cluster-cidr", &cluster_cidr), ("--service-cidr", &service_cidr)] {
+                    cidr.parse::<ipnet::Ipv4Net>().map_err(|e| anyhow::anyhow!("{flag} {cidr}: {e}"))?;
+                }
                 let token: Option<join::JoinToken> = token.map(|t| t.parse().map_err(|e: anyhow::Error| e.context("--token"))).transpose()?;
                 if token.is_some() && etcd_servers.is_empty() {
                     bail!("--token joins this server to the control plane of another on a shared etcd: give --etcd-servers too");
@@ -250,9 +253,6 @@ fn main() -> anyhow::Result<()> {
                         }
                         println!("joined the control plane in etcd at {}", etcd_servers.join(","));
                     }
-                }
-                for (flag, cidr) in [("--cluster-cidr", &cluster_cidr), ("--service-cidr", &service_cidr)] {
-                    cidr.parse::<ipnet::Ipv4Net>().map_err(|e| anyhow::anyhow!("{flag} {cidr}: {e}"))?;
                 }
                 let settings = lab.cluster_settings(port, &cluster_cidr, &service_cidr)?;
                 let options = up::ServerOptions { multi_node: true, node_ip, node_name, tls_sans, etcd_servers };
