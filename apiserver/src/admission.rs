@@ -14,7 +14,63 @@ use crate::storage::RangeOptions;
 
 /// Held while a new Service's addresses are chosen and stored, so that two creates
 /// cannot pick the same ClusterIP or NodePort.
-pub type AllocationGuard = Option<tokio::sync::OwnedMutexGuard<()>>;
+pub type AllocationGuard = Option<AllocationLock>;
+
+/// Held from a Service's address and node-port allocation until its write: the
+/// apiserver's own mutex, and a lock key in the store that every apiserver sharing the
+/// store (an HA control plane on one etcd) takes too, so that two of them never hand
+/// out the same address or port. The store key goes when the guard is dropped.
+pub struct AllocationLock {
+    _local: tokio::sync::OwnedMutexGuard<()>,
+    store: Option<(std::sync::Arc<dyn crate::storage::Store>, crate::storage::Revision)>,
+}
+
+impl Drop for AllocationLock {
+    fn drop(&mut self) {
+        if let (Some((store, revision)), Ok(runtime)) = (self.store.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                let _ = store.delete(ALLOCATION_LOCK_KEY, Some(revision)).await;
+            });
+        }
+    }
+}
+
+/// The store key of the allocation lock.
+const ALLOCATION_LOCK_KEY: &str = "/registry/locks/service-allocation";
+/// A lock older than this was left by an apiserver that died holding it.
+const ALLOCATION_LOCK_STALE: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long an allocation waits for the lock.
+const ALLOCATION_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the allocation lock: this apiserver's mutex, then (unless `dry_run`) the
+/// store's lock key, waiting while another apiserver holds it.
+async fn lock_allocation(api: &ApiServer, dry_run: bool) -> Result<AllocationLock, ApiError> {
+    let local = api.service_allocation.clone().lock_owned().await;
+    if dry_run {
+        return Ok(AllocationLock { _local: local, store: None });
+    }
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + ALLOCATION_LOCK_WAIT;
+    loop {
+        let value = serde_json::to_vec(&json!({"holder": api.config.advertise_address.to_string(), "since": now()})).unwrap_or_default();
+        match api.store.create(ALLOCATION_LOCK_KEY, value).await {
+            Ok(revision) => return Ok(AllocationLock { _local: local, store: Some((api.store.clone(), revision)) }),
+            Err(crate::storage::StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(ApiError::internal(e)),
+        }
+        if let Ok((Some(kv), _)) = api.store.get(ALLOCATION_LOCK_KEY).await {
+            let since = serde_json::from_slice::<Value>(&kv.value).ok().and_then(|v| v["since"].as_u64()).unwrap_or(0);
+            if now().saturating_sub(since) > ALLOCATION_LOCK_STALE.as_secs() {
+                let _ = api.store.delete(ALLOCATION_LOCK_KEY, Some(kv.mod_revision)).await;
+                continue;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ApiError::timeout("timed out waiting for another apiserver to finish allocating a Service address", 1));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
 
 /// Defaults, validates and allocates for a create. The returned guard must live until
 /// the object is stored.
@@ -38,7 +94,7 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     let mut causes = validate(res, obj, None);
     let mut guard = None;
     if res.group.is_empty() && res.plural == "services" && causes.is_empty() {
-        let g = api.service_allocation.clone().lock_owned().await;
+        let g = lock_allocation(api, dry_run).await?;
         allocate_service(api, obj, &mut causes, dry_run).await?;
         guard = Some(g);
     }
@@ -295,7 +351,7 @@ pub async fn admit_update(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
         if !status_only && keeps && (missing || node_ports(obj).any(|p| !own.contains(&p))) {
             // A type change to NodePort or LoadBalancer, a new port, or a node port asked
             // for by number: allocated under the same lock as creates.
-            let g = api.service_allocation.clone().lock_owned().await;
+            let g = lock_allocation(api, false).await?;
             let (_, mut used_ports) = service_allocations(api).await?;
             allocate_node_ports(&api.config.service_ranges, obj, &mut used_ports, &own, &mut causes)?;
             guard = Some(g);
