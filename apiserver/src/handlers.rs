@@ -266,8 +266,14 @@ impl ApiServer {
                 Ok(respond(status, negotiated, &shape_one(&target, negotiated, updated, &params)))
             }
             (Method::PATCH, true) => {
-                let (status, patched) = self.patch(&target, &headers, &body, &params).await?;
-                Ok(respond(status, negotiated, &shape_one(&target, negotiated, patched, &params)))
+                let (status, patched, warnings) = self.patch(&target, &headers, &body, &params).await?;
+                let mut response = respond(status, negotiated, &shape_one(&target, negotiated, patched, &params));
+                for w in warnings {
+                    if let Ok(v) = http::HeaderValue::from_str(&format!("299 - {}", Value::String(w))) {
+                        response.headers_mut().append(http::header::WARNING, v);
+                    }
+                }
+                Ok(response)
             }
             (Method::DELETE, true) => {
                 let options = if body.is_empty() { json!({}) } else { codec::decode_object(&headers, &body)? };
@@ -756,7 +762,9 @@ impl ApiServer {
         Err(ApiError::conflict(res, &name, "too many concurrent writes; try again"))
     }
 
-    async fn patch(&self, target: &Target, headers: &HeaderMap, body: &[u8], params: &Params) -> Result<(StatusCode, Value), ApiError> {
+    /// Applies a patch; the warnings are a JSON patch's unknown fields under
+    /// `fieldValidation=Warn` (the other patch types are checked up front).
+    async fn patch(&self, target: &Target, headers: &HeaderMap, body: &[u8], params: &Params) -> Result<(StatusCode, Value, Vec<String>), ApiError> {
         let res = target.res;
         let name = self.name_of(target).to_string();
         let ct = codec::content_type(headers);
@@ -785,7 +793,7 @@ impl ApiServer {
                 return Err(ApiError::bad_request("apply patch must be an object"));
             }
             if target.sub.is_none() {
-                return self.server_side_apply(target, patch, &manager, params).await;
+                return self.server_side_apply(target, patch, &manager, params).await.map(|(code, obj)| (code, obj, Vec::new()));
             }
             // An apply to a subresource: merged as before, recorded as an Update.
             self.read(target).await?;
@@ -796,8 +804,11 @@ impl ApiServer {
         let manager = params.field_manager().map(|m| (m, target.sub.as_deref().unwrap_or_default()));
         // A JSON patch's body is operations, not an object: its fields are checked in the
         // object it produces, as Kubernetes does (the other kinds were checked up front).
-        let strict_json = kind == PatchKind::Json
-            && crate::openapi::FieldValidation::parse(params.get("fieldValidation")).ok() == Some(crate::openapi::FieldValidation::Strict);
+        let validation = crate::openapi::FieldValidation::parse(params.get("fieldValidation")).ok();
+        let strict_json = kind == PatchKind::Json && validation == Some(crate::openapi::FieldValidation::Strict);
+        let warn_json = kind == PatchKind::Json && validation == Some(crate::openapi::FieldValidation::Warn);
+        let warnings = std::sync::Mutex::new(Vec::new());
+        let found = &warnings;
         self.guaranteed_update_as(target, dry_run, manager, move |current, _| {
             let base = if sub.as_deref() == Some("scale") { admission::scale_of(res, current)? } else { current.clone() };
             let mut patched = match kind {
@@ -809,11 +820,13 @@ impl ApiServer {
                 }
             }
             .map_err(|e| ApiError::invalid(res, &name, vec![crate::errors::Cause { reason: "FieldValueInvalid", field: String::new(), message: e.to_string() }]))?;
-            if strict_json && sub.as_deref() != Some("scale") {
+            if (strict_json || warn_json) && sub.as_deref() != Some("scale") {
                 let unknown: Vec<String> = crate::openapi::unknown_fields(res, &patched).into_iter().map(|f| format!("unknown field \"{f}\"")).collect();
-                if !unknown.is_empty() {
+                if !unknown.is_empty() && strict_json {
                     return Err(ApiError::bad_request(format!("strict decoding error: {}", unknown.join(", "))));
                 }
+                // Retried writes see the same fields: the last attempt's are the answer's.
+                *found.lock().unwrap_or_else(|e| e.into_inner()) = unknown;
             }
             if sub.as_deref() == Some("scale") {
                 let replicas = patched.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
@@ -853,6 +866,7 @@ impl ApiServer {
             Some("scale") => Ok((code, admission::scale_of(res, &obj)?)),
             _ => Ok((code, obj)),
         })
+        .map(|(code, obj)| (code, obj, warnings.into_inner().unwrap_or_else(|e| e.into_inner())))
     }
 
     /// Server-side apply (`application/apply-patch+yaml`) to the main resource: merges

@@ -757,5 +757,21 @@ async fn patches_cannot_rename_and_unknown_fields_are_dropped() -> anyhow::Resul
     let (_, body) = send(&client, Method::GET, "/api/v1/namespaces/default/configmaps/keep", None, Vec::new()).await?;
     let stored: Value = serde_json::from_slice(&body)?;
     ensure!(stored["data"] == json!({"a": "1", "b": "2"}) && stored.get("surprise").is_none(), "after the patch: {stored}");
+
+    // A JSON patch's unknown fields are found in the object it makes: a warning by
+    // default (Warn), and the field is not stored.
+    let ops = json!([{"op": "add", "path": "/unheard", "value": 1}, {"op": "add", "path": "/data/c", "value": "3"}]);
+    let req = http::Request::builder()
+        .method(Method::PATCH)
+        .uri("/api/v1/namespaces/default/configmaps/keep")
+        .header(http::header::CONTENT_TYPE, "application/json-patch+json")
+        .body(kube::client::Body::from(serde_json::to_vec(&ops)?))?;
+    let answer = client.send(req).await?;
+    ensure!(answer.status() == 200, "json patch: {}", answer.status());
+    let warnings: Vec<String> = answer.headers().get_all(http::header::WARNING).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
+    ensure!(warnings.iter().any(|w| w.contains("unknown field \\\"unheard\\\"")), "warnings: {warnings:?}");
+    let (_, body) = send(&client, Method::GET, "/api/v1/namespaces/default/configmaps/keep", None, Vec::new()).await?;
+    let stored: Value = serde_json::from_slice(&body)?;
+    ensure!(stored["data"]["c"] == "3" && stored.get("unheard").is_none(), "after the JSON patch: {stored}");
     Ok(())
 }
