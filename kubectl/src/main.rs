@@ -133,9 +133,41 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The command line, or the stock kubectl's message for what clap refuses: an unknown
+/// flag or command reads as cobra prints it, not as clap does.
+fn parse() -> Cli {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let err = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    let context = |kind: ContextKind| match err.get(kind) {
+        Some(ContextValue::String(s)) => s.clone(),
+        Some(ContextValue::Strings(v)) => v.first().cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let message = match err.kind() {
+        ErrorKind::UnknownArgument => {
+            let flag = context(ContextKind::InvalidArg);
+            let flag = flag.split('=').next().unwrap_or_default().to_string();
+            let names: Vec<String> = <Cli as clap::CommandFactory>::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+            let command = std::env::args().skip(1).find(|a| names.contains(a)).map(|c| format!("{c} ")).unwrap_or_default();
+            let what = match flag.strip_prefix('-').filter(|f| !f.starts_with('-')) {
+                Some(short) => format!("unknown shorthand flag: '{}' in {flag}", short.chars().next().unwrap_or('?')),
+                None => format!("unknown flag: {flag}"),
+            };
+            format!("error: {what}\nSee 'kubectl {command}--help' for usage.")
+        }
+        ErrorKind::InvalidSubcommand => format!("error: unknown command \"{}\" for \"kubectl\"", context(ContextKind::InvalidSubcommand)),
+        _ => err.exit(),
+    };
+    eprintln!("{message}");
+    std::process::exit(1);
+}
+
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = parse();
     let ctx = Ctx::new(cli.global);
     let code = match dispatch(&ctx, cli.command).await {
         Ok(()) => 0,

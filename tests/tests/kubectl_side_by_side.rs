@@ -97,6 +97,11 @@ async fn get_prints_like_the_stock_kubectl() -> anyhow::Result<()> {
         &[
             // Tables: columns, alignment, -o wide, labels, namespaces, kind prefixes.
             "get pods",
+            // What the parser refuses reads as cobra prints it (the study notes'
+            // `run --replicas` is from an older kubectl).
+            "get pods -z",
+            "get pods --bogus=1",
+            "run httpd-app --image=httpd --replicas=2",
             "get pods -o wide",
             "get po,svc,cm",
             "get all",
