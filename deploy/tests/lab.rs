@@ -712,6 +712,25 @@ fn run_and_attach(lab: &Lab) -> anyhow::Result<()> {
     assert!(stdout.contains("got:hello"), "kubectl run -i output: {stdout:?} {stderr:?}");
     pod_is_gone(lab, "attachme")?;
 
+    // The same with rkube's own kubectl, which also passes the container's exit code on.
+    let ours = Path::new(env!("CARGO_BIN_EXE_rkube")).with_file_name("kubectl");
+    assert!(ours.is_file(), "no rkube kubectl at {} (cargo build --workspace --all-targets)", ours.display());
+    let mut child = Command::new(&ours)
+        .args(["run", "-i", "--rm", "attachours", "--image=busybox", "--restart=Never", "--", "sh", "-c", "read line; echo got:$line; exit 3"])
+        .env("KUBECONFIG", lab.kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(b"hello\n")?;
+    let out = finish_within(child, Duration::from_secs(90), "rkube's kubectl run -i --rm")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "rkube's kubectl run -i: {stdout}{stderr}");
+    assert!(stdout.contains("got:hello") && stdout.contains("pod \"attachours\" deleted"), "rkube's kubectl run -i output: {stdout:?} {stderr:?}");
+    assert!(stderr.contains("pod default/attachours terminated (Error)"), "rkube's kubectl run -i: {stderr:?}");
+    pod_is_gone(lab, "attachours")?;
+
     // run -it, through a pseudo-terminal as a user's terminal would be.
     let mut tty = Command::new("script")
         .args(["-qfec", "kubectl run -it --rm ttyme --image=busybox --restart=Never -- sh", "/dev/null"])

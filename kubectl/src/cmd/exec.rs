@@ -210,13 +210,28 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         .stdout(true)
         .stderr(!tty)
         .tty(tty);
-    let mut proc = api
+    let proc = api
         .exec(&name, args.command.clone(), &params)
         .await
         .map_err(|e| match e {
             kube::Error::Api(_) => anyhow::Error::from(e),
             other => anyhow::anyhow!("unable to upgrade connection: {other}"),
         })?;
+    let status = stream(proc, tty).await;
+    let code = exit_code(status.as_ref())?;
+    if code != 0 {
+        if !args.quiet {
+            eprintln!("command terminated with exit code {code}");
+        }
+        return Err(Exit(code).into());
+    }
+    Ok(())
+}
+
+/// Connects this terminal to an exec'd or attached process until it ends: stdin to its
+/// stdin (if it has one), its stdout and stderr here, the terminal raw and its size sent
+/// for `tty`. Returns the session's final status.
+pub async fn stream(mut proc: kube::api::AttachedProcess, tty: bool) -> Option<MetaStatus> {
     let raw = tty.then(RawMode::enable);
     if tty {
         if let (Some(mut sizes), Some(size)) = (proc.terminal_size(), terminal_size()) {
@@ -259,14 +274,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         t.abort();
     }
     drop(raw);
-    let code = exit_code(status.as_ref())?;
-    if code != 0 {
-        if !args.quiet {
-            eprintln!("command terminated with exit code {code}");
-        }
-        return Err(Exit(code).into());
-    }
-    Ok(())
+    status
 }
 
 #[cfg(test)]
