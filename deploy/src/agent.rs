@@ -136,7 +136,9 @@ async fn join_and_run(lab: &Lab, options: &AgentOptions, shutdown: CancellationT
         ("kubelet", tokio::spawn(kubelet::run(kubelet_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))),
         ("kube-proxy", tokio::spawn(kube_proxy::run(proxy_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))),
     ];
+    // Biased: once told to stop, the components ending is the stop, not a failure.
     let outcome: anyhow::Result<()> = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => Ok(()),
         (r, i, _) = futures::future::select_all(handles.iter_mut().map(|(_, h)| h)) => crate::up::flatten(handles[i].0, r),
     };

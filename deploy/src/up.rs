@@ -211,7 +211,9 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
     let (names, mut handles): (Vec<&str>, Vec<_>) = components.into_iter().unzip();
 
     // Any component that ends on its own ends the lab (with its error).
+    // Biased: once told to stop, the components ending is the stop, not a failure.
     let outcome: anyhow::Result<()> = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => Ok(()),
         (r, i, _) = futures::future::select_all(handles.iter_mut()) => flatten(names[i], r),
     };
