@@ -15,6 +15,29 @@ impl fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// Commands that act on several objects go on past one that fails, as the stock kubectl
+/// does: each failure is printed when it happens, and the command exits 1 at the end.
+#[derive(Debug, Default)]
+pub struct Failures {
+    any: bool,
+}
+
+impl Failures {
+    /// Prints `e` as the stock kubectl would, and remembers that something failed.
+    pub fn report(&mut self, e: &anyhow::Error) {
+        eprintln!("{}", message(e));
+        self.any = true;
+    }
+
+    /// `Ok`, or exit 1 (already reported) if anything failed.
+    pub fn finish(self) -> anyhow::Result<()> {
+        if self.any {
+            return Err(Exit(1).into());
+        }
+        Ok(())
+    }
+}
+
 /// A usage error: printed as `error: <msg>` followed by the stock hint
 /// `See 'kubectl <command> -h' for help and examples`.
 #[derive(Debug)]

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::context::Ctx;
-use crate::errors::{self, Exit};
+use crate::errors;
 use crate::threeway;
 use crate::write::{self, DryRun, DryRunArg, Resolved};
 
@@ -56,7 +56,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         anyhow::bail!("no objects passed to apply");
     }
     let client = ctx.client().await?;
-    let mut failed = false;
+    let mut failures = errors::Failures::default();
     for r in &objects {
         let result = if args.server_side {
             server_side(&client, r, &args, dry, output.as_ref()).await
@@ -64,14 +64,10 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             client_side(&client, r, &args, dry, output.as_ref()).await
         };
         if let Err(e) = result {
-            eprintln!("{}", errors::message(&e));
-            failed = true;
+            failures.report(&e);
         }
     }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    failures.finish()
 }
 
 async fn server_side(

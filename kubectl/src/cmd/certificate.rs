@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::context::Ctx;
-use crate::errors::{self, Exit};
+use crate::errors;
 use crate::write;
 
 #[derive(clap::Args, Debug)]
@@ -60,7 +60,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             "denied",
         )
     };
-    let mut failed = false;
+    let mut failures = errors::Failures::default();
     for name in &t.names {
         let url = res.object_url(None, name);
         let result = async {
@@ -90,13 +90,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         match result {
             Ok(o) => write::print_result(output.as_ref(), &o, &res, verb, write::DryRun::None)?,
             Err(e) => {
-                eprintln!("{}", errors::message(&e));
-                failed = true;
+                failures.report(&e);
             }
         }
     }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    failures.finish()
 }

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::context::Ctx;
-use crate::errors::{self, Exit};
+use crate::errors;
 use crate::write::{self, DryRun, DryRunArg};
 
 #[derive(clap::Args, Debug)]
@@ -84,15 +84,11 @@ async fn run_cordon(ctx: &Ctx, args: Args, value: bool) -> anyhow::Result<()> {
     let cmd = if value { "cordon" } else { "uncordon" };
     let nodes = nodes(ctx, &args.nodes, args.selector.as_deref(), cmd).await?;
     let client = ctx.client().await?;
-    let mut failed = false;
+    let mut failures = errors::Failures::default();
     for n in &nodes {
         if let Err(e) = set_unschedulable(&client, n, value, dry).await {
-            eprintln!("{}", errors::message(&e));
-            failed = true;
+            failures.report(&e);
         }
     }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    failures.finish()
 }

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
 use crate::context::Ctx;
-use crate::errors::{self, Exit};
+use crate::errors;
 use crate::write::{self, DryRun, DryRunArg};
 
 #[derive(clap::Args, Debug)]
@@ -313,7 +313,7 @@ async fn from_files(
     let output = write::parse_output(common.output.as_deref())?;
     let objects = write::resolve_files(ctx, files, recursive).await?;
     let client = ctx.client().await?;
-    let mut failed = false;
+    let mut failures = errors::Failures::default();
     for r in &objects {
         let mut obj = r.obj.clone();
         if common.save_config {
@@ -336,15 +336,11 @@ async fn from_files(
             Err(e) => {
                 let e =
                     write::prefix_api_error(e, &format!("error when creating \"{}\": ", r.source));
-                eprintln!("{}", errors::message(&e));
-                failed = true;
+                failures.report(&e);
             }
         }
     }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    failures.finish()
 }
 
 /// The object without `null` fields (the generators' `creationTimestamp: null`).

@@ -96,7 +96,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         grace = 1;
     }
     let client = ctx.client().await?;
-    let mut failed = false;
+    let mut failures = errors::Failures::default();
     // What to delete: (url, object-ish for names, resource, source file)
     let mut targets: Vec<(Value, ResourceInfo, Option<String>)> = Vec::new();
     if !args.filename.is_empty() {
@@ -202,8 +202,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
                     }
                     None => e,
                 };
-                eprintln!("{}", errors::message(&e));
-                failed = true;
+                failures.report(&e);
             }
         }
     }
@@ -229,8 +228,5 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    failures.finish()
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use crate::context::Ctx;
-use crate::errors::{self, Exit};
+use crate::errors;
 use crate::write::{self, DryRun, DryRunArg};
 
 #[derive(clap::Args, Debug)]
@@ -109,7 +109,7 @@ pub async fn run_meta(ctx: &Ctx, args: Args, field: &str) -> anyhow::Result<()> 
         out
     };
     let client = ctx.client().await?;
-    let mut failed = false;
+    let mut failures = errors::Failures::default();
     for (obj, res) in objects {
         let current: BTreeMap<String, String> = obj["metadata"][field]
             .as_object()
@@ -188,13 +188,9 @@ pub async fn run_meta(ctx: &Ctx, args: Args, field: &str) -> anyhow::Result<()> 
         match result {
             Ok(o) => write::print_result(output.as_ref(), &o, &res, &verb, dry)?,
             Err(e) => {
-                eprintln!("{}", errors::message(&e));
-                failed = true;
+                failures.report(&e);
             }
         }
     }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    failures.finish()
 }

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::context::Ctx;
-use crate::errors::{self, Exit};
+use crate::errors;
 use crate::write::{self, DryRun, DryRunArg};
 
 #[derive(clap::Args, Debug)]
@@ -84,7 +84,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         }
         out
     };
-    let mut failed = false;
+    let mut failures = errors::Failures::default();
     for (obj, res) in objects {
         let mut url = res.object_url(write::ns_of(&obj), write::name_of(&obj));
         let mut shown_res = res.clone();
@@ -124,13 +124,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
                 write::print_result(output.as_ref(), &after, &shown_res, verb, dry)?;
             }
             Err(e) => {
-                eprintln!("{}", errors::message(&e));
-                failed = true;
+                failures.report(&e);
             }
         }
     }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    failures.finish()
 }

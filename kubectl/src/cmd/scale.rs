@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::context::Ctx;
-use crate::errors::{self, Exit};
+use crate::errors;
 use crate::write::{self, DryRun, DryRunArg};
 
 #[derive(clap::Args, Debug)]
@@ -67,7 +67,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         }
         out
     };
-    let mut failed = false;
+    let mut failures = errors::Failures::default();
     for (obj, res) in objects {
         let url = format!(
             "{}/scale",
@@ -111,13 +111,9 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         match result {
             Ok(()) => write::print_result(output.as_ref(), &obj, &res, "scaled", dry)?,
             Err(e) => {
-                eprintln!("{}", errors::message(&e));
-                failed = true;
+                failures.report(&e);
             }
         }
     }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    failures.finish()
 }

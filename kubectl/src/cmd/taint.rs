@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::context::Ctx;
-use crate::errors::{self, Exit};
+use crate::errors;
 use crate::write::{self, DryRun, DryRunArg};
 
 #[derive(clap::Args, Debug)]
@@ -89,7 +89,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     let output = write::parse_output(args.output.as_deref())?;
     let objects = write::select(ctx, &resources, args.selector.as_deref(), args.all, false).await?;
     let client = ctx.client().await?;
-    let mut failed = false;
+    let mut failures = errors::Failures::default();
     for (node, res) in objects {
         let name = write::name_of(&node).to_string();
         let mut taints: Vec<Value> = node["spec"]["taints"]
@@ -139,8 +139,7 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         let verb = match result {
             Ok(v) => v,
             Err(e) => {
-                eprintln!("{}", errors::message(&e));
-                failed = true;
+                failures.report(&e);
                 continue;
             }
         };
@@ -167,15 +166,11 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
         match patched {
             Ok(n) => write::print_result(output.as_ref(), &n, &res, &verb, dry)?,
             Err(e) => {
-                eprintln!("{}", errors::message(&e));
-                failed = true;
+                failures.report(&e);
             }
         }
     }
-    if failed {
-        return Err(Exit(1).into());
-    }
-    Ok(())
+    failures.finish()
 }
 
 fn taint_json(t: &Taint) -> Value {
