@@ -976,6 +976,35 @@ pub async fn start_control_plane(names: &Names, dir: &Path) -> anyhow::Result<Co
     Ok(ControlPlane { client, shutdown })
 }
 
+/// The join token of the `rkube server` whose data directory is `server_dir`, once it
+/// has written it.
+pub async fn server_token(server_dir: &Path) -> anyhow::Result<String> {
+    let path = server_dir.join("server/token");
+    eventually(Duration::from_secs(120), "the server's join token", || {
+        let path = path.clone();
+        async move { Ok(fs::read_to_string(&path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())) }
+    })
+    .await
+}
+
+/// A client with the admin kubeconfig of the `rkube server` whose data directory is
+/// `server_dir`, pointed at `server` (its address on the LAN, which the host reaches).
+pub async fn server_admin_client(server_dir: &Path, server: &str) -> anyhow::Result<kube::Client> {
+    let path = server_dir.join("admin.kubeconfig");
+    let mut config = eventually(Duration::from_secs(90), "the server's admin.kubeconfig", || {
+        let path = path.clone();
+        async move { Ok(kube::config::Kubeconfig::read_from(&path).ok()) }
+    })
+    .await?;
+    for cluster in &mut config.clusters {
+        if let Some(c) = cluster.cluster.as_mut() {
+            c.server = Some(server.to_string());
+        }
+    }
+    let client_config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await?;
+    Ok(kube::Client::try_from(client_config)?)
+}
+
 /// Waits until every node of `lan` is registered, Ready and has a podCIDR; their
 /// podCIDRs by node number.
 pub async fn nodes_ready(client: &kube::Client, lan: &Lan) -> anyhow::Result<BTreeMap<u8, String>> {

@@ -14,7 +14,7 @@ use anyhow::{ensure, Context as _};
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod};
 use kube::api::{Api, PostParams};
 use rkube_tests::cluster::eventually;
-use rkube_tests::multinode::{busybox_pod, finished, nodes_ready, on_a_lan, phase, ready, Lan};
+use rkube_tests::multinode::{busybox_pod, finished, nodes_ready, on_a_lan, phase, ready, server_admin_client, server_token, Lan};
 
 const PORT: u16 = 6443;
 
@@ -73,23 +73,6 @@ fn start_etcd(lan: &Lan) -> anyhow::Result<(Etcd, String)> {
     Ok((etcd, url))
 }
 
-/// The admin kubeconfig of the server in node `k`, pointed at the node's LAN address.
-async fn admin_client(lan: &Lan, data_dir: &std::path::Path, k: u8) -> anyhow::Result<kube::Client> {
-    let path = data_dir.join("admin.kubeconfig");
-    let mut config = eventually(Duration::from_secs(90), "a server's admin.kubeconfig", || {
-        let path = path.clone();
-        async move { Ok(kube::config::Kubeconfig::read_from(&path).ok()) }
-    })
-    .await?;
-    for cluster in &mut config.clusters {
-        if let Some(c) = cluster.cluster.as_mut() {
-            c.server = Some(format!("https://{}:{PORT}", lan.names().node_ip(k)));
-        }
-    }
-    let client_config = kube::Config::from_custom_kubeconfig(config, &Default::default()).await?;
-    Ok(kube::Client::try_from(client_config)?)
-}
-
 async fn kubernetes_endpoints(client: &kube::Client) -> anyhow::Result<Vec<String>> {
     let ep = Api::<Endpoints>::namespaced(client.clone(), "default").get("kubernetes").await?;
     let mut ips: Vec<String> = ep.subsets.unwrap_or_default().iter().flat_map(|s| s.addresses.iter().flatten()).map(|a| a.ip.clone()).collect();
@@ -111,12 +94,7 @@ async fn scenario(lan: &mut Lan) -> anyhow::Result<()> {
         args
     };
     let first = lan.start_rkube(1, &server(1, None))?;
-    let token_file = first.join("server/token");
-    let token = eventually(Duration::from_secs(120), "the first server's join token", || {
-        let token_file = token_file.clone();
-        async move { Ok(std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())) }
-    })
-    .await?;
+    let token = server_token(&first).await?;
     let mut dirs = vec![first];
     for k in [2, 3] {
         dirs.push(lan.start_rkube(k, &server(k, Some(&token)))?);
@@ -127,7 +105,7 @@ async fn scenario(lan: &mut Lan) -> anyhow::Result<()> {
     // The servers share one CA: the joined ones restored it, so each one's admin
     // certificate works against the first.
     let first_ca = std::fs::read_to_string(dirs[0].join("pki/ca.crt"))?;
-    let client = admin_client(lan, &dirs[2], 3).await?;
+    let client = server_admin_client(&dirs[2], &format!("https://{}:{PORT}", names.node_ip(3))).await?;
     nodes_ready(&client, lan).await?;
     for dir in &dirs[1..] {
         ensure!(std::fs::read_to_string(dir.join("pki/ca.crt"))? == first_ca, "a joined server has a CA of its own");

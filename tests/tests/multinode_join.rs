@@ -18,7 +18,7 @@ use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use rkube_tests::cluster::eventually;
-use rkube_tests::multinode::{busybox_pod, finished, nodes_ready, on_a_lan, phase, pod_ip, ready, run, Lan};
+use rkube_tests::multinode::{busybox_pod, finished, nodes_ready, on_a_lan, phase, pod_ip, ready, run, server_admin_client, server_token, Lan};
 use serde_json::json;
 
 const PORT: u16 = 6443;
@@ -26,24 +26,6 @@ const PORT: u16 = 6443;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn agents_join_with_the_token_and_a_dead_agents_pods_move() -> anyhow::Result<()> {
     on_a_lan("multinode_join", 3, |lan| Box::pin(scenario(lan))).await
-}
-
-/// The admin kubeconfig of the server in node 1, pointed at the node's LAN address.
-async fn admin_client(lan: &Lan, data_dir: &std::path::Path) -> anyhow::Result<kube::Client> {
-    let path = data_dir.join("admin.kubeconfig");
-    let mut config = eventually(Duration::from_secs(90), "the server's admin.kubeconfig", || {
-        let path = path.clone();
-        async move { Ok(kube::config::Kubeconfig::read_from(&path).ok()) }
-    })
-    .await?;
-    for cluster in &mut config.clusters {
-        if let Some(c) = cluster.cluster.as_mut() {
-            c.server = Some(format!("https://{}:{PORT}", lan.names().node_ip(1)));
-        }
-    }
-    let options = kube::config::KubeConfigOptions::default();
-    let client_config = kube::Config::from_custom_kubeconfig(config, &options).await?;
-    Ok(kube::Client::try_from(client_config)?)
 }
 
 async fn scenario(lan: &mut Lan) -> anyhow::Result<()> {
@@ -63,14 +45,9 @@ async fn scenario(lan: &mut Lan) -> anyhow::Result<()> {
             names.cluster_cidr(),
         ],
     )?;
-    let token_file = server_dir.join("server/token");
-    let token = eventually(Duration::from_secs(90), "the server's join token", || {
-        let token_file = token_file.clone();
-        async move { Ok(std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())) }
-    })
-    .await?;
+    let token = server_token(&server_dir).await?;
     ensure!(token.starts_with("K10") && token.contains("::"), "unexpected token format: {token}");
-    let client = admin_client(lan, &server_dir).await?;
+    let client = server_admin_client(&server_dir, &server_url).await?;
 
     // A token whose CA hash is wrong is refused before the token is ever sent.
     let forged = format!("K10{}{}", "0".repeat(64), &token[67..]);
