@@ -303,9 +303,18 @@ mod tests {
     /// A UDP upstream that answers truncated, and a TCP one on the same port that answers
     /// in full; counts TCP queries.
     async fn truncating_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        // The kernel picks a free UDP port; the same TCP port may be taken by another
+        // test's socket, so try again with another one until both are ours.
+        let mut attempt = 0;
+        let (udp, addr, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, addr, tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < 20 => attempt += 1,
+                Err(e) => panic!("binding TCP {addr}: {e}"),
+            }
+        };
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while let Ok((n, peer)) = udp.recv_from(&mut buf).await {
