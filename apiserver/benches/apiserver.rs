@@ -151,6 +151,9 @@ impl ApiServerProcess {
             .arg(port.to_string())
             .arg("--bind-address")
             .arg("127.0.0.1")
+            // Plain HTTP without authentication: the figures are the API path's, not
+            // TLS's or the authorizer's (the clients here speak plain HTTP/1.1).
+            .arg("--insecure-serve-http")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
