@@ -185,6 +185,12 @@ impl ApiError {
         ApiError::new(503, "ServiceUnavailable", message)
     }
 
+    /// A create carrying a resourceVersion: Kubernetes' storage refuses it with a plain,
+    /// unclassified 500 (the object was most likely copied from a read).
+    pub fn resource_version_on_create() -> ApiError {
+        ApiError::new(500, "", "resourceVersion should not be set on objects to be created")
+    }
+
     pub fn internal(message: impl std::fmt::Display) -> ApiError {
         ApiError::new(500, "InternalError", format!("Internal error occurred: {message}"))
     }
@@ -200,6 +206,12 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        // Errors Kubernetes does not classify carry no reason at all.
+        if self.reason.is_empty() {
+            if let Some(o) = status.as_object_mut() {
+                o.remove("reason");
+            }
+        }
         if let Some(details) = &self.details {
             status["details"] = details.clone();
         }
