@@ -493,6 +493,11 @@ async fn evaluate(api: &ApiServer, res: &ResourceInfo, namespace: &str, obj: &Va
     if old.is_some() && !q::handles_update(res.group, res.plural) {
         return Ok(());
     }
+    // No quota in the namespace (the usual case): no usage to work out.
+    let quotas = registry::lookup("", "v1", "resourcequotas").ok_or_else(|| ApiError::internal("resourcequotas not registered"))?;
+    if !cached_in_namespace(api, quotas, namespace) {
+        return Ok(());
+    }
     let name = name_of(obj);
     let now = now_unix();
     let usage = q::usage_at(res.group, res.plural, obj, now);
