@@ -167,8 +167,11 @@ enum Kind {
     CronJob,
     Service,
     Node,
-    /// Namespace, PersistentVolumeClaim: status conditions.
+    /// Namespace, PersistentVolumeClaim, autoscaling/v2 HorizontalPodAutoscaler: status
+    /// conditions.
     StatusConditions,
+    /// policy/v1 PodDisruptionBudget: a replaced selector and status conditions.
+    PodDisruptionBudget,
     ServiceAccount,
     ComponentStatus,
 }
@@ -223,6 +226,8 @@ impl BuiltinPatchMeta {
             (_, "apps", "ReplicaSet" | "StatefulSet" | "DaemonSet") => Kind::Workload,
             (_, "batch", "Job") => Kind::Workload,
             (_, "batch", "CronJob") => Kind::CronJob,
+            (_, "autoscaling", "HorizontalPodAutoscaler") => Kind::StatusConditions,
+            (_, "policy", "PodDisruptionBudget") => Kind::PodDisruptionBudget,
             _ => Kind::Generic,
         };
         BuiltinPatchMeta { kind: k }
@@ -308,9 +313,13 @@ impl PatchMeta for BuiltinPatchMeta {
                 | Kind::Workload
                 | Kind::Service
                 | Kind::Node
-                | Kind::StatusConditions,
+                | Kind::StatusConditions
+                | Kind::PodDisruptionBudget,
                 ["status", "conditions"],
             ) => FieldPatchMeta::merge_by("type"),
+            (Kind::PodDisruptionBudget, ["spec", "selector"]) => {
+                FieldPatchMeta { strategy: Some(PatchStrategy::Replace), retain_keys: false, merge_key: None }
+            }
             (Kind::Deployment, ["spec", "strategy"]) => {
                 FieldPatchMeta { strategy: None, retain_keys: true, merge_key: None }
             }

@@ -346,3 +346,19 @@ fn set_element_order_with_delete_places_server_only_items_like_kubernetes() {
         {"name": 2, "other": "b"}, {"name": 4, "other": "c"}, {"name": 3}
     ]}));
 }
+
+#[test]
+fn hpa_and_pdb_conditions_merge_by_type_and_a_pdb_selector_is_replaced() {
+    let hpa = BuiltinPatchMeta::for_kind("autoscaling", "HorizontalPodAutoscaler");
+    let doc = json!({"status": {"conditions": [{"type": "AbleToScale", "status": "True"}, {"type": "ScalingActive", "status": "True"}]}});
+    let patch = json!({"status": {"conditions": [{"type": "ScalingActive", "status": "False"}]}});
+    let out = strategic_merge_patch(&doc, &patch, &hpa).expect("patch");
+    assert_eq!(out["status"]["conditions"], json!([{"type": "AbleToScale", "status": "True"}, {"type": "ScalingActive", "status": "False"}]));
+
+    let pdb = BuiltinPatchMeta::for_kind("policy", "PodDisruptionBudget");
+    let doc = json!({"spec": {"selector": {"matchLabels": {"app": "a", "tier": "web"}}}, "status": {"conditions": [{"type": "DisruptionAllowed", "status": "True"}]}});
+    let patch = json!({"spec": {"selector": {"matchLabels": {"app": "b"}}}, "status": {"conditions": [{"type": "Other", "status": "True"}]}});
+    let out = strategic_merge_patch(&doc, &patch, &pdb).expect("patch");
+    assert_eq!(out["spec"]["selector"], json!({"matchLabels": {"app": "b"}}), "replaced, not merged");
+    assert_eq!(out["status"]["conditions"].as_array().map(Vec::len), Some(2));
+}
