@@ -918,6 +918,9 @@ pub fn validate(res: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cau
                     if !["RollingUpdate", "Recreate"].contains(&t) {
                         causes.push(Cause::not_supported("spec.strategy.type", t, &["Recreate", "RollingUpdate"]));
                     }
+                    if t == "Recreate" && obj.pointer("/spec/strategy/rollingUpdate").is_some_and(|r| !r.is_null()) {
+                        causes.push(Cause::forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"));
+                    }
                 }
             }
         }
