@@ -18,6 +18,8 @@ struct Documents {
     schemas: Map<String, Value>,
     /// `group/version/kind` → schema name.
     kinds: BTreeMap<(String, String, String), String>,
+    /// The schemas' field structure, for the walks every write makes.
+    shapes: Shapes,
 }
 
 fn documents() -> &'static Documents {
@@ -111,7 +113,8 @@ fn build() -> Documents {
             by_path.insert(path, (bytes, hash));
         }
     }
-    Documents { by_path, schemas, kinds: kind_index }
+    let shapes = Shapes::compile(&schemas, &kind_index);
+    Documents { by_path, schemas, kinds: kind_index, shapes }
 }
 
 fn hash_hex(bytes: &[u8]) -> String {
@@ -239,6 +242,18 @@ pub fn document(path: &str) -> Option<&'static [u8]> {
     documents().by_path.get(path).map(|(b, _)| b.as_slice())
 }
 
+/// Every generated schema by name (`io.k8s.api.apps.v1.Deployment`), in the OpenAPI v3
+/// form above (`#/components/schemas/…` references), kinds marked with
+/// `x-kubernetes-group-version-kind`; the v2 document ([`crate::openapi_v2`]) is made from them.
+pub(crate) fn schemas() -> &'static Map<String, Value> {
+    &documents().schemas
+}
+
+/// `(group, version, kind)` → the name of the kind's schema in [`schemas`].
+pub(crate) fn kind_schemas() -> &'static BTreeMap<(String, String, String), String> {
+    &documents().kinds
+}
+
 /// How unknown fields in a request body are treated (`fieldValidation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldValidation {
@@ -258,15 +273,104 @@ impl FieldValidation {
     }
 }
 
+/// The field structure of the schemas, compiled once for the walks every write makes
+/// (the unknown-field check and pruning): `$ref`s and `allOf`s resolved, so a field
+/// costs one lookup instead of several by schema name.
+struct Shapes {
+    nodes: Vec<Shape>,
+    /// `(group, version, kind)` of each served kind → its node.
+    kinds: std::collections::HashMap<(&'static str, &'static str, &'static str), usize>,
+}
+
+enum Shape {
+    /// An object with known fields.
+    Object(std::collections::HashMap<String, usize>),
+    /// A map whose values all have one shape.
+    Map(usize),
+    /// A list whose items all have one shape.
+    List(usize),
+    /// Anything (scalars, free-form objects).
+    Any,
+}
+
+const REF_PREFIX: &str = "#/components/schemas/";
+
+impl Shapes {
+    fn compile(schemas: &Map<String, Value>, kinds: &BTreeMap<(String, String, String), String>) -> Shapes {
+        let mut shapes = Shapes { nodes: Vec::new(), kinds: Default::default() };
+        let mut named = std::collections::HashMap::new();
+        for res in registry::RESOURCES {
+            let key = (res.group.to_string(), res.version.to_string(), res.kind.to_string());
+            if let Some(schema) = kinds.get(&key).and_then(|name| schemas.get(name)) {
+                let node = shapes.node(schema, schemas, &mut named);
+                shapes.kinds.insert((res.group, res.version, res.kind), node);
+            }
+        }
+        shapes
+    }
+
+    /// The node of `schema`; a named schema is compiled once (recursive types refer back).
+    fn node(&mut self, schema: &Value, all: &Map<String, Value>, named: &mut std::collections::HashMap<String, usize>) -> usize {
+        if let Some(name) = schema.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix(REF_PREFIX)) {
+            if let Some(&id) = named.get(name) {
+                return id;
+            }
+            let id = self.push(Shape::Any);
+            named.insert(name.to_string(), id);
+            if let Some(target) = all.get(name) {
+                self.nodes[id] = self.shape(target, all, named);
+            }
+            return id;
+        }
+        if let Some(first) = schema.get("allOf").and_then(Value::as_array).and_then(|a| a.first()) {
+            return self.node(first, all, named);
+        }
+        let id = self.push(Shape::Any);
+        self.nodes[id] = self.shape(schema, all, named);
+        id
+    }
+
+    fn shape(&mut self, schema: &Value, all: &Map<String, Value>, named: &mut std::collections::HashMap<String, usize>) -> Shape {
+        if schema.get("$ref").is_some() || schema.get("allOf").is_some() {
+            let id = self.node(schema, all, named);
+            return match &self.nodes[id] {
+                Shape::Object(props) => Shape::Object(props.clone()),
+                Shape::Map(n) => Shape::Map(*n),
+                Shape::List(n) => Shape::List(*n),
+                Shape::Any => Shape::Any,
+            };
+        }
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            return Shape::Object(props.iter().map(|(k, v)| (k.clone(), self.node(v, all, named))).collect());
+        }
+        if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+            return Shape::Map(self.node(additional, all, named));
+        }
+        if let Some(items) = schema.get("items") {
+            return Shape::List(self.node(items, all, named));
+        }
+        Shape::Any
+    }
+
+    fn push(&mut self, shape: Shape) -> usize {
+        self.nodes.push(shape);
+        self.nodes.len() - 1
+    }
+
+    fn kind(&self, res: &ResourceInfo) -> Option<usize> {
+        self.kinds.get(&(res.group, res.version, res.kind)).copied()
+    }
+}
+
 /// The paths of fields in `obj` that the kind's schema does not know, in Kubernetes'
 /// notation (`spec.template.spec.containers[0].imagex`). Patch directives (`$patch`,
 /// `$setElementOrder/…`) are not fields.
 pub fn unknown_fields(res: &ResourceInfo, obj: &Value) -> Vec<String> {
-    let docs = documents();
-    let Some(name) = docs.kinds.get(&(res.group.to_string(), res.version.to_string(), res.kind.to_string())) else { return vec![] };
-    let Some(schema) = docs.schemas.get(name) else { return vec![] };
+    let shapes = &documents().shapes;
     let mut out = Vec::new();
-    walk(schema, obj, String::new(), &docs.schemas, &mut out, 0);
+    if let Some(node) = shapes.kind(res) {
+        walk(shapes, node, obj, &mut Vec::new(), &mut out, 0);
+    }
     out
 }
 
@@ -274,89 +378,101 @@ pub fn unknown_fields(res: &ResourceInfo, obj: &Value) -> Vec<String> {
 /// Kubernetes' typed objects drops them: an unknown field is refused (Strict), warned
 /// about (Warn) or ignored, but never stored.
 pub fn prune_unknown_fields(res: &ResourceInfo, obj: &mut Value) {
-    let docs = documents();
-    let Some(name) = docs.kinds.get(&(res.group.to_string(), res.version.to_string(), res.kind.to_string())) else { return };
-    let Some(schema) = docs.schemas.get(name) else { return };
-    prune(schema, obj, &docs.schemas, 0);
+    let shapes = &documents().shapes;
+    if let Some(node) = shapes.kind(res) {
+        prune(shapes, node, obj, 0);
+    }
 }
 
-fn prune(schema: &Value, v: &mut Value, all: &Map<String, Value>, depth: usize) {
+fn prune(shapes: &Shapes, node: usize, v: &mut Value, depth: usize) {
     if depth > 64 {
         return;
     }
-    let schema = resolve(schema, all);
-    match v {
-        Value::Object(m) => {
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                m.retain(|k, _| props.contains_key(k));
-                for (k, child) in m.iter_mut() {
-                    if let Some(s) = props.get(k) {
-                        prune(s, child, all, depth + 1);
-                    }
-                }
-            } else if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-                for child in m.values_mut() {
-                    prune(additional, child, all, depth + 1);
+    match (&shapes.nodes[node], v) {
+        (Shape::Object(props), Value::Object(m)) => {
+            m.retain(|k, _| props.contains_key(k));
+            for (k, child) in m.iter_mut() {
+                if let Some(&n) = props.get(k) {
+                    prune(shapes, n, child, depth + 1);
                 }
             }
         }
-        Value::Array(items) => {
-            if let Some(item_schema) = schema.get("items") {
-                for child in items.iter_mut() {
-                    prune(item_schema, child, all, depth + 1);
-                }
+        (Shape::Map(n), Value::Object(m)) => {
+            for child in m.values_mut() {
+                prune(shapes, *n, child, depth + 1);
+            }
+        }
+        (Shape::List(n), Value::Array(items)) => {
+            for child in items.iter_mut() {
+                prune(shapes, *n, child, depth + 1);
             }
         }
         _ => {}
     }
 }
 
-fn resolve<'a>(schema: &'a Value, all: &'a Map<String, Value>) -> &'a Value {
-    let mut s = schema;
-    for _ in 0..8 {
-        if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-            match r.strip_prefix("#/components/schemas/").and_then(|n| all.get(n)) {
-                Some(t) => s = t,
-                None => return s,
-            }
-        } else if let Some(first) = s.get("allOf").and_then(Value::as_array).and_then(|a| a.first()) {
-            s = first;
-        } else {
-            return s;
-        }
-    }
-    s
+/// One step of a field path: an object field, a list index or a map key.
+enum Step<'a> {
+    Field(&'a str),
+    Index(usize),
+    Key(&'a str),
 }
 
-fn walk(schema: &Value, v: &Value, path: String, all: &Map<String, Value>, out: &mut Vec<String>, depth: usize) {
+/// A path in Kubernetes' notation (`spec.containers[0].image`, `metadata.labels[app]`).
+fn render(path: &[Step<'_>]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Field(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Step::Index(i) => {
+                let _ = write!(out, "[{i}]");
+            }
+            Step::Key(k) => {
+                let _ = write!(out, "[{k}]");
+            }
+        }
+    }
+    out
+}
+
+/// Collects the unknown fields under `v`; `path` is where `v` is (paths are only
+/// rendered for the fields reported, so a clean object costs no allocation per field).
+fn walk<'v>(shapes: &Shapes, node: usize, v: &'v Value, path: &mut Vec<Step<'v>>, out: &mut Vec<String>, depth: usize) {
     if depth > 64 {
         return;
     }
-    let schema = resolve(schema, all);
-    match v {
-        Value::Object(m) => {
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                for (k, child) in m {
-                    if k.starts_with('$') {
-                        continue;
-                    }
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                    match props.get(k) {
-                        Some(s) => walk(s, child, p, all, out, depth + 1),
-                        None => out.push(p),
-                    }
+    match (&shapes.nodes[node], v) {
+        (Shape::Object(props), Value::Object(m)) => {
+            for (k, child) in m {
+                if k.starts_with('$') {
+                    continue;
                 }
-            } else if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-                for (k, child) in m {
-                    walk(additional, child, format!("{path}[{k}]"), all, out, depth + 1);
+                path.push(Step::Field(k));
+                match props.get(k) {
+                    Some(&n) => walk(shapes, n, child, path, out, depth + 1),
+                    None => out.push(render(path)),
                 }
+                path.pop();
             }
         }
-        Value::Array(items) => {
-            if let Some(item_schema) = schema.get("items") {
-                for (i, child) in items.iter().enumerate() {
-                    walk(item_schema, child, format!("{path}[{i}]"), all, out, depth + 1);
-                }
+        (Shape::Map(n), Value::Object(m)) => {
+            for (k, child) in m {
+                path.push(Step::Key(k));
+                walk(shapes, *n, child, path, out, depth + 1);
+                path.pop();
+            }
+        }
+        (Shape::List(n), Value::Array(items)) => {
+            for (i, child) in items.iter().enumerate() {
+                path.push(Step::Index(i));
+                walk(shapes, *n, child, path, out, depth + 1);
+                path.pop();
             }
         }
         _ => {}
