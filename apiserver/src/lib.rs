@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod peers;
 pub mod podsecurity;
 pub mod printers;

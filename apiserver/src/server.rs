@@ -364,6 +364,7 @@ async fn route(api: Arc<ApiServer>, method: Method, uri: &Uri, headers: HeaderMa
             let answer = api.serve_token_request(ns, name, user, obj)?;
             return Ok((StatusCode::CREATED, [(http::header::CONTENT_TYPE, "application/json")], serde_json::to_vec(&answer).unwrap_or_default()).into_response());
         }
+        ["openapi", "v2"] => return crate::openapi_v2::serve(&headers),
         ["openapi", "v3"] => return Ok(json_response(&crate::openapi::root())),
         ["openapi", "v3", gv @ ..] => {
             let doc = crate::openapi::document(&gv.join("/")).ok_or_else(|| ApiError::path_not_found(path))?;
