@@ -729,6 +729,11 @@ fn node_selectors(v: &Value) -> String {
     format_selector_map(v)
 }
 
+/// The `Optional: true|false` line of a volume source (false when unset).
+fn optional_field(p: &mut Page, level: usize, source: &Value) {
+    p.field(level, "Optional", &source["optional"].as_bool().unwrap_or(false).to_string());
+}
+
 fn tolerations(p: &mut Page, v: &Value, level: usize) {
     let items: Vec<String> = v
         .as_array()
@@ -1060,40 +1065,24 @@ fn volumes(p: &mut Page, v: &Value, level: usize) {
                 }
                 if let Some(c) = src.get("configMap") {
                     p.field(l, "ConfigMapName", s(&c["name"]));
-                    p.field(
-                        l,
-                        "Optional",
-                        &c["optional"].as_bool().unwrap_or(false).to_string(),
-                    );
+                    optional_field(p, l, c);
                 }
                 if src.get("downwardAPI").is_some() {
                     p.field(l, "DownwardAPI", "true");
                 }
                 if let Some(sec) = src.get("secret") {
                     p.field(l, "SecretName", s(&sec["name"]));
-                    p.field(
-                        l,
-                        "Optional",
-                        &sec["optional"].as_bool().unwrap_or(false).to_string(),
-                    );
+                    optional_field(p, l, sec);
                 }
             }
         } else if let Some(c) = vol.get("configMap") {
             p.field(l, "Type", "ConfigMap (a volume populated by a ConfigMap)");
             p.field(l, "Name", s(&c["name"]));
-            p.field(
-                l,
-                "Optional",
-                &c["optional"].as_bool().unwrap_or(false).to_string(),
-            );
+            optional_field(p, l, c);
         } else if let Some(sec) = vol.get("secret") {
             p.field(l, "Type", "Secret (a volume populated by a Secret)");
             p.field(l, "SecretName", s(&sec["secretName"]));
-            p.field(
-                l,
-                "Optional",
-                &sec["optional"].as_bool().unwrap_or(false).to_string(),
-            );
+            optional_field(p, l, sec);
         } else if let Some(e) = vol.get("emptyDir") {
             p.field(
                 l,

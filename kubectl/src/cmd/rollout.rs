@@ -410,22 +410,19 @@ async fn restart(ctx: &Ctx, a: Target) -> anyhow::Result<()> {
         .format("%Y-%m-%dT%H:%M:%S%:z")
         .to_string();
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": now}}}}});
-    let client = ctx.client().await?;
-    let result = if dry == write::DryRun::Client {
-        obj.clone()
-    } else {
-        let url = res.object_url(write::ns_of(&obj), name);
-        write::patch(
-            &client,
-            &url,
-            "application/strategic-merge-patch+json",
-            &patch,
-            dry,
-            &[("fieldManager", "kubectl-rollout")],
-        )
-        .await?
-    };
+    let result = send_patch(ctx, &obj, &res, &patch, dry).await?;
     write::print_result(output.as_ref(), &result, &res, "restarted", dry)
+}
+
+/// Sends rollout's strategic merge patch to `obj` (not for a client-side dry run, which
+/// shows the object as it is) and returns what the server answered.
+async fn send_patch(ctx: &Ctx, obj: &Value, res: &ResourceInfo, patch: &Value, dry: write::DryRun) -> anyhow::Result<Value> {
+    if dry == write::DryRun::Client {
+        return Ok(obj.clone());
+    }
+    let client = ctx.client().await?;
+    let url = res.object_url(write::ns_of(obj), write::name_of(obj));
+    write::patch(&client, &url, "application/strategic-merge-patch+json", patch, dry, &[("fieldManager", "kubectl-rollout")]).await
 }
 
 async fn pause_resume(ctx: &Ctx, a: Target, pause: bool) -> anyhow::Result<()> {
@@ -457,21 +454,7 @@ async fn pause_resume(ctx: &Ctx, a: Target, pause: bool) -> anyhow::Result<()> {
     } else {
         json!({"spec": {"paused": null}})
     };
-    let client = ctx.client().await?;
-    let result = if dry == write::DryRun::Client {
-        obj.clone()
-    } else {
-        let url = res.object_url(write::ns_of(&obj), name);
-        write::patch(
-            &client,
-            &url,
-            "application/strategic-merge-patch+json",
-            &patch,
-            dry,
-            &[("fieldManager", "kubectl-rollout")],
-        )
-        .await?
-    };
+    let result = send_patch(ctx, &obj, &res, &patch, dry).await?;
     write::print_result(
         output.as_ref(),
         &result,

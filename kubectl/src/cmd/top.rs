@@ -85,14 +85,23 @@ pub async fn run(ctx: &Ctx, args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn sort(rows: &mut [(Value, i128, i128)], by: Option<&str>) -> anyhow::Result<()> {
+/// Each metrics item with its cpu (nanocores) and memory (bytes) usage, sorted as
+/// `--sort-by` asks.
+fn rows(items: Vec<Value>, by: Option<&str>) -> anyhow::Result<Vec<(Value, i128, i128)>> {
+    let mut rows: Vec<(Value, i128, i128)> = items
+        .into_iter()
+        .map(|m| {
+            let (c, b) = usage_of(&m);
+            (m, c, b)
+        })
+        .collect();
     match by {
         None | Some("") => {}
         Some("cpu") => rows.sort_by_key(|r| std::cmp::Reverse(r.1)),
         Some("memory") => rows.sort_by_key(|r| std::cmp::Reverse(r.2)),
         Some(other) => anyhow::bail!("--sort-by accepts only cpu or memory, got {other:?}"),
     }
-    Ok(())
+    Ok(rows)
 }
 
 async fn pods(ctx: &Ctx, a: PodArgs) -> anyhow::Result<()> {
@@ -158,14 +167,7 @@ async fn pods(ctx: &Ctx, a: PodArgs) -> anyhow::Result<()> {
         eprintln!("{msg}");
         return Ok(());
     }
-    let mut rows: Vec<(Value, i128, i128)> = items
-        .into_iter()
-        .map(|m| {
-            let (c, b) = usage_of(&m);
-            (m, c, b)
-        })
-        .collect();
-    sort(&mut rows, a.sort_by.as_deref())?;
+    let rows = rows(items, a.sort_by.as_deref())?;
     let mut tw = TabWriter::table();
     if !a.no_headers {
         let mut h: Vec<&str> = Vec::new();
@@ -257,14 +259,7 @@ async fn nodes(ctx: &Ctx, a: NodeArgs) -> anyhow::Result<()> {
     if metrics.is_empty() {
         anyhow::bail!("metrics not available yet");
     }
-    let mut rows: Vec<(Value, i128, i128)> = metrics
-        .into_iter()
-        .map(|m| {
-            let (c, b) = usage_of(&m);
-            (m, c, b)
-        })
-        .collect();
-    sort(&mut rows, a.sort_by.as_deref())?;
+    let rows = rows(metrics, a.sort_by.as_deref())?;
     let mut tw = TabWriter::table();
     if !a.no_headers {
         tw.row(&[
