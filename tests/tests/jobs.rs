@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PostParams};
+use futures::TryStreamExt as _;
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use kube::ResourceExt;
 use rkube_tests::cluster::{eventually, Cluster};
 use rkube_tests::fakenode::{create_node, run_fake_kubelet, run_fake_scheduler, NodeShape, EXIT_CODE_ANNOTATION, RUN_MILLIS_ANNOTATION};
@@ -224,11 +225,25 @@ async fn indexed_job_runs_each_index_once() -> anyhow::Result<()> {
 async fn finished_job_is_deleted_after_its_ttl() -> anyhow::Result<()> {
     let cluster = setup().await?;
     let client = &cluster.client;
-    create_job(client, job_json("short", 0, json!({"ttlSecondsAfterFinished": 1}))).await?;
-    wait_condition(client, "short", "Complete").await?;
-    assert_eq!(pods_of(client, "short").await?.len(), 1);
+    let created = create_job(client, job_json("short", 0, json!({"ttlSecondsAfterFinished": 1}))).await?;
+    // Condition times are whole seconds, so a one-second TTL can delete the Job within
+    // milliseconds of its Complete condition: watch it rather than poll for that window.
     let api: Api<Job> = Api::namespaced(client.clone(), NS);
-    eventually(WAIT, "job short deleted", || async { Ok(api.get_opt("short").await?.is_none().then_some(())) }).await?;
+    let params = WatchParams::default().fields("metadata.name=short").timeout(60);
+    let events = api.watch(&params, &created.resource_version().unwrap_or_default()).await?;
+    let mut events = std::pin::pin!(events);
+    let mut completed: Option<Job> = None;
+    loop {
+        let event = tokio::time::timeout(WAIT, events.try_next()).await.context("no event for a minute")??;
+        match event.context("watch ended before job short was deleted")? {
+            WatchEvent::Modified(job) if condition(&job, "Complete").is_some_and(|(s, _)| s == "True") => completed = Some(job),
+            WatchEvent::Deleted(_) => break,
+            WatchEvent::Error(e) => anyhow::bail!("watch error: {e:?}"),
+            _ => {}
+        }
+    }
+    let job = completed.context("job short was deleted without having completed")?;
+    assert_eq!(job.status.as_ref().and_then(|s| s.succeeded), Some(1));
     eventually(WAIT, "pods of short collected", || async { Ok(pods_of(client, "short").await?.is_empty().then_some(())) }).await?;
     Ok(())
 }
