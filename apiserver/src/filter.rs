@@ -95,11 +95,14 @@ pub fn field_value(res: &ResourceInfo, obj: &Value, field: &str) -> Result<Optio
             "source" => or_empty("/source/component"),
             _ => Err(UnsupportedField),
         },
+        // Filters see the stored shape: events.k8s.io Events are stored as core Events.
         ("events.k8s.io", "events", f) => match f {
             "regarding.kind" | "regarding.namespace" | "regarding.name" | "regarding.uid" | "regarding.apiVersion"
-            | "regarding.resourceVersion" | "regarding.fieldPath" | "reason" | "reportingController" | "type" => {
-                or_empty(&format!("/{}", f.replace('.', "/")))
+            | "regarding.resourceVersion" | "regarding.fieldPath" => {
+                or_empty(&format!("/involvedObject/{}", f.trim_start_matches("regarding.")))
             }
+            "reportingController" => or_empty("/reportingComponent"),
+            "reason" | "type" => or_empty(&format!("/{f}")),
             _ => Err(UnsupportedField),
         },
         ("", "secrets", "type") => or_empty("/type"),

@@ -17,6 +17,7 @@ use apimachinery::patch::BuiltinPatchMeta;
 
 use crate::admission;
 use crate::codec::{self, Format, Negotiated, Shape};
+use crate::conversion;
 use crate::errors::ApiError;
 use crate::filter::Filter;
 use crate::printers;
@@ -298,7 +299,8 @@ impl ApiServer {
         let key = target.res.key(target.namespace.as_deref(), name);
         let (kv, _) = self.store.get(&key).await.map_err(|e| ApiError::from_store(target.res, name, e))?;
         let kv = kv.ok_or_else(|| ApiError::not_found(target.res, name))?;
-        let obj = watchcache::decode_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
+        let mut obj = watchcache::decode_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
+        conversion::from_storage(target.res, &mut obj);
         Ok((obj, kv.mod_revision))
     }
 
@@ -326,11 +328,20 @@ impl ApiServer {
                 }
             }
         }
+        // Plain JSON lists without selectors are written from the stored bytes, not
+        // decoded and encoded again (the namespace is the key prefix's already).
+        let raw = negotiated.shape == Shape::Object
+            && negotiated.format == Format::Json
+            && !conversion::converts(target.res)
+            && filter.labels.is_empty()
+            && filter.fields.is_empty();
         let mut items = Vec::new();
+        let mut raw_items: Vec<u8> = Vec::new();
+        let mut count = 0usize;
         let mut more = false;
         let mut last_key = None;
         loop {
-            let want = limit.map(|l| (l - items.len()).max(1));
+            let want = limit.map(|l| (l - count).max(1));
             let chunk = want.map(|w| w.max(if filter.labels.is_empty() && filter.fields.is_empty() { w } else { 500 }));
             let page = self
                 .store
@@ -340,18 +351,32 @@ impl ApiServer {
             revision = Some(page.revision);
             let n = page.kvs.len();
             for (i, kv) in page.kvs.into_iter().enumerate() {
-                let obj = watchcache::decode_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
-                last_key = Some(kv.key.clone());
-                start_after = Some(kv.key);
-                if filter.matches(&obj) {
-                    items.push(obj);
-                    if limit.is_some_and(|l| items.len() >= l) {
-                        more = i + 1 < n || page.more;
-                        break;
+                if raw {
+                    if count > 0 {
+                        raw_items.push(b',');
+                    }
+                    if !crate::rawjson::append_with_resource_version(&mut raw_items, &kv.value, kv.mod_revision) {
+                        let obj = watchcache::decode_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
+                        serde_json::to_writer(&mut raw_items, &obj).map_err(ApiError::internal)?;
+                    }
+                    count += 1;
+                } else {
+                    let mut obj = watchcache::decode_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
+                    // Filters see the stored shape, as they do in watches.
+                    if filter.matches(&obj) {
+                        conversion::from_storage(target.res, &mut obj);
+                        items.push(obj);
+                        count += 1;
                     }
                 }
+                last_key = Some(kv.key.clone());
+                start_after = Some(kv.key);
+                if limit.is_some_and(|l| count >= l) {
+                    more = i + 1 < n || page.more;
+                    break;
+                }
             }
-            if limit.is_some_and(|l| items.len() >= l) || !page.more {
+            if limit.is_some_and(|l| count >= l) || !page.more {
                 break;
             }
         }
@@ -361,6 +386,15 @@ impl ApiServer {
             if let Some(key) = last_key {
                 list_meta["continue"] = Value::String(encode_continue(rv, &key, &prefix));
             }
+        }
+        if raw {
+            let head = json!({"kind": format!("{}List", target.res.kind), "apiVersion": target.res.api_version(), "metadata": list_meta});
+            let mut body = serde_json::to_vec(&head).map_err(ApiError::internal)?;
+            body.pop();
+            body.extend_from_slice(b",\"items\":[");
+            body.extend_from_slice(&raw_items);
+            body.extend_from_slice(b"]}");
+            return Ok((StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], body).into_response());
         }
         let body = match negotiated.shape {
             Shape::Table => printers::table(target.res.plural, target.res.group, &items, include_object(params), list_meta, chrono::Utc::now()),
@@ -409,6 +443,15 @@ impl ApiServer {
             let target = target.clone();
             let params = params.clone();
             move |kind: &str, obj: &Value| -> Bytes {
+                let converted;
+                let obj = if conversion::converts(target.res) && !matches!(kind, "BOOKMARK" | "ERROR") {
+                    let mut o = obj.clone();
+                    conversion::from_storage(target.res, &mut o);
+                    converted = o;
+                    &converted
+                } else {
+                    obj
+                };
                 let object = match negotiated.shape {
                     Shape::Table if kind != "BOOKMARK" => {
                         let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
@@ -429,6 +472,25 @@ impl ApiServer {
                 } else {
                     line.push(b'\n');
                 }
+                Bytes::from(line)
+            }
+        };
+        // A change sent as the object is (JSON, no conversion) uses the event's shared
+        // encoding: a thousand watchers cost one encode.
+        let plain = negotiated.shape == Shape::Object && format == Format::Json && !conversion::converts(target.res);
+        let encode_change = {
+            let encode_event = encode_event.clone();
+            move |kind: &str, ev: &CacheEvent| -> Bytes {
+                if !plain {
+                    return encode_event(kind, &ev.object);
+                }
+                let object = ev.object_json();
+                let mut line = Vec::with_capacity(object.len() + 32);
+                line.extend_from_slice(b"{\"type\":\"");
+                line.extend_from_slice(kind.as_bytes());
+                line.extend_from_slice(b"\",\"object\":");
+                line.extend_from_slice(object);
+                line.extend_from_slice(b"}\n");
                 Bytes::from(line)
             }
         };
@@ -458,7 +520,7 @@ impl ApiServer {
                     tokio::pin!(deadline);
                     let mut last = sub.after;
                     for ev in &sub.initial {
-                        if let Some(line) = filtered_event(&filter, ev, &encode_event) {
+                        if let Some(line) = filtered_event(&filter, ev, &encode_change) {
                             if tx.send(Ok(line)).await.is_err() {
                                 return;
                             }
@@ -482,7 +544,7 @@ impl ApiServer {
                                 Ok(ev) => {
                                     if ev.revision <= last { continue; }
                                     last = ev.revision;
-                                    if let Some(line) = filtered_event(&filter, &ev, &encode_event) {
+                                    if let Some(line) = filtered_event(&filter, &ev, &encode_change) {
                                         if tx.send(Ok(line)).await.is_err() { return; }
                                     }
                                 }
@@ -531,13 +593,13 @@ impl ApiServer {
                                 let Ok(obj) = watchcache::decode_stored(&kv.value, kv.mod_revision) else { continue };
                                 let prev = prev.and_then(|p| watchcache::decode_stored(&p.value, p.mod_revision).ok()).map(Arc::new);
                                 let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
-                                CacheEvent { kind, key: kv.key, object: Arc::new(obj), prev, revision: kv.mod_revision }
+                                CacheEvent::new(kind, kv.key, Arc::new(obj), prev, kv.mod_revision)
                             }
                             crate::storage::WatchEvent::Delete { prev, revision } => {
                                 let Ok(mut obj) = watchcache::decode_stored(&prev.value, prev.mod_revision) else { continue };
                                 let old = Arc::new(obj.clone());
                                 watchcache::set_resource_version(&mut obj, revision);
-                                CacheEvent { kind: EventType::Deleted, key: prev.key, object: Arc::new(obj), prev: Some(old), revision }
+                                CacheEvent::new(EventType::Deleted, prev.key, Arc::new(obj), Some(old), revision)
                             }
                             crate::storage::WatchEvent::Progress { revision } => {
                                 if bookmarks && tx.send(Ok(encode_event("BOOKMARK", &bookmark(revision, false)))).await.is_err() {
@@ -546,7 +608,7 @@ impl ApiServer {
                                 continue;
                             }
                         };
-                        if let Some(line) = filtered_event(&filter, &cache_event, &encode_event) {
+                        if let Some(line) = filtered_event(&filter, &cache_event, &encode_change) {
                             if tx.send(Ok(line)).await.is_err() {
                                 return;
                             }
@@ -608,6 +670,11 @@ impl ApiServer {
                 }
             }
         }
+        // As Kubernetes' storage: a resourceVersion that reads as a revision is refused,
+        // anything else (empty, "0", not a number) is dropped.
+        if meta.get("resourceVersion").and_then(Value::as_str).and_then(|rv| rv.parse::<u64>().ok()).is_some_and(|rv| rv > 0) {
+            return Err(ApiError::resource_version_on_create());
+        }
         for field in ["resourceVersion", "uid", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
             meta.remove(field);
         }
@@ -628,6 +695,7 @@ impl ApiServer {
         if let Some(manager) = params.field_manager().filter(|_| record) {
             obj = managedfields::update(None, &obj, manager, &BuiltinPatchMeta::for_kind(res.group, res.kind), &now_rfc3339());
         }
+        conversion::round_trip(res, &mut obj);
         let key = res.key(namespace.as_deref(), &name);
         if dry_run {
             if self.store.get(&key).await.map_err(|e| ApiError::from_store(res, &name, e))?.0.is_some() {
@@ -635,7 +703,7 @@ impl ApiServer {
             }
             return Ok((StatusCode::CREATED, obj));
         }
-        let rev = self.store.create(&key, to_stored(&obj)).await.map_err(|e| ApiError::from_store(res, &name, e))?;
+        let rev = self.store.create(&key, stored_for(res, &obj)).await.map_err(|e| ApiError::from_store(res, &name, e))?;
         watchcache::set_resource_version(&mut obj, rev);
         Ok((StatusCode::CREATED, obj))
     }
@@ -733,6 +801,7 @@ impl ApiServer {
                 let meta = BuiltinPatchMeta::for_kind(res.group, res.kind);
                 updated = managedfields::update_subresource(Some(&current), &updated, manager, subresource, &meta, &now_rfc3339());
             }
+            conversion::round_trip(res, &mut updated);
             if updated_without_change(&updated, &current) {
                 return Ok((StatusCode::OK, current));
             }
@@ -750,7 +819,7 @@ impl ApiServer {
                     Err(e) => return Err(ApiError::from_store(res, &name, e)),
                 }
             }
-            match self.store.update(&key, to_stored(&updated), rev).await {
+            match self.store.update(&key, stored_for(res, &updated), rev).await {
                 Ok(new_rev) => {
                     watchcache::set_resource_version(&mut updated, new_rev);
                     return Ok((StatusCode::OK, updated));
@@ -982,7 +1051,7 @@ impl ApiServer {
                 if dry_run {
                     return Ok((StatusCode::OK, updated));
                 }
-                match self.store.update(&key, to_stored(&updated), rev).await {
+                match self.store.update(&key, stored_for(res, &updated), rev).await {
                     Ok(new_rev) => {
                         watchcache::set_resource_version(&mut updated, new_rev);
                         let code = if finalizer == Some("foregroundDeletion") { StatusCode::ACCEPTED } else { StatusCode::OK };
@@ -1020,10 +1089,11 @@ impl ApiServer {
         let listed = self.store.range(&prefix, RangeOptions::default()).await.map_err(|e| ApiError::from_store(target.res, "", e))?;
         let mut deleted = Vec::new();
         for kv in listed.kvs {
-            let obj = watchcache::decode_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
+            let mut obj = watchcache::decode_stored(&kv.value, kv.mod_revision).map_err(ApiError::internal)?;
             if !filter.matches(&obj) {
                 continue;
             }
+            conversion::from_storage(target.res, &mut obj);
             let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
             let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string);
             let one = Target { res: target.res, namespace, name: Some(name), sub: None };
@@ -1130,7 +1200,7 @@ enum PatchKind {
     Apply,
 }
 
-fn filtered_event(filter: &Filter, ev: &CacheEvent, encode: &impl Fn(&str, &Value) -> Bytes) -> Option<Bytes> {
+fn filtered_event(filter: &Filter, ev: &CacheEvent, encode: &impl Fn(&str, &CacheEvent) -> Bytes) -> Option<Bytes> {
     let now = filter.matches(&ev.object);
     let before = ev.prev.as_deref().is_some_and(|p| filter.matches(p));
     let kind = match ev.kind {
@@ -1141,7 +1211,7 @@ fn filtered_event(filter: &Filter, ev: &CacheEvent, encode: &impl Fn(&str, &Valu
         EventType::Deleted if now || before => "DELETED",
         _ => return None,
     };
-    Some(encode(kind, &ev.object))
+    Some(encode(kind, ev))
 }
 
 /// Checks that a body's apiVersion and kind, where given, are the URL's.
@@ -1245,6 +1315,16 @@ pub fn to_stored(obj: &Value) -> Vec<u8> {
         m.remove("resourceVersion");
     }
     serde_json::to_vec(&obj).unwrap_or_default()
+}
+
+/// The bytes stored for an object of `res`'s version (see [`crate::conversion`]).
+fn stored_for(res: &ResourceInfo, obj: &Value) -> Vec<u8> {
+    if !conversion::converts(res) {
+        return to_stored(obj);
+    }
+    let mut obj = obj.clone();
+    conversion::to_storage(res, &mut obj);
+    to_stored(&obj)
 }
 
 /// `prefix` plus five random characters from Kubernetes' alphabet.

@@ -15,9 +15,8 @@ pub struct ResourceInfo {
     pub categories: &'static [&'static str],
     /// Subresources served under `<name>/<sub>`.
     pub subresources: &'static [Subresource],
-    /// The resource in storage: objects of other versions of the same group/resource
-    /// (autoscaling v1 and v2, events in two groups) share one prefix only when they
-    /// share a kind and are converted, so each version here names its own storage prefix.
+    /// The resource in storage. Versions that are converted (autoscaling v1 and v2,
+    /// events in two groups, see [`crate::conversion`]) share one.
     pub storage_resource: &'static str,
     /// Whether `metadata.generation` is tracked (bumped on spec changes).
     pub tracks_generation: bool,
@@ -202,7 +201,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
     // discovery.k8s.io/v1
     r("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", NS, &[], &[], NONE, false),
     // events.k8s.io/v1: the same objects as core events, in another shape
-    ResourceInfo { storage_resource: "events.k8s.io-events", ..r("events.k8s.io", "v1", "events", "event", "Event", NS, &["ev"], &[], NONE, false) },
+    ResourceInfo { storage_resource: "events", ..r("events.k8s.io", "v1", "events", "event", "Event", NS, &["ev"], &[], NONE, false) },
     // networking.k8s.io/v1
     r("networking.k8s.io", "v1", "ingressclasses", "ingressclass", "IngressClass", CLUSTER, &[], &[], NONE, true),
     r("networking.k8s.io", "v1", "ingresses", "ingress", "Ingress", NS, &["ing"], &[], STATUS, true),
@@ -220,13 +219,9 @@ pub static RESOURCES: &[ResourceInfo] = &[
     r("storage.k8s.io", "v1", "storageclasses", "storageclass", "StorageClass", CLUSTER, &["sc"], &[], NONE, false),
 ];
 
+/// Both versions are served from one storage, in v2's shape.
 const fn hpa(version: &'static str) -> ResourceInfo {
-    ResourceInfo {
-        // Both versions are served; each keeps its own objects until version conversion
-        // lands, so an object is read back in the version it was written in.
-        storage_resource: if matches!(version.as_bytes(), b"v1") { "horizontalpodautoscalers-v1" } else { "horizontalpodautoscalers" },
-        ..r("autoscaling", version, "horizontalpodautoscalers", "horizontalpodautoscaler", "HorizontalPodAutoscaler", NS, &["hpa"], ALL, STATUS, true)
-    }
+    r("autoscaling", version, "horizontalpodautoscalers", "horizontalpodautoscaler", "HorizontalPodAutoscaler", NS, &["hpa"], ALL, STATUS, true)
 }
 
 /// Resources served from memory by [`crate::metrics`], not from storage: listed in

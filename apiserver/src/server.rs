@@ -183,6 +183,7 @@ impl ApiServer {
         security: crate::auth::filter::Security,
         shutdown: CancellationToken,
     ) -> Result<Arc<ApiServer>, ServerError> {
+        crate::conversion::migrate_legacy(store.as_ref()).await.map_err(|e| ServerError::OpenStore(Box::new(e)))?;
         let mut caches = HashMap::new();
         for r in registry::RESOURCES {
             if caches.contains_key(r.storage_resource) {

@@ -45,6 +45,23 @@ pub struct CacheEvent {
     pub object: Arc<Value>,
     pub prev: Option<Arc<Value>>,
     pub revision: Revision,
+    /// `object` as JSON, encoded by the first watcher that sends it as it is and
+    /// shared by every other (and by the ADDED events of watches that start while the
+    /// object is current).
+    json: Encoding,
+}
+
+type Encoding = Arc<std::sync::OnceLock<bytes::Bytes>>;
+
+impl CacheEvent {
+    pub fn new(kind: EventType, key: String, object: Arc<Value>, prev: Option<Arc<Value>>, revision: Revision) -> CacheEvent {
+        CacheEvent { kind, key, object, prev, revision, json: Encoding::default() }
+    }
+
+    /// The object's JSON, encoded once however many watchers send it.
+    pub fn object_json(&self) -> &bytes::Bytes {
+        self.json.get_or_init(|| bytes::Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default()))
+    }
 }
 
 /// Why a client watch cannot start or go on.
@@ -56,6 +73,8 @@ pub enum CacheError {
 
 struct Inner {
     objects: BTreeMap<String, Arc<Value>>,
+    /// The shared encoding of each current object (see [`CacheEvent::object_json`]).
+    encodings: std::collections::HashMap<String, Encoding>,
     revision: Revision,
     /// Events with revision > `oldest` are all in `history`.
     oldest: Revision,
@@ -103,7 +122,7 @@ impl WatchCache {
         let (progress, _) = tokio::sync::watch::channel(0);
         let cache = Arc::new(WatchCache {
             prefix,
-            inner: Mutex::new(Inner { objects: BTreeMap::new(), revision: 0, oldest: 0, history: VecDeque::new(), changes: 0 }),
+            inner: Mutex::new(Inner { objects: BTreeMap::new(), encodings: Default::default(), revision: 0, oldest: 0, history: VecDeque::new(), changes: 0 }),
             fanout,
             progress,
         });
@@ -142,13 +161,16 @@ impl WatchCache {
                 }
             }
             for (kind, key, object, prev) in events {
-                let ev = Arc::new(CacheEvent { kind, key, object, prev, revision });
+                let ev = Arc::new(CacheEvent::new(kind, key, object, prev, revision));
                 Self::record(&mut inner, ev.clone());
                 let _ = self.fanout.send(ev);
             }
         } else {
             inner.oldest = revision;
         }
+        let mut encodings = std::mem::take(&mut inner.encodings);
+        encodings.retain(|key, _| fresh.get(key).is_some_and(|obj| inner.objects.get(key) == Some(obj)));
+        inner.encodings = encodings;
         inner.objects = fresh;
         inner.changes += 1;
         inner.revision = revision.max(inner.revision);
@@ -219,17 +241,20 @@ impl WatchCache {
                 };
                 let prev = inner.objects.insert(kv.key.clone(), obj.clone());
                 let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
-                Some(CacheEvent { kind, key: kv.key, object: obj, prev, revision: kv.mod_revision })
+                let ev = CacheEvent::new(kind, kv.key, obj, prev, kv.mod_revision);
+                inner.encodings.insert(ev.key.clone(), ev.json.clone());
+                Some(ev)
             }
             WatchEvent::Delete { prev, revision } => {
                 let old = inner.objects.remove(&prev.key);
+                inner.encodings.remove(&prev.key);
                 let last = match old.clone() {
                     Some(o) => Some((*o).clone()),
                     None => decode_stored(&prev.value, prev.mod_revision).ok(),
                 };
                 last.map(|mut obj| {
                     set_resource_version(&mut obj, revision);
-                    CacheEvent { kind: EventType::Deleted, key: prev.key, object: Arc::new(obj), prev: old, revision }
+                    CacheEvent::new(EventType::Deleted, prev.key, Arc::new(obj), old, revision)
                 })
             }
             WatchEvent::Progress { revision } => {
@@ -298,22 +323,18 @@ impl WatchCache {
     /// Starts a client watch: `from = None` sends the current objects as ADDED events
     /// first; `Some(rv)` replays every event after `rv`.
     pub fn subscribe(&self, from: Option<Revision>) -> Result<Subscription, CacheError> {
-        let inner = self.lock();
+        let mut inner = self.lock();
         let live = self.fanout.subscribe();
         match from {
             None => {
                 let revision = inner.revision;
-                let initial = inner
-                    .objects
+                let Inner { objects, encodings, .. } = &mut *inner;
+                let initial = objects
                     .iter()
                     .map(|(key, obj)| {
-                        Arc::new(CacheEvent {
-                            kind: EventType::Added,
-                            key: key.clone(),
-                            object: obj.clone(),
-                            prev: None,
-                            revision: resource_version_of(obj).unwrap_or(revision),
-                        })
+                        let mut ev = CacheEvent::new(EventType::Added, key.clone(), obj.clone(), None, resource_version_of(obj).unwrap_or(revision));
+                        ev.json = encodings.entry(key.clone()).or_default().clone();
+                        Arc::new(ev)
                     })
                     .collect();
                 Ok(Subscription { initial, live, after: revision })
@@ -364,6 +385,14 @@ mod tests {
         let sub = cache.subscribe(None).expect("subscribe");
         let names: Vec<&str> = sub.initial.iter().filter_map(|e| e.object.pointer("/metadata/name")?.as_str()).collect();
         assert_eq!(names, vec!["a", "b", "c"]);
+        // The shared encoding is the object's JSON, resourceVersion included, and the
+        // next watch's ADDED event reuses it.
+        let ev = &sub.initial[1];
+        assert_eq!(ev.object_json().as_ref(), serde_json::to_vec(&*ev.object).expect("json").as_slice());
+        assert!(std::str::from_utf8(ev.object_json()).expect("utf-8").contains(&format!("\"resourceVersion\":\"{second}\"")));
+        let again = cache.subscribe(None).expect("subscribe");
+        assert!(again.initial[1].json.get().is_some_and(|b| b.as_ptr() == ev.object_json().as_ptr()));
+        assert!(again.initial[0].json.get().is_none());
         shutdown.cancel();
     }
 }

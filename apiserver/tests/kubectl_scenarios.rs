@@ -187,6 +187,19 @@ async fn errors_read_like_kubernetes(s: &TestServer) -> anyhow::Result<()> {
     ensure!(!out.status.success() && err.contains(r#"unknown field "datum""#), "{err}");
     let err = s.fails(&["get", "cm", "ok"]).await?;
     ensure!(err.contains("NotFound"), "a refused object must not be stored: {err}");
+    // An exported object carries its resourceVersion. kubectl create drops it; a client
+    // that posts it as it is gets Kubernetes' refusal, and nothing is stored.
+    s.ok(&["create", "configmap", "exported", "--from-literal=a=b"]).await?;
+    let exported = write_manifest(s, "exported.json", &s.ok(&["get", "configmap", "exported", "-o", "json"]).await?)?;
+    s.ok(&["delete", "configmap", "exported"]).await?;
+    let err = s.fails(&["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", &exported]).await?;
+    ensure!(err.contains("resourceVersion should not be set on objects to be created"), "{err}");
+    ensure!(s.fails(&["get", "configmap", "exported"]).await?.contains("NotFound"));
+    s.ok(&["create", "-f", &exported]).await?;
+    let recreate = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: both}\nspec:\n  selector: {matchLabels: {app: b}}\n  strategy: {type: Recreate, rollingUpdate: {maxSurge: 1}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c, image: busybox}]}\n";
+    let out = s.kubectl_stdin(&["create", "-f", "-"], Some(recreate)).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("spec.strategy.rollingUpdate: Forbidden: may not be specified when strategy `type` is 'Recreate'"), "{err}");
     let out = s.kubectl_stdin(&["create", "-n", "missing", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")).await?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && err.contains(r#"namespaces "missing" not found"#), "{err}");
@@ -306,6 +319,139 @@ async fn priority_classes(s: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lists page with limit/continue (kubectl's --chunk-size), carry every item's
+/// resourceVersion, and filter by label across pages.
+async fn lists_page_and_filter(s: &TestServer) -> anyhow::Result<()> {
+    s.ok(&["create", "namespace", "paged"]).await?;
+    for i in 0..7 {
+        let name = format!("cm-{i}");
+        let parity = if i % 2 == 0 { "even" } else { "odd" };
+        s.ok(&["create", "configmap", &name, "-n", "paged", &format!("--from-literal=i={i}")]).await?;
+        s.ok(&["label", "configmap", &name, "-n", "paged", &format!("parity={parity}")]).await?;
+    }
+    let names = s.ok(&["get", "configmaps", "-n", "paged", "--chunk-size=2", "-o", "name", "-l", "parity"]).await?;
+    ensure!(names.lines().count() == 7 && names.contains("configmap/cm-6"), "{names}");
+    let mut seen = Vec::new();
+    let mut next = String::new();
+    for _ in 0..10 {
+        let path = format!("/api/v1/namespaces/paged/configmaps?limit=3{next}");
+        let page: serde_json::Value = serde_json::from_str(&s.ok(&["get", "--raw", &path]).await?)?;
+        ensure!(page["kind"] == "ConfigMapList" && page["apiVersion"] == "v1", "{page}");
+        for item in page["items"].as_array().context("items")? {
+            let rv = item["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+            ensure!(rv.parse::<u64>().is_ok(), "an item without its resourceVersion: {item}");
+            seen.push(item["metadata"]["name"].as_str().unwrap_or_default().to_string());
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(token) if !token.is_empty() => next = format!("&continue={token}"),
+            _ => break,
+        }
+    }
+    ensure!(seen == (0..7).map(|i| format!("cm-{i}")).collect::<Vec<_>>(), "pages gave {seen:?}");
+    let odd: serde_json::Value = serde_json::from_str(&s.ok(&["get", "--raw", "/api/v1/namespaces/paged/configmaps?labelSelector=parity%3Dodd&limit=2"]).await?)?;
+    let names: Vec<&str> = odd["items"].as_array().context("items")?.iter().filter_map(|i| i["metadata"]["name"].as_str()).collect();
+    ensure!(names == ["cm-1", "cm-3"] && odd["metadata"]["continue"].is_string(), "{odd}");
+    let one = s.ok(&["get", "configmap", "cm-4", "-n", "paged", "-o", "jsonpath={.metadata.resourceVersion}"]).await?;
+    let listed = s.ok(&["get", "configmaps", "-n", "paged", "-o", "jsonpath={.items[?(@.metadata.name==\"cm-4\")].metadata.resourceVersion}"]).await?;
+    ensure!(one == listed, "get and list disagree on the resourceVersion: {one} vs {listed}");
+    Ok(())
+}
+
+const HPA_V1: &str = "apiVersion: autoscaling/v1
+kind: HorizontalPodAutoscaler
+metadata:
+  name: web
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 1
+  maxReplicas: 5
+  targetCPUUtilizationPercentage: 50
+";
+
+const CORE_EVENT: &str = "apiVersion: v1
+kind: Event
+metadata: {name: old-style}
+involvedObject: {kind: Pod, name: p1, namespace: default}
+reason: Tested
+message: from the core API
+type: Normal
+source: {component: tester}
+";
+
+const NEW_EVENT: &str = "apiVersion: events.k8s.io/v1
+kind: Event
+metadata: {name: new-style}
+regarding: {kind: Pod, name: p2, namespace: default}
+reason: Made
+note: from events.k8s.io
+type: Normal
+action: Make
+eventTime: 2026-11-22T10:00:00.000000Z
+reportingController: example.com/tester
+reportingInstance: tester-1
+";
+
+/// autoscaling v1 and v2, and core and events.k8s.io Events, are one storage in two
+/// shapes: what one version writes, the other reads, lists and watches.
+async fn versions_share_storage(s: &TestServer) -> anyhow::Result<()> {
+    // A tutorial's autoscaling/v1 HPA is the one `kubectl get hpa` (v2) shows.
+    s.kubectl_stdin(&["apply", "-f", "-"], Some(HPA_V1)).await.and_then(|o| {
+        ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Ok(())
+    })?;
+    let got = s.ok(&["get", "hpa", "web", "-o", "jsonpath={.apiVersion} {.spec.metrics[0].resource.target.averageUtilization}"]).await?;
+    ensure!(got == "autoscaling/v2 50", "v1 HPA read as v2: {got}");
+    let out = s.ok(&["get", "hpa"]).await?;
+    ensure!(out.contains("Deployment/web") && out.contains("/50%"), "{out}");
+
+    // `kubectl autoscale` writes v2; v1 reads its CPU target.
+    s.ok(&["create", "deployment", "api", "--image=busybox"]).await?;
+    s.ok(&["autoscale", "deployment", "api", "--max=3", "--cpu-percent=70"]).await?;
+    let got = s.ok(&["get", "horizontalpodautoscalers.v1.autoscaling", "api", "-o", "jsonpath={.apiVersion} {.spec.targetCPUUtilizationPercentage} {.spec.maxReplicas}"]).await?;
+    ensure!(got == "autoscaling/v1 70 3", "v2 HPA read as v1: {got}");
+
+    // A metric v1 has no field for travels in Kubernetes' annotation, and a v1 update
+    // (label, then a full replace) keeps it.
+    s.ok(&["patch", "hpa", "web", "--type=merge", "-p", r#"{"spec":{"metrics":[
+        {"type":"Resource","resource":{"name":"cpu","target":{"type":"Utilization","averageUtilization":50}}},
+        {"type":"Resource","resource":{"name":"memory","target":{"type":"AverageValue","averageValue":"100Mi"}}}]}}"#]).await?;
+    let v1: serde_json::Value = serde_json::from_str(&s.ok(&["get", "horizontalpodautoscalers.v1.autoscaling", "web", "-o", "json"]).await?)?;
+    let carried = v1["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/metrics"].as_str().unwrap_or_default();
+    ensure!(carried.contains(r#""name":"memory""#) && carried.contains(r#""targetAverageValue":"100Mi""#), "{v1}");
+    ensure!(v1["spec"]["targetCPUUtilizationPercentage"] == 50, "{v1}");
+    s.ok(&["label", "horizontalpodautoscalers.v1.autoscaling", "web", "tier=front"]).await?;
+    let mut edited = v1.clone();
+    edited["spec"]["maxReplicas"] = serde_json::json!(7);
+    if let Some(meta) = edited["metadata"].as_object_mut() {
+        meta.remove("resourceVersion");
+        meta.insert("labels".into(), serde_json::json!({"tier": "front"}));
+    }
+    let file = write_manifest(s, "hpa-v1.json", &edited.to_string())?;
+    s.ok(&["replace", "-f", &file]).await?;
+    let got = s.ok(&["get", "hpa", "web", "-o", "jsonpath={.spec.maxReplicas} {.spec.metrics[*].resource.name} {.metadata.labels.tier}"]).await?;
+    ensure!(got == "7 cpu memory front", "after v1 writes, v2 reads: {got:?}");
+    let v2: serde_json::Value = serde_json::from_str(&s.ok(&["get", "hpa", "web", "-o", "json"]).await?)?;
+    ensure!(v2["metadata"]["annotations"].get("autoscaling.alpha.kubernetes.io/metrics").is_none(), "v2 keeps no conversion annotation: {v2}");
+
+    // Events: each API reads the other's, with its own field names and field selectors.
+    s.kubectl_stdin(&["create", "-f", "-"], Some(CORE_EVENT)).await?;
+    s.kubectl_stdin(&["create", "-f", "-"], Some(NEW_EVENT)).await.and_then(|o| {
+        ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Ok(())
+    })?;
+    let got = s.ok(&["get", "events.v1.events.k8s.io", "--field-selector", "regarding.name=p1", "-o", "jsonpath={.items[*].note}|{.items[*].deprecatedSource.component}"]).await?;
+    ensure!(got == "from the core API|tester", "core event as events.k8s.io: {got}");
+    let got = s.ok(&["get", "events", "--field-selector", "involvedObject.name=p2", "-o", "jsonpath={.items[*].message}|{.items[*].reportingComponent}"]).await?;
+    ensure!(got == "from events.k8s.io|example.com/tester", "events.k8s.io event as core: {got}");
+    let out = s.ok(&["get", "events"]).await?;
+    ensure!(out.contains("from the core API") && out.contains("from events.k8s.io"), "{out}");
+    // A watch from the cache converts too.
+    let raw = s.ok(&["get", "--raw", "/apis/events.k8s.io/v1/namespaces/default/events?watch=true&resourceVersion=0&timeoutSeconds=1&fieldSelector=reason%3DTested"]).await?;
+    let event: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap_or_default())?;
+    ensure!(event["type"] == "ADDED" && event["object"]["apiVersion"] == "events.k8s.io/v1" && event["object"]["note"] == "from the core API", "{raw}");
+    Ok(())
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -329,4 +475,4 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(priority_classes, apply_and_reapply, edit_commands, watch_sees_changes, errors_read_like_kubernetes, delete_cascades, generators, server_side_apply);
+on_both_backends!(lists_page_and_filter, versions_share_storage, priority_classes, apply_and_reapply, edit_commands, watch_sees_changes, errors_read_like_kubernetes, delete_cascades, generators, server_side_apply);

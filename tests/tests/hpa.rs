@@ -123,18 +123,7 @@ async fn hpa_scales_a_deployment_on_cpu_and_kubectl_shows_it() -> anyhow::Result
     run_usage_reporter(client.clone(), load.clone(), cluster.shutdown.clone());
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
-    let d = json!({
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{
-                "name": "c", "image": "busybox:1",
-                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
-            }]}},
-        },
-    });
-    deployments.create(&PostParams::default(), &serde_json::from_value(d)?).await?;
+    deployments.create(&PostParams::default(), &serde_json::from_value(deployment("web", 2))?).await?;
 
     // 200m used of 100m requested: 200% against a 50% target.
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), NS);
@@ -205,7 +194,44 @@ async fn hpa_scales_a_deployment_on_cpu_and_kubectl_shows_it() -> anyhow::Result
     let pods = Api::<Pod>::namespaced(client.clone(), NS).list(&ListParams::default().labels("app=web")).await?;
     let live: BTreeMap<String, bool> = pods.items.iter().map(|p| (p.metadata.name.clone().unwrap_or_default(), p.metadata.deletion_timestamp.is_none())).collect();
     assert!(live.values().filter(|l| **l).count() <= 5);
+
+    // An autoscaling/v1 HPA, as older tutorials write it, is the same object to the
+    // controller: 20% of requests used against a 10% target scales `legacy` to its max.
+    deployments.create(&PostParams::default(), &serde_json::from_value(deployment("legacy", 1))?).await?;
+    let v1 = "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {name: legacy}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: legacy}\n  maxReplicas: 3\n  targetCPUUtilizationPercentage: 10\n";
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), v1)?;
+    kubectl(&cluster, &["apply", "-f", &file.path().to_string_lossy()]).await?;
+    eventually(WAIT, "the v1 HPA to scale legacy to 3", || async {
+        let d = deployments.get("legacy").await?;
+        Ok((replicas(&d) == 3).then_some(()))
+    })
+    .await?;
+    let got = eventually(WAIT, "autoscaling/v1 to show the current utilization", || async {
+        let out = kubectl(&cluster, &["get", "horizontalpodautoscalers.v1.autoscaling", "legacy", "-o", "jsonpath={.status.currentCPUUtilizationPercentage} {.status.desiredReplicas}"]).await?;
+        Ok((out == "20 3").then_some(out))
+    })
+    .await?;
+    assert_eq!(got, "20 3");
+    let v1: serde_json::Value = serde_json::from_str(&kubectl(&cluster, &["get", "horizontalpodautoscalers.v1.autoscaling", "legacy", "-o", "json"]).await?)?;
+    let conditions = v1["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/conditions"].as_str().unwrap_or_default();
+    assert!(conditions.contains("TooManyReplicas"), "v1 carries the conditions in Kubernetes' annotation: {v1}");
     Ok(())
+}
+
+/// A Deployment of `replicas` pods requesting 100m cpu each.
+fn deployment(name: &str, replicas: i32) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{
+                "name": "c", "image": "busybox:1",
+                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+            }]}},
+        },
+    })
 }
 
 #[tokio::test]

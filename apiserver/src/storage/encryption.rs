@@ -1567,9 +1567,7 @@ mod tests {
             "/registry/deployments/ns/a",
             "/registry/controllerrevisions/ns/a",
             "/registry/events/ns/a",
-            "/registry/events.k8s.io-events/ns/a",
             "/registry/horizontalpodautoscalers/ns/a",
-            "/registry/horizontalpodautoscalers-v1/ns/a",
         ] {
             assert_eq!(config.write_provider(key), "aesgcm:k", "{key}");
         }
