@@ -1039,3 +1039,46 @@ async fn sequential_attaches_and_detaches() -> anyhow::Result<()> {
     })
     .await
 }
+
+// ---- cgroups ----
+
+/// Page cache a container wrote stays charged to its memory cgroup after it exits; on
+/// cgroup v1, unless released before `rmdir`, the removed cgroup lingers as a "dying"
+/// one until memory pressure, and they pile up with pod churn. `release_memory` (called
+/// before every removal) must leave the cgroup with nothing charged.
+#[test]
+fn released_memory_cgroup_holds_no_page_cache() -> anyhow::Result<()> {
+    if !have_root() {
+        return Ok(());
+    }
+    let cgroups = kubelet::runtime::linux::cgroups::Cgroups::detect()?;
+    let name = format!("/rkube-test-release-{}", std::process::id());
+    let Some(dir) = cgroups.controller_dir("memory", &name).filter(|_| !cgroups.is_unified()) else {
+        println!("skipped: no cgroup v1 memory hierarchy (cgroup v2 has no memory.force_empty)");
+        return Ok(());
+    };
+    let scratch = tempfile::tempdir()?;
+    let file = scratch.path().join("written");
+    std::fs::create_dir(&dir)?;
+    let outcome = (|| -> anyhow::Result<()> {
+        // The shell moves itself into the cgroup, then writes 8 MiB: page cache charged there.
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && head -c 8388608 /dev/zero > {}",
+            dir.display(),
+            file.display()
+        );
+        let status = std::process::Command::new("sh").arg("-c").arg(&script).status()?;
+        ensure!(status.success(), "writing in the cgroup: {status}");
+        let usage = |d: &Path| -> anyhow::Result<u64> {
+            Ok(std::fs::read_to_string(d.join("memory.usage_in_bytes"))?.trim().parse()?)
+        };
+        let before = usage(&dir)?;
+        ensure!(before >= 8 << 20, "the write was not charged to the cgroup: {before} bytes");
+        kubelet::runtime::linux::cgroups::release_memory(&dir);
+        let after = usage(&dir)?;
+        ensure!(after < 1 << 20, "still charged after release: {after} bytes (was {before})");
+        Ok(())
+    })();
+    std::fs::remove_dir(&dir)?;
+    outcome
+}

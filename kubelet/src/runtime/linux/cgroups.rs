@@ -232,11 +232,23 @@ impl Cgroups {
                     break;
                 }
                 let dir = h.mount_point.join(rel);
+                if dir.exists() {
+                    release_memory(&dir);
+                }
                 if dir.exists() && fs::remove_dir(&dir).is_err() {
                     break;
                 }
                 current = rel.parent();
             }
+        }
+    }
+
+    /// Before `cgroups_path` is removed: lets go of the memory still charged to it (see
+    /// [`release_memory`]). libcontainer removes a container's cgroup; the shim calls
+    /// this first.
+    pub fn release_memory(&self, cgroups_path: &str) {
+        if let Some(dir) = self.controller_dir("memory", cgroups_path).filter(|_| !self.is_unified()) {
+            release_memory(&dir);
         }
     }
 
@@ -268,6 +280,22 @@ pub fn keyed_value(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// Reclaims what is still charged to a cgroup-v1 memory cgroup whose tasks are gone, as
+/// the kernel's cgroup-v1 documentation advises before `rmdir`: page cache the container
+/// read or wrote stays charged to a removed memory cgroup, which then lingers as a
+/// "dying" cgroup until memory pressure. They pile up with pod churn (over a thousand
+/// after one test run and a few lab benches here) and every hierarchical walk of the
+/// memory controller (stats, reclaim) visits them. Nothing to do on other hierarchies
+/// and on v2, which has no such file.
+pub fn release_memory(dir: &Path) {
+    let control = dir.join("memory.force_empty");
+    if control.exists() {
+        if let Err(e) = fs::write(&control, "0") {
+            tracing::debug!(cgroup = %dir.display(), error = %e, "memory.force_empty");
+        }
+    }
+}
+
 /// Removes a cgroup directory and its descendants, deepest first, killing what runs in
 /// them and waiting (bounded) for the kernel to let go of exiting tasks.
 pub fn remove_cgroup_dir(dir: &Path) -> std::io::Result<()> {
@@ -288,6 +316,7 @@ pub fn remove_cgroup_dir(dir: &Path) -> std::io::Result<()> {
                 );
             }
         }
+        release_memory(dir);
         match fs::remove_dir(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

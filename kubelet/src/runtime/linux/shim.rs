@@ -203,6 +203,9 @@ fn delete_container(record: &ContainerRecord) {
     }
     match Container::load(state_dir) {
         Ok(mut container) => {
+            if let Ok(cgroups) = Cgroups::detect() {
+                cgroups.release_memory(&record.cgroups_path);
+            }
             if let Err(e) = container.delete(true) {
                 tracing::warn!(error = %e, "deleting container state");
             }
