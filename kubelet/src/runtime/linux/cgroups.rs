@@ -234,9 +234,9 @@ impl Cgroups {
                 let dir = h.mount_point.join(rel);
                 if dir.exists() {
                     release_memory(&dir);
-                }
-                if dir.exists() && fs::remove_dir(&dir).is_err() {
-                    break;
+                    if fs::remove_dir(&dir).is_err() {
+                        break;
+                    }
                 }
                 current = rel.parent();
             }
@@ -245,7 +245,7 @@ impl Cgroups {
 
     /// Before `cgroups_path` is removed: lets go of the memory still charged to it (see
     /// [`release_memory`]). libcontainer removes a container's cgroup; the shim calls
-    /// this first.
+    /// this first. Nothing on pure v2.
     pub fn release_memory(&self, cgroups_path: &str) {
         if let Some(dir) = self.controller_dir("memory", cgroups_path).filter(|_| !self.is_unified()) {
             release_memory(&dir);

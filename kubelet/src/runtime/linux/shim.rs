@@ -188,7 +188,7 @@ fn fail_start(dir: &Path, record: Option<&ContainerRecord>, message: &str) -> i3
     if let Some(record) = record {
         // libcontainer removes what it made when `build` fails; this catches a failure
         // of `start` after a successful build.
-        delete_container(record);
+        delete_container(record, Cgroups::detect().ok().as_ref());
     }
     reap_children();
     report(&format!("error {}", message.replace('\n', " ")));
@@ -196,14 +196,16 @@ fn fail_start(dir: &Path, record: Option<&ContainerRecord>, message: &str) -> i3
     1
 }
 
-fn delete_container(record: &ContainerRecord) {
+/// Deletes libcontainer's state and the container's cgroup, first releasing the memory
+/// still charged to it (see [`Cgroups::release_memory`]).
+fn delete_container(record: &ContainerRecord, cgroups: Option<&Cgroups>) {
     let state_dir = record.state_root.join(&record.id);
     if !state_dir.exists() {
         return;
     }
     match Container::load(state_dir) {
         Ok(mut container) => {
-            if let Ok(cgroups) = Cgroups::detect() {
+            if let Some(cgroups) = cgroups {
                 cgroups.release_memory(&record.cgroups_path);
             }
             if let Err(e) = container.delete(true) {
@@ -358,9 +360,10 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
         ),
         _ => (255, false),
     };
-    let oom_killed = Cgroups::detect()
-        .map(|cg| cg.oom_killed(&record.cgroups_path, by_sigkill))
-        .unwrap_or(false);
+    let cgroups = Cgroups::detect().ok();
+    let oom_killed = cgroups
+        .as_ref()
+        .is_some_and(|cg| cg.oom_killed(&record.cgroups_path, by_sigkill));
     let exit = ExitRecord {
         exit_code,
         finished_at: Utc::now(),
@@ -375,7 +378,7 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
     if let Some(attach) = attach.as_mut() {
         attach.finish(exit_code);
     }
-    delete_container(record);
+    delete_container(record, cgroups.as_ref());
     reap_children();
     Ok(0)
 }
