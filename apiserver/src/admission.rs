@@ -266,27 +266,37 @@ async fn default_storage_class(api: &ApiServer, pvc: &mut Value) -> Result<(), A
 }
 
 /// The Priority admission plugin: a pod's `priorityClassName` (or the global default
-/// class) becomes its `spec.priority`; an unknown class is refused.
+/// class) becomes its `spec.priority`; an unknown class is refused. Classes come from the
+/// watch cache, as Kubernetes' plugin reads its informer; a named class the cache has
+/// not seen yet (created a moment ago) is looked up in the store before it is refused.
 async fn resolve_priority(api: &ApiServer, res: &ResourceInfo, pod: &mut Value) -> Result<(), ApiError> {
     let class_name = pod.pointer("/spec/priorityClassName").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let classes = crate::registry::lookup("scheduling.k8s.io", "v1", "priorityclasses").ok_or_else(|| ApiError::internal("priorityclasses not registered"))?;
+    let cache = api.cache(classes)?;
     let class = match &class_name {
         Some(name) => {
-            let (kv, _) = api.store.get(&format!("/registry/priorityclasses/{name}")).await.map_err(ApiError::internal)?;
-            match kv.and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok()) {
+            let key = classes.key(None, name);
+            let class = match cache.get(&key) {
+                Some(class) => Some(class),
+                None => {
+                    let (kv, _) = api.store.get(&key).await.map_err(ApiError::internal)?;
+                    kv.and_then(|kv| crate::watchcache::decode_stored(&kv.value, kv.mod_revision).ok()).map(std::sync::Arc::new)
+                }
+            };
+            match class {
                 Some(class) => Some(class),
                 None => {
                     return Err(ApiError::forbidden(res, &name_of(pod), format!("no PriorityClass with name {name} was found")));
                 }
             }
         }
-        None => {
-            let listed = api.store.range("/registry/priorityclasses/", RangeOptions::default()).await.map_err(ApiError::internal)?;
-            listed
-                .kvs
-                .iter()
-                .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-                .find(|c| c.get("globalDefault").and_then(Value::as_bool).unwrap_or(false))
-        }
+        // Several global defaults: the lowest value wins, as in Kubernetes.
+        None => cache
+            .snapshot()
+            .0
+            .into_iter()
+            .filter(|c| c.get("globalDefault").and_then(Value::as_bool).unwrap_or(false))
+            .min_by_key(|c| c.get("value").and_then(Value::as_i64).unwrap_or(0)),
     };
     if let (Some(class), Some(spec)) = (class, pod.get_mut("spec").and_then(Value::as_object_mut)) {
         let value = class.get("value").cloned().unwrap_or(json!(0));

@@ -316,6 +316,12 @@ async fn priority_classes(s: &TestServer) -> anyhow::Result<()> {
     ensure!(got == "0", "default priority: {got}");
     let err = s.fails(&["run", "lost", "--image=busybox", r#"--overrides={"spec":{"priorityClassName":"nope"}}"#]).await?;
     ensure!(err.contains("no PriorityClass with name nope was found"), "{err}");
+    // A global default class applies to pods that name none; deleting it stops that.
+    s.ok(&["create", "priorityclass", "everyday", "--value=7", "--global-default"]).await?;
+    s.ok(&["run", "defaulted", "--image=busybox"]).await?;
+    let got = s.ok(&["get", "pod", "defaulted", "-o", "jsonpath={.spec.priority} {.spec.priorityClassName}"]).await?;
+    ensure!(got == "7 everyday", "priority from the global default: {got}");
+    s.ok(&["delete", "priorityclass", "everyday"]).await?;
     Ok(())
 }
 
