@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tracing::debug;
 
 use apimachinery::managedfields;
@@ -1054,7 +1054,7 @@ impl ApiServer {
                 match self.store.update(&key, stored_for(res, &updated), rev).await {
                     Ok(new_rev) => {
                         watchcache::set_resource_version(&mut updated, new_rev);
-                        let code = if finalizer == Some("foregroundDeletion") { StatusCode::ACCEPTED } else { StatusCode::OK };
+                            let code = if finalizer == Some("foregroundDeletion") { StatusCode::ACCEPTED } else { StatusCode::OK };
                         return Ok((code, updated));
                     }
                     Err(StoreError::Conflict { .. }) => continue,
@@ -1310,11 +1310,40 @@ fn updated_without_change(updated: &Value, current: &Value) -> bool {
 /// The bytes stored for an object: its JSON without the resourceVersion, which is the
 /// store's revision.
 pub fn to_stored(obj: &Value) -> Vec<u8> {
-    let mut obj = obj.clone();
-    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
+    serde_json::to_vec(&WithoutResourceVersion(obj)).unwrap_or_default()
+}
+
+/// Serializes an object as it is, except for `metadata.resourceVersion`: the store's
+/// revision is the resourceVersion, so it is not stored (and the object is not cloned
+/// to drop it).
+struct WithoutResourceVersion<'a>(&'a Value);
+
+impl serde::Serialize for WithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Metadata<'a>(&'a Map<String, Value>);
+        impl serde::Serialize for Metadata<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let fields = self.0.iter().filter(|(k, _)| k.as_str() != "resourceVersion");
+                let mut map = serializer.serialize_map(None)?;
+                for (k, v) in fields {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+        let Some(fields) = self.0.as_object() else {
+            return self.0.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(Some(fields.len()))?;
+        for (k, v) in fields {
+            match v {
+                Value::Object(meta) if k == "metadata" => map.serialize_entry(k, &Metadata(meta))?,
+                _ => map.serialize_entry(k, v)?,
+            }
+        }
+        map.end()
     }
-    serde_json::to_vec(&obj).unwrap_or_default()
 }
 
 /// The bytes stored for an object of `res`'s version (see [`crate::conversion`]).
@@ -1360,6 +1389,15 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(Revision, String), ApiE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_bytes_leave_out_only_the_resource_version() {
+        let obj = json!({"kind": "Pod", "metadata": {"name": "a", "resourceVersion": "7", "labels": {"resourceVersion": "kept"}}, "spec": {"x": 1}});
+        let stored: Value = serde_json::from_slice(&to_stored(&obj)).expect("json");
+        assert_eq!(stored, json!({"kind": "Pod", "metadata": {"name": "a", "labels": {"resourceVersion": "kept"}}, "spec": {"x": 1}}));
+        let keys: Vec<&str> = stored["metadata"].as_object().expect("metadata").keys().map(String::as_str).collect();
+        assert_eq!(keys, ["name", "labels"], "field order is kept");
+    }
 
     #[test]
     fn continue_tokens_round_trip() {
