@@ -255,6 +255,7 @@ impl Syncer {
 /// The kernel settings Services depend on. Failures are logged, not fatal: a node
 /// without bridges has no bridge sysctl, and a read-only /proc still proxies host traffic.
 fn configure_host() {
+    load_br_netfilter();
     for (path, value) in [
         ("/proc/sys/net/ipv4/ip_forward", "1"),
         // NodePorts on 127.0.0.1 (the filter-prerouting hook drops such packets arriving
@@ -267,6 +268,36 @@ fn configure_host() {
             tracing::warn!(path, error = %e, "cannot set sysctl");
         }
     }
+}
+
+/// Loads `br_netfilter` when its sysctls are missing. Stock Debian and Ubuntu kernels
+/// build it as a module that nothing loads (kubeadm asks the admin to, k3s loads it
+/// itself); without it, a pod's request to a Service whose endpoint is on the same
+/// bridge is DNATed but its reply is bridged straight back, and the connection hangs.
+fn load_br_netfilter() {
+    if std::path::Path::new("/proc/sys/net/bridge").exists() {
+        return;
+    }
+    // `modprobe` lives in /usr/sbin, which a non-login PATH may lack.
+    for modprobe in ["modprobe", "/usr/sbin/modprobe", "/sbin/modprobe"] {
+        match std::process::Command::new(modprobe).arg("br_netfilter").output() {
+            Ok(out) if out.status.success() => {
+                tracing::info!("loaded the br_netfilter kernel module");
+                return;
+            }
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                tracing::warn!(error = %stderr.trim(), "cannot load br_netfilter: traffic from a pod to a Service on the same node may hang");
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot run modprobe br_netfilter");
+                return;
+            }
+        }
+    }
+    tracing::warn!("no modprobe (Debian: apt-get install kmod) to load br_netfilter: traffic from a pod to a Service on the same node may hang");
 }
 
 #[cfg(test)]
