@@ -1054,7 +1054,7 @@ impl ApiServer {
                 match self.store.update(&key, stored_for(res, &updated), rev).await {
                     Ok(new_rev) => {
                         watchcache::set_resource_version(&mut updated, new_rev);
-                            let code = if finalizer == Some("foregroundDeletion") { StatusCode::ACCEPTED } else { StatusCode::OK };
+                        let code = if finalizer == Some("foregroundDeletion") { StatusCode::ACCEPTED } else { StatusCode::OK };
                         return Ok((code, updated));
                     }
                     Err(StoreError::Conflict { .. }) => continue,
