@@ -193,6 +193,25 @@ impl Drop for ApiServerProcess {
     }
 }
 
+/// CPU time a process has used so far (all its threads, user and system), from
+/// `/proc/<pid>/stat` in USER_HZ ticks, which Linux fixes at 100 per second.
+fn cpu_of(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14.
+    let rest = stat.rsplit_once(") ").context("bad stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i).context("short stat")?.parse()?) };
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+}
+
+/// CPU used by each of `pids` while `work` runs.
+async fn cpu_during<T>(pids: &[u32], work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, Vec<Duration>)> {
+    let before = pids.iter().map(|p| cpu_of(*p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let out = work.await?;
+    let used = pids.iter().zip(before).map(|(p, b)| Ok(cpu_of(*p)?.saturating_sub(b))).collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((out, used))
+}
+
 fn rss_of(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
@@ -561,10 +580,26 @@ async fn run_backend(backend: &str, s: &Settings, rows: &mut Vec<Row>, stored_si
     let mut api_rates = Vec::new();
     let mut ref_rates = Vec::new();
     let mut single_rates = Vec::new();
+    // CPU per write: the apiserver's and etcd's during apiserver rounds, etcd's during
+    // reference rounds (µs per create or put, one value per round).
+    let etcd_pid = etcd.as_ref().and_then(|e| e.cluster.members.first()?.child.as_ref().map(|c| c.id()));
+    let pids: Vec<u32> = std::iter::once(server.child.id()).chain(etcd_pid).collect();
+    let (mut api_cpu, mut etcd_cpu, mut ref_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let per_write = |d: Duration| d.as_secs_f64() * 1e6 / s.pods as f64;
     for round in 0..s.rounds {
-        let api = create_pods(addr, &format!("bench-r{round}"), s.pods, s.clients).await?;
+        let (api, used) = cpu_during(&pids, create_pods(addr, &format!("bench-r{round}"), s.pods, s.clients)).await?;
+        api_cpu.push(per_write(used[0]));
+        if let Some(etcd_used) = used.get(1) {
+            etcd_cpu.push(per_write(*etcd_used));
+        }
         let reference = match &etcd {
-            Some(etcd) => etcd_puts(&etcd.client, &format!("/bench/r{round}/"), s.pods, s.clients, size).await?,
+            Some(etcd) => {
+                let (rate, used) = cpu_during(&pids, etcd_puts(&etcd.client, &format!("/bench/r{round}/"), s.pods, s.clients, size)).await?;
+                if let Some(etcd_used) = used.get(1) {
+                    ref_cpu.push(per_write(*etcd_used));
+                }
+                rate
+            }
             None => {
                 let grouped = raw_appends(scratch.path(), s.pods, s.clients, size, true).await?;
                 single_rates.push(raw_appends(scratch.path(), s.pods, s.clients, size, false).await?);
@@ -585,6 +620,18 @@ async fn run_backend(backend: &str, s: &Settings, rows: &mut Vec<Row>, stored_si
         format!("{:.2}", api / reference),
         "≥ 0.70",
     ));
+    rows.push(row(backend, "apiserver CPU per create", format!("{:.0} µs", median(&api_cpu)), String::new(), String::new(), ""));
+    if !etcd_cpu.is_empty() && !ref_cpu.is_empty() {
+        let (during, reference) = (median(&etcd_cpu), median(&ref_cpu));
+        rows.push(row(
+            backend,
+            "etcd CPU per create",
+            format!("{during:.0} µs"),
+            format!("{reference:.0} µs per raw put"),
+            format!("{:.2}", reference / during),
+            "",
+        ));
+    }
     if !single_rates.is_empty() {
         let single = median(&single_rates);
         rows.push(row(
