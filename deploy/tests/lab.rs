@@ -805,7 +805,12 @@ spec:
   containers:
   - name: show
     image: busybox
-    command: ["sh", "-c", "echo color=$COLOR pw=$password; cat /etc/settings/app.conf /etc/creds/password; echo; echo pod=$MY_POD"]
+    command:
+    - sh
+    - -c
+    - |
+      echo color=$COLOR pw=$password; cat /etc/settings/app.conf /etc/creds/password; echo; echo pod=$MY_POD
+      echo memory-backed: $(awk '$3 == "tmpfs" && ($2 == "/etc/creds" || $2 == "/var/run/secrets/kubernetes.io/serviceaccount") {print $2}' /proc/mounts | sort)
     env:
     - {name: COLOR, valueFrom: {configMapKeyRef: {name: settings, key: color}}}
     - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
@@ -824,7 +829,9 @@ fn config_and_secrets(lab: &Lab) -> anyhow::Result<()> {
     lab.apply(CONFIG)?;
     lab.wait_for(Duration::from_secs(30), "configured Succeeded", &["get", "pod", "configured", "-o", "jsonpath={.status.phase}"], |o| o == "Succeeded")?;
     let logs = lab.kubectl(&["logs", "configured"])?;
-    let expected = "color=blue pw=s3cr3t\nport=8080\ns3cr3t\npod=configured";
+    // Secrets and the ServiceAccount token are on tmpfs, never on the node's disk.
+    let expected = "color=blue pw=s3cr3t\nport=8080\ns3cr3t\npod=configured\n\
+                    memory-backed: /etc/creds /var/run/secrets/kubernetes.io/serviceaccount";
     assert_eq!(logs.trim(), expected);
     Ok(())
 }

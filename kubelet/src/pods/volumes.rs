@@ -3,7 +3,9 @@
 //! for `medium: Memory`), hostPath with its type checks, configMap, secret, downwardAPI
 //! and projected volumes written atomically through a `..data` symlink (so updates
 //! appear whole inside running containers), and persistentVolumeClaims bound to
-//! hostPath/local PersistentVolumes.
+//! hostPath/local PersistentVolumes. Secret and projected volumes (the ServiceAccount
+//! token's among them) are each on their own tmpfs, as the kubelet keeps them, so that
+//! secrets are never written to the node's disk.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -112,14 +114,13 @@ async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources, 
         std::fs::create_dir_all(&dir).map_err(io(format!("creating emptyDir {}", dir.display())))?;
         // 0777 as the kubelet makes it, so non-root containers can write.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io("chmod emptyDir"))?;
-        if e.medium.as_deref() == Some("Memory") && !is_mountpoint(&dir) {
+        if e.medium.as_deref() == Some("Memory") && !is_mount_root(&dir) {
             let size = e.size_limit.as_ref().and_then(|q| apimachinery::quantity::Quantity::parse(&q.0).ok()).map(|q| q.to_bytes());
             let data = match size {
                 Some(bytes) if bytes > 0 => format!("mode=0777,size={bytes}"),
                 _ => "mode=0777".to_string(),
             };
-            nix::mount::mount(Some("tmpfs"), &dir, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(data.as_str()))
-                .map_err(|e| setup(name, format!("mounting tmpfs: {e}")))?;
+            mount_tmpfs(name, &dir, &data)?;
         }
         return Ok(dir);
     }
@@ -149,6 +150,7 @@ async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources, 
             None => return Err(setup(name, format!("secret \"{secret_name}\" not found"))),
         };
         let files = project_keys(name, &entries, s.items.as_deref(), s.default_mode, "secret", &secret_name)?;
+        memory_backed(name, &dir)?;
         write_atomic(&dir, &files)?;
         return Ok(dir);
     }
@@ -187,6 +189,7 @@ async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources, 
                 files.push((t.path.clone(), token.into_bytes(), mode));
             }
         }
+        memory_backed(name, &dir)?;
         write_atomic(&dir, &files)?;
         return Ok(dir);
     }
@@ -406,10 +409,80 @@ fn count_files(dir: &Path) -> usize {
     n
 }
 
-fn is_mountpoint(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let p = path.to_string_lossy();
-    text.lines().any(|l| l.split(' ').nth(4) == Some(p.as_ref()))
+/// Whether `path` is the root of a mount on another filesystem than its parent's (as a
+/// tmpfs on a pod's directory is): two `stat`s, where the mount table would be a read of
+/// every mount on the node.
+fn is_mount_root(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(parent), Ok(own)) = (path.parent(), std::fs::metadata(path)) else { return false };
+    std::fs::metadata(parent).is_ok_and(|p| p.dev() != own.dev())
+}
+
+fn mount_tmpfs(volume: &str, dir: &Path, data: &str) -> Result<(), VolumeError> {
+    let data = (!data.is_empty()).then_some(data);
+    nix::mount::mount(Some("tmpfs"), dir, Some("tmpfs"), nix::mount::MsFlags::empty(), data)
+        .map_err(|e| setup(volume, format!("mounting tmpfs on {}: {e}", dir.display())))
+}
+
+/// Puts a secret or projected volume's directory on its own tmpfs, as the kubelet backs
+/// them (an emptyDir of `medium: Memory`; mode 1777, tmpfs's own). A directory that
+/// already holds files on disk (written before volumes were memory-backed, and bind
+/// mounted into running containers) stays as it is, so those containers keep seeing
+/// its updates.
+fn memory_backed(volume: &str, dir: &Path) -> Result<(), VolumeError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    if is_mount_root(dir) {
+        return Ok(());
+    }
+    let empty = std::fs::read_dir(dir).map_err(io(format!("reading {}", dir.display())))?.next().is_none();
+    if empty {
+        mount_tmpfs(volume, dir, "")?;
+    }
+    Ok(())
+}
+
+/// The mount points under `dir` (`dir` itself included), deepest first, from the mount
+/// table (whose octal escapes, such as `\040` for a space, are undone). A path with
+/// mounts stacked on it is there once per mount, as each unmount takes off the top one.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let mut mounts: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(unescape_mount_path(m))))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    mounts
+}
+
+fn unescape_mount_path(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn unmount_under(dir: &Path) {
+    for m in mounts_under(dir) {
+        if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(mount = %m.display(), error = %e, "unmounting a pod volume failed");
+        }
+    }
 }
 
 /// Unmounts a pod's tmpfs volumes and deletes its directory (PersistentVolume and
@@ -419,17 +492,14 @@ pub fn cleanup(pods_dir: &Path, uid: &str) -> Result<(), VolumeError> {
     if !dir.exists() {
         return Ok(());
     }
-    let prefix = dir.to_string_lossy().into_owned();
-    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
-        let mut mounts: Vec<&str> = text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&prefix)).collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            if let Err(e) = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH) {
-                tracing::warn!(mount = m, error = %e, "unmounting a pod volume failed");
-            }
-        }
-    }
+    unmount_under(&dir);
     std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
+}
+
+/// Unmounts the volumes of every pod on the node (`rkube down`: the containers that used
+/// them are gone). The pods' directories stay, for `rkube reset` to delete.
+pub fn unmount_all(pods_dir: &Path) {
+    unmount_under(pods_dir);
 }
 
 #[cfg(test)]
@@ -450,6 +520,18 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("a")).expect("a"), b"3");
         assert!(!dir.join("sub").exists(), "a key that disappeared is gone");
         assert!(!dir.join(&first).exists(), "the old generation is removed");
+    }
+
+    #[test]
+    fn mount_points_are_read_as_the_kernel_escapes_them() {
+        assert_eq!(unescape_mount_path(r"/var/lib/a\040b/c\134d"), b"/var/lib/a b/c\\d");
+        assert_eq!(unescape_mount_path(r"/plain\04"), b"/plain\\04", "a cut-off escape stays as it is");
+        assert!(is_mount_root(Path::new("/proc")), "/proc is another filesystem than /");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("vol");
+        std::fs::create_dir(&dir).expect("mkdir");
+        assert!(!is_mount_root(&dir), "a plain directory is not a mount");
+        assert!(!is_mount_root(&tmp.path().join("missing")));
     }
 
     #[test]
