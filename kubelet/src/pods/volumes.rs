@@ -441,44 +441,8 @@ fn memory_backed(volume: &str, dir: &Path) -> Result<(), VolumeError> {
     Ok(())
 }
 
-/// The mount points under `dir` (`dir` itself included), deepest first, from the mount
-/// table (whose octal escapes, such as `\040` for a space, are undone). A path with
-/// mounts stacked on it is there once per mount, as each unmount takes off the top one.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    use std::os::unix::ffi::OsStringExt;
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
-    let mut mounts: Vec<PathBuf> = text
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(unescape_mount_path(m))))
-        .filter(|m| m.starts_with(dir))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
-    mounts
-}
-
-fn unescape_mount_path(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
 fn unmount_under(dir: &Path) {
-    for m in mounts_under(dir) {
+    for m in crate::runtime::linux::rootfs::mounts_under(dir) {
         if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!(mount = %m.display(), error = %e, "unmounting a pod volume failed");
         }
@@ -523,9 +487,7 @@ mod tests {
     }
 
     #[test]
-    fn mount_points_are_read_as_the_kernel_escapes_them() {
-        assert_eq!(unescape_mount_path(r"/var/lib/a\040b/c\134d"), b"/var/lib/a b/c\\d");
-        assert_eq!(unescape_mount_path(r"/plain\04"), b"/plain\\04", "a cut-off escape stays as it is");
+    fn mount_roots_are_told_by_their_device() {
         assert!(is_mount_root(Path::new("/proc")), "/proc is another filesystem than /");
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("vol");

@@ -68,7 +68,8 @@ pub fn unmount(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Mount points at or below `dir`, deepest first.
+/// Mount points at or below `dir`, deepest first. A path with mounts stacked on it is
+/// there once per mount, as each unmount takes off the top one.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut points: Vec<PathBuf> = parse_mountinfo_mount_points(&text)
@@ -76,7 +77,6 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .filter(|p| p.starts_with(dir))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
     points
 }
 
