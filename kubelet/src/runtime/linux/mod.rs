@@ -64,6 +64,28 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 fn poll_delay(n: u32) -> Duration {
     Duration::from_millis(1u64 << n.min(5)).min(POLL_INTERVAL)
 }
+/// Waits up to `timeout` for process `pid` (started at `start_ticks`) to end, woken by a
+/// pidfd when it does; `Some(false)` on timeout, `None` when no pidfd could be had.
+#[allow(unsafe_code)] // registering the pidfd with tokio's reactor
+async fn wait_pid_gone(pid: u32, start_ticks: u64, timeout: Duration) -> Option<bool> {
+    let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::NONBLOCK) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::SRCH) => return Some(true),
+        Err(_) => return None,
+    };
+    // Checked once the pidfd is held: if the pid had been reused before, the start time
+    // differs, and the pidfd cannot be for the recorded process.
+    if !process_alive(pid, start_ticks) {
+        return Some(true);
+    }
+    // SAFETY: an OwnedFd's raw fd is valid, open and unchanged for as long as the
+    // AsyncFd owns it.
+    let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()?;
+    // A pidfd turns readable when its process ends, and stays readable.
+    Some(tokio::time::timeout(timeout, fd.readable()).await.is_ok())
+}
+
 /// Created (exclusively) when a start begins, so that a container starts at most once.
 const START_MARKER: &str = "start.marker";
 
@@ -466,9 +488,13 @@ impl Inner {
         }
     }
 
-    /// Waits (bounded) for the shim to finish its cleanup and exit.
+    /// Waits (bounded) for the shim to finish its cleanup and exit: woken by a pidfd the
+    /// moment it exits, or by polling where pidfds are missing (kernels before 5.3).
     async fn wait_shim_gone(&self, started: &StartedRecord, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        if let Some(gone) = wait_pid_gone(started.shim_pid, started.shim_start_ticks, timeout).await {
+            return gone;
+        }
         let mut checks = 0;
         while process_alive(started.shim_pid, started.shim_start_ticks) {
             if Instant::now() >= deadline {
@@ -986,6 +1012,24 @@ mod tests {
         let delays: Vec<u64> = (0..8).map(|n| poll_delay(n).as_millis() as u64).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 20, 20, 20]);
         assert_eq!(poll_delay(u32::MAX), POLL_INTERVAL);
+    }
+
+    #[tokio::test]
+    async fn a_process_end_wakes_its_waiter() {
+        let mut child = std::process::Command::new("sleep").arg("0.3").spawn().expect("sleep");
+        let ticks = store::process_start_ticks(child.id()).expect("start time");
+        let t = Instant::now();
+        assert_eq!(wait_pid_gone(child.id(), ticks, Duration::from_secs(10)).await, Some(true));
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "{waited:?}");
+        let _ = child.wait();
+
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        let ticks = store::process_start_ticks(child.id()).expect("start time");
+        assert_eq!(wait_pid_gone(child.id(), ticks, Duration::from_millis(50)).await, Some(false), "still running");
+        assert_eq!(wait_pid_gone(child.id(), ticks + 1, Duration::from_secs(10)).await, Some(true), "another process's pid");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]
