@@ -64,6 +64,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 fn poll_delay(n: u32) -> Duration {
     Duration::from_millis(1u64 << n.min(5)).min(POLL_INTERVAL)
 }
+
 /// Waits up to `timeout` for process `pid` (started at `start_ticks`) to end, woken by a
 /// pidfd when it does; `Some(false)` on timeout, `None` when no pidfd could be had.
 #[allow(unsafe_code)] // registering the pidfd with tokio's reactor
