@@ -39,19 +39,89 @@ impl Filter {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
+        let namespace = || obj.pointer("/metadata/namespace").and_then(Value::as_str);
+        let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+        self.matches_parts(namespace, |s| s.matches_json(labels), |pointer| str_at(obj, pointer))
+    }
+
+    /// [`Filter::matches`] for an object known by its [`Selectable`] fields alone.
+    pub fn matches_selectable(&self, obj: &Selectable) -> bool {
+        self.matches_parts(|| obj.namespace(), |s| s.matches(&obj.labels), |pointer| obj.at(pointer).map(str::to_string))
+    }
+
+    fn matches_parts<'a>(
+        &self,
+        namespace: impl FnOnce() -> Option<&'a str>,
+        labels: impl FnOnce(&Selector) -> bool,
+        at: impl Fn(&str) -> Option<String>,
+    ) -> bool {
         if let Some(ns) = &self.namespace {
-            if self.res.namespaced && obj.pointer("/metadata/namespace").and_then(Value::as_str) != Some(ns.as_str()) {
+            if self.res.namespaced && namespace() != Some(ns.as_str()) {
                 return false;
             }
         }
-        if !self.labels.is_empty() && !self.labels.matches_json(obj.pointer("/metadata/labels").and_then(Value::as_object)) {
+        if !self.labels.is_empty() && !labels(&self.labels) {
             return false;
         }
         if !self.fields.is_empty() {
-            return self.fields.matches(|f| field_value(self.res, obj, f).ok().flatten());
+            return self.fields.matches(|f| {
+                let label = field_label(self.res, f)?;
+                Some(at(label.pointer).unwrap_or_else(|| label.default.to_string()))
+            });
         }
         true
     }
+}
+
+/// What a filter looks at in an object, kept apart from the object so that a cache can
+/// match objects it holds only as bytes: the namespace, the labels, and the value at
+/// every JSON pointer a field label of the resource reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selectable {
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `(pointer, value)` for each pointer the object has a scalar at.
+    values: Vec<(&'static str, String)>,
+}
+
+impl Selectable {
+    /// Reads `obj` at `pointers` (from [`selectable_pointers`]) and its labels.
+    pub fn of(obj: &Value, pointers: &[&'static str]) -> Selectable {
+        let labels = obj
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .unwrap_or_default();
+        let values = pointers.iter().filter_map(|p| Some((*p, str_at(obj, p)?))).collect();
+        Selectable { labels, values }
+    }
+
+    /// The object's value at a JSON pointer, if it was read and the object has one.
+    pub fn at(&self, pointer: &str) -> Option<&str> {
+        self.values.iter().find(|(p, _)| *p == pointer).map(|(_, v)| v.as_str())
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.at("/metadata/namespace")
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.at("/metadata/name")
+    }
+}
+
+/// Every JSON pointer a filter may read in objects stored as `storage_resource` (for
+/// every resource served from that storage): what [`Selectable::of`] has to keep.
+pub fn selectable_pointers(storage_resource: &str) -> Vec<&'static str> {
+    let mut pointers = vec!["/metadata/name", "/metadata/namespace"];
+    for label in FIELD_LABELS {
+        let served_here = crate::registry::RESOURCES
+            .iter()
+            .any(|r| r.group == label.group && r.plural == label.plural && r.storage_resource == storage_resource);
+        if served_here && !pointers.contains(&label.pointer) {
+            pointers.push(label.pointer);
+        }
+    }
+    pointers
 }
 
 fn str_at(obj: &Value, pointer: &str) -> Option<String> {
@@ -64,60 +134,86 @@ fn str_at(obj: &Value, pointer: &str) -> Option<String> {
 }
 
 /// A field selector named a field the resource does not support.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct UnsupportedField;
 
-/// The value of a field label of an object; `Err` if the resource has no such label.
-/// Absent values read as the empty string (or `false` for booleans), as in Kubernetes.
-pub fn field_value(res: &ResourceInfo, obj: &Value, field: &str) -> Result<Option<String>, UnsupportedField> {
-    let or_empty = |p: &str| Ok(Some(str_at(obj, p).unwrap_or_default()));
-    let or_false = |p: &str| Ok(Some(str_at(obj, p).unwrap_or_else(|| "false".into())));
+/// A field label: where in the stored object its value is, and the value when the
+/// object has none there.
+struct FieldLabel {
+    group: &'static str,
+    plural: &'static str,
+    field: &'static str,
+    pointer: &'static str,
+    default: &'static str,
+}
+
+const fn label(group: &'static str, plural: &'static str, field: &'static str, pointer: &'static str, default: &'static str) -> FieldLabel {
+    FieldLabel { group, plural, field, pointer, default }
+}
+
+/// The field labels beyond `metadata.name` and `metadata.namespace`, as Kubernetes
+/// defines them per resource. Pointers are into the stored shape: events.k8s.io Events
+/// are stored as core Events.
+const FIELD_LABELS: &[FieldLabel] = &[
+    label("", "pods", "spec.nodeName", "/spec/nodeName", ""),
+    label("", "pods", "spec.restartPolicy", "/spec/restartPolicy", ""),
+    label("", "pods", "spec.schedulerName", "/spec/schedulerName", ""),
+    label("", "pods", "spec.serviceAccountName", "/spec/serviceAccountName", ""),
+    label("", "pods", "spec.hostNetwork", "/spec/hostNetwork", "false"),
+    label("", "pods", "status.phase", "/status/phase", ""),
+    label("", "pods", "status.podIP", "/status/podIP", ""),
+    label("", "pods", "status.nominatedNodeName", "/status/nominatedNodeName", ""),
+    label("", "events", "involvedObject.kind", "/involvedObject/kind", ""),
+    label("", "events", "involvedObject.namespace", "/involvedObject/namespace", ""),
+    label("", "events", "involvedObject.name", "/involvedObject/name", ""),
+    label("", "events", "involvedObject.uid", "/involvedObject/uid", ""),
+    label("", "events", "involvedObject.apiVersion", "/involvedObject/apiVersion", ""),
+    label("", "events", "involvedObject.resourceVersion", "/involvedObject/resourceVersion", ""),
+    label("", "events", "involvedObject.fieldPath", "/involvedObject/fieldPath", ""),
+    label("", "events", "reason", "/reason", ""),
+    label("", "events", "reportingComponent", "/reportingComponent", ""),
+    label("", "events", "type", "/type", ""),
+    label("", "events", "source", "/source/component", ""),
+    label("events.k8s.io", "events", "regarding.kind", "/involvedObject/kind", ""),
+    label("events.k8s.io", "events", "regarding.namespace", "/involvedObject/namespace", ""),
+    label("events.k8s.io", "events", "regarding.name", "/involvedObject/name", ""),
+    label("events.k8s.io", "events", "regarding.uid", "/involvedObject/uid", ""),
+    label("events.k8s.io", "events", "regarding.apiVersion", "/involvedObject/apiVersion", ""),
+    label("events.k8s.io", "events", "regarding.resourceVersion", "/involvedObject/resourceVersion", ""),
+    label("events.k8s.io", "events", "regarding.fieldPath", "/involvedObject/fieldPath", ""),
+    label("events.k8s.io", "events", "reportingController", "/reportingComponent", ""),
+    label("events.k8s.io", "events", "reason", "/reason", ""),
+    label("events.k8s.io", "events", "type", "/type", ""),
+    label("", "secrets", "type", "/type", ""),
+    label("", "namespaces", "status.phase", "/status/phase", ""),
+    label("", "nodes", "spec.unschedulable", "/spec/unschedulable", "false"),
+    label("", "services", "spec.clusterIP", "/spec/clusterIP", ""),
+    label("", "services", "spec.type", "/spec/type", ""),
+    label("", "replicationcontrollers", "status.replicas", "/status/replicas", "0"),
+    label("apps", "replicasets", "status.replicas", "/status/replicas", "0"),
+    label("batch", "jobs", "status.successful", "/status/succeeded", "0"),
+    label("", "persistentvolumeclaims", "spec.volumeName", "/spec/volumeName", ""),
+    label("certificates.k8s.io", "certificatesigningrequests", "spec.signerName", "/spec/signerName", ""),
+];
+
+const NAME: FieldLabel = label("", "", "metadata.name", "/metadata/name", "");
+const NAMESPACE: FieldLabel = label("", "", "metadata.namespace", "/metadata/namespace", "");
+
+/// The field label `field` of `res`, if it has one.
+fn field_label(res: &ResourceInfo, field: &str) -> Option<&'static FieldLabel> {
     match field {
-        "metadata.name" => return or_empty("/metadata/name"),
-        "metadata.namespace" if res.namespaced => return or_empty("/metadata/namespace"),
-        _ => {}
+        "metadata.name" => Some(&NAME),
+        "metadata.namespace" if res.namespaced => Some(&NAMESPACE),
+        _ => FIELD_LABELS.iter().find(|l| l.group == res.group && l.plural == res.plural && l.field == field),
     }
-    match (res.group, res.plural, field) {
-        ("", "pods", "spec.nodeName") => or_empty("/spec/nodeName"),
-        ("", "pods", "spec.restartPolicy") => or_empty("/spec/restartPolicy"),
-        ("", "pods", "spec.schedulerName") => or_empty("/spec/schedulerName"),
-        ("", "pods", "spec.serviceAccountName") => or_empty("/spec/serviceAccountName"),
-        ("", "pods", "spec.hostNetwork") => or_false("/spec/hostNetwork"),
-        ("", "pods", "status.phase") => or_empty("/status/phase"),
-        ("", "pods", "status.podIP") => or_empty("/status/podIP"),
-        ("", "pods", "status.nominatedNodeName") => or_empty("/status/nominatedNodeName"),
-        ("", "events", f) => match f {
-            "involvedObject.kind" | "involvedObject.namespace" | "involvedObject.name" | "involvedObject.uid"
-            | "involvedObject.apiVersion" | "involvedObject.resourceVersion" | "involvedObject.fieldPath" => {
-                or_empty(&format!("/{}", f.replace('.', "/")))
-            }
-            "reason" | "reportingComponent" | "type" => or_empty(&format!("/{f}")),
-            "source" => or_empty("/source/component"),
-            _ => Err(UnsupportedField),
-        },
-        // Filters see the stored shape: events.k8s.io Events are stored as core Events.
-        ("events.k8s.io", "events", f) => match f {
-            "regarding.kind" | "regarding.namespace" | "regarding.name" | "regarding.uid" | "regarding.apiVersion"
-            | "regarding.resourceVersion" | "regarding.fieldPath" => {
-                or_empty(&format!("/involvedObject/{}", f.trim_start_matches("regarding.")))
-            }
-            "reportingController" => or_empty("/reportingComponent"),
-            "reason" | "type" => or_empty(&format!("/{f}")),
-            _ => Err(UnsupportedField),
-        },
-        ("", "secrets", "type") => or_empty("/type"),
-        ("", "namespaces", "status.phase") => or_empty("/status/phase"),
-        ("", "nodes", "spec.unschedulable") => or_false("/spec/unschedulable"),
-        ("", "services", "spec.clusterIP") => or_empty("/spec/clusterIP"),
-        ("", "services", "spec.type") => or_empty("/spec/type"),
-        ("", "replicationcontrollers" , "status.replicas") | ("apps", "replicasets", "status.replicas") => {
-            Ok(Some(str_at(obj, "/status/replicas").unwrap_or_else(|| "0".into())))
-        }
-        ("batch", "jobs", "status.successful") => Ok(Some(str_at(obj, "/status/succeeded").unwrap_or_else(|| "0".into()))),
-        ("", "persistentvolumeclaims", "spec.volumeName") => or_empty("/spec/volumeName"),
-        ("certificates.k8s.io", "certificatesigningrequests", "spec.signerName") => or_empty("/spec/signerName"),
-        _ => Err(UnsupportedField),
-    }
+}
+
+/// The value of field label `field` of `res` in `obj` (`Ok(Some)` even when the object
+/// lacks the field: the label's default, as Kubernetes compares against ""), or an error
+/// for a field the resource does not support.
+pub fn field_value(res: &ResourceInfo, obj: &Value, field: &str) -> Result<Option<String>, UnsupportedField> {
+    let label = field_label(res, field).ok_or(UnsupportedField)?;
+    Ok(Some(str_at(obj, label.pointer).unwrap_or_else(|| label.default.to_string())))
 }
 
 #[cfg(test)]

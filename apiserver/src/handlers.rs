@@ -482,7 +482,7 @@ impl ApiServer {
             let encode_event = encode_event.clone();
             move |kind: &str, ev: &CacheEvent| -> Bytes {
                 if !plain {
-                    return encode_event(kind, &ev.object);
+                    return encode_event(kind, &ev.object.decode());
                 }
                 let object = ev.object_json();
                 let mut line = Vec::with_capacity(object.len() + 32);
@@ -561,6 +561,7 @@ impl ApiServer {
                 });
             }
             Err(requested) => {
+                let pointers = crate::filter::selectable_pointers(target.res.storage_resource);
                 let mut stream = self
                     .store
                     .watch(&target.res.namespace_prefix(target.namespace.as_deref()), requested)
@@ -589,24 +590,16 @@ impl ApiServer {
                             None => return,
                         };
                         let cache_event = match ev {
-                            crate::storage::WatchEvent::Put { kv, prev } => {
-                                let Ok(obj) = watchcache::decode_stored(&kv.value, kv.mod_revision) else { continue };
-                                let prev = prev.and_then(|p| watchcache::decode_stored(&p.value, p.mod_revision).ok()).map(Arc::new);
-                                let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
-                                CacheEvent::new(kind, kv.key, Arc::new(obj), prev, kv.mod_revision)
-                            }
-                            crate::storage::WatchEvent::Delete { prev, revision } => {
-                                let Ok(mut obj) = watchcache::decode_stored(&prev.value, prev.mod_revision) else { continue };
-                                let old = Arc::new(obj.clone());
-                                watchcache::set_resource_version(&mut obj, revision);
-                                CacheEvent::new(EventType::Deleted, prev.key, Arc::new(obj), Some(old), revision)
-                            }
                             crate::storage::WatchEvent::Progress { revision } => {
                                 if bookmarks && tx.send(Ok(encode_event("BOOKMARK", &bookmark(revision, false)))).await.is_err() {
                                     return;
                                 }
                                 continue;
                             }
+                            ev => match CacheEvent::from_store(ev, None, &pointers) {
+                                Some(Ok(ev)) => ev,
+                                _ => continue,
+                            },
                         };
                         if let Some(line) = filtered_event(&filter, &cache_event, &encode_change) {
                             if tx.send(Ok(line)).await.is_err() {
@@ -1201,8 +1194,8 @@ enum PatchKind {
 }
 
 fn filtered_event(filter: &Filter, ev: &CacheEvent, encode: &impl Fn(&str, &CacheEvent) -> Bytes) -> Option<Bytes> {
-    let now = filter.matches(&ev.object);
-    let before = ev.prev.as_deref().is_some_and(|p| filter.matches(p));
+    let now = filter.matches_selectable(ev.object.selectable());
+    let before = ev.prev.as_deref().is_some_and(|p| filter.matches_selectable(p.selectable()));
     let kind = match ev.kind {
         EventType::Added if now => "ADDED",
         EventType::Modified if now && before => "MODIFIED",

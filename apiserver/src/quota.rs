@@ -342,7 +342,7 @@ pub fn aggregate_message(errors: &[String]) -> String {
 /// the cache saw it, can be missed, where the store read would have found it.
 fn cached_in_namespace(api: &ApiServer, res: &ResourceInfo, namespace: &str) -> bool {
     match api.cache(res) {
-        Ok(cache) => cache.snapshot().0.iter().any(|o| o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(namespace)),
+        Ok(cache) => cache.objects().0.iter().any(|o| o.selectable().namespace() == Some(namespace)),
         Err(_) => true,
     }
 }
@@ -463,9 +463,9 @@ fn observed_usage(api: &ApiServer, quota: &Value, namespace: &str, now: i64) -> 
                 continue;
             }
             let Ok(cache) = api.cache(info) else { continue };
-            let (objects, _) = cache.snapshot();
-            for o in objects.iter().filter(|o| namespace_of(o) == namespace) {
-                if let Some(u) = q::usage_for_quota(quota, &group, &resource, o, now) {
+            let (objects, _) = cache.objects();
+            for o in objects.iter().filter(|o| o.selectable().namespace() == Some(namespace)) {
+                if let Some(u) = q::usage_for_quota(quota, &group, &resource, &o.value(), now) {
                     used = q::add(&used, &u);
                 }
             }

@@ -189,7 +189,7 @@ impl ApiServer {
             if caches.contains_key(r.storage_resource) {
                 continue;
             }
-            let cache = WatchCache::start(store.clone(), r.prefix(), shutdown.clone())
+            let cache = WatchCache::start(store.clone(), r, shutdown.clone())
                 .await
                 .map_err(|source| ServerError::StartCache { prefix: r.prefix(), source: Box::new(source) })?;
             caches.insert(r.storage_resource, cache);

@@ -1,10 +1,18 @@
 //! The watch cache: one store watch per resource feeds every client watch. It keeps the
 //! current objects and a window of recent events, so a client can resume from any
 //! resourceVersion in the window and a thousand watchers cost the store nothing more.
+//!
+//! Objects are kept as the JSON a watcher is sent, beside the few fields filters look at
+//! ([`Selectable`]); an object is decoded only for a caller that asks for it as a
+//! [`Value`], and kept decoded from then on. A pod as bytes is about a tenth of the same
+//! pod as a `Value` tree, and most cached objects (pods, events, the history) are only
+//! ever sent as they are.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use futures::StreamExt;
 use serde_json::Value;
@@ -12,6 +20,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::filter::{selectable_pointers, Selectable};
+use crate::registry::ResourceInfo;
 use crate::storage::{Revision, Store, StoreError, WatchEvent};
 
 /// How many recent events each resource keeps for watches to resume from.
@@ -36,31 +46,114 @@ impl EventType {
     }
 }
 
+/// One object as the cache keeps it.
+#[derive(Debug)]
+pub struct CachedObject {
+    /// The object's JSON with its resourceVersion, as a watcher or a list is sent it.
+    json: Bytes,
+    revision: Revision,
+    selectable: Selectable,
+    /// The object decoded, once a caller asked for it as a [`Value`].
+    decoded: OnceLock<Arc<Value>>,
+}
+
+impl CachedObject {
+    /// An object from its stored bytes, at `revision`, keeping what filters read at
+    /// `pointers` (see [`selectable_pointers`]).
+    pub fn from_stored(stored: &[u8], revision: Revision, pointers: &[&'static str]) -> Result<CachedObject, StoreError> {
+        let obj = decode_stored(stored, revision)?;
+        let mut json = Vec::with_capacity(stored.len() + 32);
+        if !crate::rawjson::append_with_resource_version(&mut json, stored, revision) {
+            json = encode(&obj)?;
+        }
+        Ok(CachedObject { json: Bytes::from(json), revision, selectable: Selectable::of(&obj, pointers), decoded: OnceLock::new() })
+    }
+
+    /// This object as it was deleted at `revision`: the same, with that resourceVersion.
+    fn deleted_at(&self, revision: Revision) -> Result<CachedObject, StoreError> {
+        let mut obj = self.decode();
+        set_resource_version(&mut obj, revision);
+        Ok(CachedObject { json: Bytes::from(encode(&obj)?), revision, selectable: self.selectable.clone(), decoded: OnceLock::new() })
+    }
+
+    /// The object's JSON, resourceVersion included.
+    pub fn json(&self) -> &Bytes {
+        &self.json
+    }
+
+    /// The revision the JSON carries as its resourceVersion.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// What a filter looks at.
+    pub fn selectable(&self) -> &Selectable {
+        &self.selectable
+    }
+
+    /// The object decoded; decoded once, then shared by every caller.
+    pub fn value(&self) -> Arc<Value> {
+        self.decoded.get_or_init(|| Arc::new(self.decode())).clone()
+    }
+
+    /// The object decoded afresh and not kept (for a caller that uses it once).
+    pub fn decode(&self) -> Value {
+        if let Some(value) = self.decoded.get() {
+            return (**value).clone();
+        }
+        // The bytes are JSON this cache wrote from a decoded object; they decode.
+        serde_json::from_slice(&self.json).unwrap_or_else(|e| {
+            warn!(error = %e, "watch cache: a cached object does not decode");
+            Value::Null
+        })
+    }
+}
+
+fn encode(obj: &Value) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(obj).map_err(|e| StoreError::Corrupt(format!("object does not encode as JSON: {e}")))
+}
+
 /// A change to one object, with the object as it is after the change (for a delete, as
 /// it was last, carrying the delete's resourceVersion) and as it was before.
 #[derive(Debug)]
 pub struct CacheEvent {
     pub kind: EventType,
     pub key: String,
-    pub object: Arc<Value>,
-    pub prev: Option<Arc<Value>>,
+    pub object: Arc<CachedObject>,
+    pub prev: Option<Arc<CachedObject>>,
     pub revision: Revision,
-    /// `object` as JSON, encoded by the first watcher that sends it as it is and
-    /// shared by every other (and by the ADDED events of watches that start while the
-    /// object is current).
-    json: Encoding,
 }
 
-type Encoding = Arc<std::sync::OnceLock<bytes::Bytes>>;
-
 impl CacheEvent {
-    pub fn new(kind: EventType, key: String, object: Arc<Value>, prev: Option<Arc<Value>>, revision: Revision) -> CacheEvent {
-        CacheEvent { kind, key, object, prev, revision, json: Encoding::default() }
+    /// The event for a store event, reading `pointers` for filters; `None` for progress
+    /// notifications and objects that do not decode. `current` is the object the cache
+    /// holds at the key, if it knows one.
+    pub fn from_store(ev: WatchEvent, current: Option<Arc<CachedObject>>, pointers: &[&'static str]) -> Option<Result<CacheEvent, (String, StoreError)>> {
+        match ev {
+            WatchEvent::Put { kv, prev } => {
+                let object = match CachedObject::from_stored(&kv.value, kv.mod_revision, pointers) {
+                    Ok(o) => Arc::new(o),
+                    Err(e) => return Some(Err((kv.key, e))),
+                };
+                let prev = current.or_else(|| prev.and_then(|p| CachedObject::from_stored(&p.value, p.mod_revision, pointers).ok()).map(Arc::new));
+                let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
+                Some(Ok(CacheEvent { kind, key: kv.key, object, prev, revision: kv.mod_revision }))
+            }
+            WatchEvent::Delete { prev, revision } => {
+                let object = match CachedObject::from_stored(&prev.value, revision, pointers) {
+                    Ok(o) => Arc::new(o),
+                    Err(e) => return Some(Err((prev.key, e))),
+                };
+                let old = current.or_else(|| CachedObject::from_stored(&prev.value, prev.mod_revision, pointers).ok().map(Arc::new));
+                Some(Ok(CacheEvent { kind: EventType::Deleted, key: prev.key, object, prev: old, revision }))
+            }
+            WatchEvent::Progress { .. } => None,
+        }
     }
 
     /// The object's JSON, encoded once however many watchers send it.
-    pub fn object_json(&self) -> &bytes::Bytes {
-        self.json.get_or_init(|| bytes::Bytes::from(serde_json::to_vec(&*self.object).unwrap_or_default()))
+    pub fn object_json(&self) -> &Bytes {
+        self.object.json()
     }
 }
 
@@ -72,9 +165,7 @@ pub enum CacheError {
 }
 
 struct Inner {
-    objects: BTreeMap<String, Arc<Value>>,
-    /// The shared encoding of each current object (see [`CacheEvent::object_json`]).
-    encodings: std::collections::HashMap<String, Encoding>,
+    objects: BTreeMap<String, Arc<CachedObject>>,
     revision: Revision,
     /// Events with revision > `oldest` are all in `history`.
     oldest: Revision,
@@ -84,9 +175,11 @@ struct Inner {
     changes: u64,
 }
 
-/// A cache over every object under one store prefix.
+/// A cache over every object of one storage resource.
 pub struct WatchCache {
     prefix: String,
+    /// What [`Selectable`] reads in this resource's objects.
+    pointers: Vec<&'static str>,
     inner: Mutex<Inner>,
     fanout: broadcast::Sender<Arc<CacheEvent>>,
     progress: tokio::sync::watch::Sender<Revision>,
@@ -115,14 +208,16 @@ pub fn set_resource_version(obj: &mut Value, revision: Revision) {
 }
 
 impl WatchCache {
-    /// Starts a cache over `prefix`: lists it, then follows the store's watch until
-    /// `shutdown`. Returns once the initial list is loaded.
-    pub async fn start(store: Arc<dyn Store>, prefix: String, shutdown: CancellationToken) -> Result<Arc<WatchCache>, StoreError> {
+    /// Starts a cache over every object stored as `res` (its storage resource): lists
+    /// them, then follows the store's watch until `shutdown`. Returns once the initial
+    /// list is loaded.
+    pub async fn start(store: Arc<dyn Store>, res: &ResourceInfo, shutdown: CancellationToken) -> Result<Arc<WatchCache>, StoreError> {
         let (fanout, _) = broadcast::channel(FANOUT_BUFFER);
         let (progress, _) = tokio::sync::watch::channel(0);
         let cache = Arc::new(WatchCache {
-            prefix,
-            inner: Mutex::new(Inner { objects: BTreeMap::new(), encodings: Default::default(), revision: 0, oldest: 0, history: VecDeque::new(), changes: 0 }),
+            prefix: res.prefix(),
+            pointers: selectable_pointers(res.storage_resource),
+            inner: Mutex::new(Inner { objects: BTreeMap::new(), revision: 0, oldest: 0, history: VecDeque::new(), changes: 0 }),
             fanout,
             progress,
         });
@@ -138,7 +233,7 @@ impl WatchCache {
         let listed = store.range(&self.prefix, Default::default()).await?;
         let mut fresh = BTreeMap::new();
         for kv in listed.kvs {
-            let obj = decode_stored(&kv.value, kv.mod_revision)?;
+            let obj = CachedObject::from_stored(&kv.value, kv.mod_revision, &self.pointers)?;
             fresh.insert(kv.key, Arc::new(obj));
         }
         let revision = listed.revision;
@@ -149,28 +244,25 @@ impl WatchCache {
             for (key, obj) in &fresh {
                 match inner.objects.get(key) {
                     None => events.push((EventType::Added, key.clone(), obj.clone(), None)),
-                    Some(old) if old != obj => events.push((EventType::Modified, key.clone(), obj.clone(), Some(old.clone()))),
+                    // A key's mod revision changes with every write to it.
+                    Some(old) if old.revision != obj.revision => events.push((EventType::Modified, key.clone(), obj.clone(), Some(old.clone()))),
                     Some(_) => {}
                 }
             }
             for (key, old) in &inner.objects {
                 if !fresh.contains_key(key) {
-                    let mut gone = (**old).clone();
-                    set_resource_version(&mut gone, revision);
+                    let gone = old.deleted_at(revision)?;
                     events.push((EventType::Deleted, key.clone(), Arc::new(gone), Some(old.clone())));
                 }
             }
             for (kind, key, object, prev) in events {
-                let ev = Arc::new(CacheEvent::new(kind, key, object, prev, revision));
+                let ev = Arc::new(CacheEvent { kind, key, object, prev, revision });
                 Self::record(&mut inner, ev.clone());
                 let _ = self.fanout.send(ev);
             }
         } else {
             inner.oldest = revision;
         }
-        let mut encodings = std::mem::take(&mut inner.encodings);
-        encodings.retain(|key, _| fresh.get(key).is_some_and(|obj| inner.objects.get(key) == Some(obj)));
-        inner.encodings = encodings;
         inner.objects = fresh;
         inner.changes += 1;
         inner.revision = revision.max(inner.revision);
@@ -229,51 +321,40 @@ impl WatchCache {
     }
 
     fn apply(&self, ev: WatchEvent) {
-        let mut inner = self.lock();
-        let cache_event = match ev {
-            WatchEvent::Put { kv, .. } => {
-                let obj = match decode_stored(&kv.value, kv.mod_revision) {
-                    Ok(o) => Arc::new(o),
-                    Err(err) => {
-                        warn!(key = %kv.key, error = %err, "watch cache: skipping undecodable object");
-                        return;
-                    }
-                };
-                let prev = inner.objects.insert(kv.key.clone(), obj.clone());
-                let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
-                let ev = CacheEvent::new(kind, kv.key, obj, prev, kv.mod_revision);
-                inner.encodings.insert(ev.key.clone(), ev.json.clone());
-                Some(ev)
-            }
-            WatchEvent::Delete { prev, revision } => {
-                let old = inner.objects.remove(&prev.key);
-                inner.encodings.remove(&prev.key);
-                let last = match old.clone() {
-                    Some(o) => Some((*o).clone()),
-                    None => decode_stored(&prev.value, prev.mod_revision).ok(),
-                };
-                last.map(|mut obj| {
-                    set_resource_version(&mut obj, revision);
-                    CacheEvent::new(EventType::Deleted, prev.key, Arc::new(obj), old, revision)
-                })
-            }
-            WatchEvent::Progress { revision } => {
-                inner.revision = inner.revision.max(revision);
-                drop(inner);
-                self.progress.send_replace(revision);
-                return;
-            }
-        };
-        if let Some(ev) = cache_event {
-            let ev = Arc::new(ev);
-            inner.revision = ev.revision;
-            Self::record(&mut inner, ev.clone());
-            let revision = inner.revision;
-            // Sent under the lock so that subscribers see events in order with history.
-            let _ = self.fanout.send(ev);
+        if let WatchEvent::Progress { revision } = ev {
+            let mut inner = self.lock();
+            inner.revision = inner.revision.max(revision);
             drop(inner);
             self.progress.send_replace(revision);
+            return;
         }
+        let key = match &ev {
+            WatchEvent::Put { kv, .. } => kv.key.clone(),
+            WatchEvent::Delete { prev, .. } => prev.key.clone(),
+            WatchEvent::Progress { .. } => return,
+        };
+        let current = self.lock().objects.get(&key).cloned();
+        // Decoded outside the lock: only this task changes the objects.
+        let ev = match CacheEvent::from_store(ev, current, &self.pointers) {
+            Some(Ok(ev)) => Arc::new(ev),
+            Some(Err((key, err))) => {
+                warn!(%key, error = %err, "watch cache: skipping undecodable object");
+                return;
+            }
+            None => return,
+        };
+        let mut inner = self.lock();
+        match ev.kind {
+            EventType::Deleted => inner.objects.remove(&ev.key),
+            EventType::Added | EventType::Modified => inner.objects.insert(ev.key.clone(), ev.object.clone()),
+        };
+        inner.revision = ev.revision;
+        Self::record(&mut inner, ev.clone());
+        let revision = inner.revision;
+        // Sent under the lock so that subscribers see events in order with history.
+        let _ = self.fanout.send(ev);
+        drop(inner);
+        self.progress.send_replace(revision);
     }
 
     fn record(inner: &mut Inner, ev: Arc<CacheEvent>) {
@@ -311,30 +392,36 @@ impl WatchCache {
 
     /// The cached object at `key`, if the cache has seen it.
     pub fn get(&self, key: &str) -> Option<Arc<Value>> {
-        self.lock().objects.get(key).cloned()
+        let object = self.lock().objects.get(key).cloned();
+        object.map(|o| o.value())
     }
 
-    /// A snapshot of the current objects and the revision they are at.
-    pub fn snapshot(&self) -> (Vec<Arc<Value>>, Revision) {
+    /// The current objects (as the cache keeps them) and the revision they are at.
+    pub fn objects(&self) -> (Vec<Arc<CachedObject>>, Revision) {
         let inner = self.lock();
         (inner.objects.values().cloned().collect(), inner.revision)
+    }
+
+    /// The current objects, decoded, and the revision they are at. For resources with
+    /// few objects; filter [`WatchCache::objects`] first where there may be many.
+    pub fn snapshot(&self) -> (Vec<Arc<Value>>, Revision) {
+        let (objects, revision) = self.objects();
+        (objects.iter().map(|o| o.value()).collect(), revision)
     }
 
     /// Starts a client watch: `from = None` sends the current objects as ADDED events
     /// first; `Some(rv)` replays every event after `rv`.
     pub fn subscribe(&self, from: Option<Revision>) -> Result<Subscription, CacheError> {
-        let mut inner = self.lock();
+        let inner = self.lock();
         let live = self.fanout.subscribe();
         match from {
             None => {
                 let revision = inner.revision;
-                let Inner { objects, encodings, .. } = &mut *inner;
-                let initial = objects
+                let initial = inner
+                    .objects
                     .iter()
                     .map(|(key, obj)| {
-                        let mut ev = CacheEvent::new(EventType::Added, key.clone(), obj.clone(), None, resource_version_of(obj).unwrap_or(revision));
-                        ev.json = encodings.entry(key.clone()).or_default().clone();
-                        Arc::new(ev)
+                        Arc::new(CacheEvent { kind: EventType::Added, key: key.clone(), object: obj.clone(), prev: None, revision: obj.revision })
                     })
                     .collect();
                 Ok(Subscription { initial, live, after: revision })
@@ -351,19 +438,18 @@ impl WatchCache {
     }
 }
 
-/// The resourceVersion of an object as a revision.
-pub fn resource_version_of(obj: &Value) -> Option<Revision> {
-    obj.pointer("/metadata/resourceVersion")?.as_str()?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::embedded::EmbeddedStore;
 
     async fn put(store: &dyn Store, key: &str, name: &str) -> Revision {
-        let body = serde_json::json!({"kind": "ConfigMap", "metadata": {"name": name}});
+        let body = serde_json::json!({"kind": "ConfigMap", "metadata": {"name": name, "namespace": "default", "labels": {"app": name}}});
         store.create(key, serde_json::to_vec(&body).expect("json")).await.expect("create")
+    }
+
+    fn configmaps() -> &'static ResourceInfo {
+        crate::registry::lookup("", "v1", "configmaps").expect("configmaps")
     }
 
     #[tokio::test]
@@ -372,7 +458,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).await.expect("open"));
         let shutdown = CancellationToken::new();
         let first = put(store.as_ref(), "/registry/configmaps/default/a", "a").await;
-        let cache = WatchCache::start(store.clone(), "/registry/configmaps/".into(), shutdown.clone()).await.expect("start");
+        let cache = WatchCache::start(store.clone(), configmaps(), shutdown.clone()).await.expect("start");
         let second = put(store.as_ref(), "/registry/configmaps/default/b", "b").await;
         put(store.as_ref(), "/registry/secrets/default/x", "x").await;
         let third = put(store.as_ref(), "/registry/configmaps/default/c", "c").await;
@@ -383,16 +469,48 @@ mod tests {
         assert_eq!(revs, vec![second, third]);
 
         let sub = cache.subscribe(None).expect("subscribe");
-        let names: Vec<&str> = sub.initial.iter().filter_map(|e| e.object.pointer("/metadata/name")?.as_str()).collect();
+        let names: Vec<&str> = sub.initial.iter().filter_map(|e| e.object.selectable().name()).collect();
         assert_eq!(names, vec!["a", "b", "c"]);
-        // The shared encoding is the object's JSON, resourceVersion included, and the
-        // next watch's ADDED event reuses it.
+        // The JSON sent is what decoding the stored object, setting its resourceVersion
+        // and encoding it would give, and the next watch's ADDED event shares it.
         let ev = &sub.initial[1];
-        assert_eq!(ev.object_json().as_ref(), serde_json::to_vec(&*ev.object).expect("json").as_slice());
+        let (stored, _) = store.get("/registry/configmaps/default/b").await.expect("get");
+        let stored = stored.expect("stored");
+        let expected = serde_json::to_vec(&decode_stored(&stored.value, second).expect("decode")).expect("json");
+        assert_eq!(ev.object_json().as_ref(), expected.as_slice());
         assert!(std::str::from_utf8(ev.object_json()).expect("utf-8").contains(&format!("\"resourceVersion\":\"{second}\"")));
         let again = cache.subscribe(None).expect("subscribe");
-        assert!(again.initial[1].json.get().is_some_and(|b| b.as_ptr() == ev.object_json().as_ptr()));
-        assert!(again.initial[0].json.get().is_none());
+        assert_eq!(again.initial[1].object_json().as_ptr(), ev.object_json().as_ptr());
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn keeps_bytes_and_decodes_only_on_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).await.expect("open"));
+        let shutdown = CancellationToken::new();
+        let cache = WatchCache::start(store.clone(), configmaps(), shutdown.clone()).await.expect("start");
+        let created = put(store.as_ref(), "/registry/configmaps/default/a", "a").await;
+        put(store.as_ref(), "/registry/configmaps/default/b", "b").await;
+        let (_, deleted) = store.delete("/registry/configmaps/default/b", None).await.expect("delete");
+        assert!(cache.wait_for(deleted, Duration::from_secs(5)).await);
+
+        let (objects, _) = cache.objects();
+        assert_eq!(objects.len(), 1);
+        assert!(objects[0].decoded.get().is_none(), "nothing asked for the object yet");
+        assert_eq!(objects[0].selectable().labels.get("app").map(String::as_str), Some("a"));
+        assert_eq!(objects[0].selectable().namespace(), Some("default"));
+        let value = cache.get("/registry/configmaps/default/a").expect("cached");
+        assert_eq!(value.pointer("/metadata/resourceVersion").and_then(Value::as_str), Some(created.to_string().as_str()));
+        assert!(objects[0].decoded.get().is_some_and(|v| Arc::ptr_eq(v, &value)), "kept once decoded");
+
+        // The delete is sent as the object was last, at the delete's resourceVersion.
+        let sub = cache.subscribe(Some(created)).expect("subscribe");
+        let gone = sub.initial.last().expect("events");
+        assert_eq!(gone.kind, EventType::Deleted);
+        assert_eq!(gone.object.decode().pointer("/metadata/resourceVersion").and_then(Value::as_str), Some(deleted.to_string().as_str()));
+        assert_eq!(gone.object.selectable().name(), Some("b"));
+        assert!(gone.prev.as_ref().is_some_and(|p| p.revision() < deleted));
         shutdown.cancel();
     }
 }

@@ -154,7 +154,8 @@ impl Graph for ApiServer {
         // kubelet reads) come once per pod start, and a lab holds hundreds of pods, so
         // an index kept in step with the cache would cost more than it saves here.
         let Some(pods) = registry::lookup("", "v1", "pods").and_then(|r| self.cache(r).ok()) else { return Vec::new() };
-        pods.snapshot().0.into_iter().filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)).collect()
+        let (pods, _) = pods.objects();
+        pods.iter().filter(|p| p.selectable().at("/spec/nodeName") == Some(node)).map(|p| p.value()).collect()
     }
 
     fn pod_node(&self, namespace: &str, name: &str) -> Option<String> {
