@@ -237,6 +237,33 @@ mod tests {
     }
 
     #[test]
+    fn selectable_fields_match_as_the_object_does() {
+        let pods = lookup("", "v1", "pods").expect("pods");
+        let new_events = lookup("events.k8s.io", "v1", "events").expect("events");
+        let pod = json!({"metadata": {"name": "a", "namespace": "default", "labels": {"app": "web", "tier": "1"}}, "spec": {"nodeName": "n1", "hostNetwork": true}, "status": {"phase": "Running"}});
+        let bare = json!({"metadata": {"name": "b", "namespace": "other"}});
+        let event = json!({"metadata": {"name": "e", "namespace": "default"}, "involvedObject": {"kind": "Pod", "name": "a"}, "reason": "Started", "type": "Normal"});
+        let cases = [
+            (pods, &pod, None, Some("app=web,tier in (1,2)"), Some("spec.nodeName=n1,status.phase!=Failed")),
+            (pods, &pod, Some("default"), Some("app!=web"), None),
+            (pods, &pod, Some("other"), None, None),
+            (pods, &pod, None, None, Some("spec.hostNetwork=true,metadata.name=a")),
+            (pods, &bare, None, None, Some("spec.hostNetwork=false,spec.nodeName=")),
+            (pods, &bare, None, Some("!app"), Some("status.phase=Running")),
+            (new_events, &event, Some("default"), None, Some("regarding.kind=Pod,regarding.name=a,reason=Started")),
+            (new_events, &event, None, None, Some("regarding.uid=x")),
+        ];
+        for (res, obj, namespace, labels, fields) in cases {
+            let filter = Filter::new(res, namespace.map(str::to_string), labels, fields).expect("filter");
+            let selectable = Selectable::of(obj, &selectable_pointers(res.storage_resource));
+            assert_eq!(filter.matches_selectable(&selectable), filter.matches(obj), "{obj} {namespace:?} {labels:?} {fields:?}");
+        }
+        // Both event groups are filtered in the one store of core Events.
+        let pointers = selectable_pointers(new_events.storage_resource);
+        assert!(pointers.contains(&"/involvedObject/kind") && pointers.contains(&"/source/component"));
+    }
+
+    #[test]
     fn unknown_field_labels_are_refused() {
         let cms = lookup("", "v1", "configmaps").expect("configmaps");
         let err = Filter::new(cms, None, None, Some("spec.foo=bar")).expect_err("unsupported");
