@@ -810,7 +810,8 @@ spec:
     - -c
     - |
       echo color=$COLOR pw=$password; cat /etc/settings/app.conf /etc/creds/password; echo; echo pod=$MY_POD
-      echo memory-backed: $(awk '$3 == "tmpfs" && ($2 == "/etc/creds" || $2 == "/var/run/secrets/kubernetes.io/serviceaccount") {print $2}' /proc/mounts | sort)
+      echo memory-backed: $(awk '$3 == "tmpfs" && ($2 == "/etc/creds" || $2 == "/scratch" || $2 == "/var/run/secrets/kubernetes.io/serviceaccount") {print $2}' /proc/mounts | sort)
+      echo scratch mode=$(stat -c %a /scratch)
     env:
     - {name: COLOR, valueFrom: {configMapKeyRef: {name: settings, key: color}}}
     - {name: MY_POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
@@ -820,18 +821,22 @@ spec:
     volumeMounts:
     - {name: settings, mountPath: /etc/settings}
     - {name: creds, mountPath: /etc/creds, readOnly: true}
+    - {name: scratch, mountPath: /scratch}
   volumes:
   - {name: settings, configMap: {name: settings}}
   - {name: creds, secret: {secretName: creds}}
+  - {name: scratch, emptyDir: {medium: Memory, sizeLimit: 16Mi}}
 "#;
 
 fn config_and_secrets(lab: &Lab) -> anyhow::Result<()> {
     lab.apply(CONFIG)?;
     lab.wait_for(Duration::from_secs(30), "configured Succeeded", &["get", "pod", "configured", "-o", "jsonpath={.status.phase}"], |o| o == "Succeeded")?;
     let logs = lab.kubectl(&["logs", "configured"])?;
-    // Secrets and the ServiceAccount token are on tmpfs, never on the node's disk.
+    // Secrets and the ServiceAccount token are on tmpfs, never on the node's disk; a
+    // `medium: Memory` emptyDir is a tmpfs with tmpfs's own mode, sticky as /tmp's.
     let expected = "color=blue pw=s3cr3t\nport=8080\ns3cr3t\npod=configured\n\
-                    memory-backed: /etc/creds /var/run/secrets/kubernetes.io/serviceaccount";
+                    memory-backed: /etc/creds /scratch /var/run/secrets/kubernetes.io/serviceaccount\n\
+                    scratch mode=1777";
     assert_eq!(logs.trim(), expected);
     Ok(())
 }

@@ -116,9 +116,10 @@ async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources, 
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io("chmod emptyDir"))?;
         if e.medium.as_deref() == Some("Memory") && !is_mount_root(&dir) {
             let size = e.size_limit.as_ref().and_then(|q| apimachinery::quantity::Quantity::parse(&q.0).ok()).map(|q| q.to_bytes());
+            // No mode: tmpfs's own 1777, as the kubelet's tmpfs emptyDir has.
             let data = match size {
-                Some(bytes) if bytes > 0 => format!("mode=0777,size={bytes}"),
-                _ => "mode=0777".to_string(),
+                Some(bytes) if bytes > 0 => format!("size={bytes}"),
+                _ => String::new(),
             };
             mount_tmpfs(name, &dir, &data)?;
         }
