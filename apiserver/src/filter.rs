@@ -103,10 +103,6 @@ impl Selectable {
     pub fn namespace(&self) -> Option<&str> {
         self.at("/metadata/namespace")
     }
-
-    pub fn name(&self) -> Option<&str> {
-        self.at("/metadata/name")
-    }
 }
 
 /// Every JSON pointer a filter may read in objects stored as `storage_resource` (for

@@ -475,8 +475,8 @@ impl ApiServer {
                 Bytes::from(line)
             }
         };
-        // A change sent as the object is (JSON, no conversion) uses the event's shared
-        // encoding: a thousand watchers cost one encode.
+        // A change sent as the object is (JSON, no conversion) is the JSON the watch
+        // cache keeps: no encode, however many watchers.
         let plain = negotiated.shape == Shape::Object && format == Format::Json && !conversion::converts(target.res);
         let encode_change = {
             let encode_event = encode_event.clone();
@@ -484,7 +484,7 @@ impl ApiServer {
                 if !plain {
                     return encode_event(kind, &ev.object.decode());
                 }
-                let object = ev.object_json();
+                let object = ev.object.json();
                 let mut line = Vec::with_capacity(object.len() + 32);
                 line.extend_from_slice(b"{\"type\":\"");
                 line.extend_from_slice(kind.as_bytes());

@@ -150,11 +150,6 @@ impl CacheEvent {
             WatchEvent::Progress { .. } => None,
         }
     }
-
-    /// The object's JSON, encoded once however many watchers send it.
-    pub fn object_json(&self) -> &Bytes {
-        self.object.json()
-    }
 }
 
 /// Why a client watch cannot start or go on.
@@ -321,17 +316,16 @@ impl WatchCache {
     }
 
     fn apply(&self, ev: WatchEvent) {
-        if let WatchEvent::Progress { revision } = ev {
-            let mut inner = self.lock();
-            inner.revision = inner.revision.max(revision);
-            drop(inner);
-            self.progress.send_replace(revision);
-            return;
-        }
         let key = match &ev {
             WatchEvent::Put { kv, .. } => kv.key.clone(),
             WatchEvent::Delete { prev, .. } => prev.key.clone(),
-            WatchEvent::Progress { .. } => return,
+            WatchEvent::Progress { revision } => {
+                let mut inner = self.lock();
+                inner.revision = inner.revision.max(*revision);
+                drop(inner);
+                self.progress.send_replace(*revision);
+                return;
+            }
         };
         let current = self.lock().objects.get(&key).cloned();
         // Decoded outside the lock: only this task changes the objects.
@@ -469,7 +463,7 @@ mod tests {
         assert_eq!(revs, vec![second, third]);
 
         let sub = cache.subscribe(None).expect("subscribe");
-        let names: Vec<&str> = sub.initial.iter().filter_map(|e| e.object.selectable().name()).collect();
+        let names: Vec<&str> = sub.initial.iter().filter_map(|e| e.object.selectable().at("/metadata/name")).collect();
         assert_eq!(names, vec!["a", "b", "c"]);
         // The JSON sent is what decoding the stored object, setting its resourceVersion
         // and encoding it would give, and the next watch's ADDED event shares it.
@@ -477,10 +471,10 @@ mod tests {
         let (stored, _) = store.get("/registry/configmaps/default/b").await.expect("get");
         let stored = stored.expect("stored");
         let expected = serde_json::to_vec(&decode_stored(&stored.value, second).expect("decode")).expect("json");
-        assert_eq!(ev.object_json().as_ref(), expected.as_slice());
-        assert!(std::str::from_utf8(ev.object_json()).expect("utf-8").contains(&format!("\"resourceVersion\":\"{second}\"")));
+        assert_eq!(ev.object.json().as_ref(), expected.as_slice());
+        assert!(std::str::from_utf8(ev.object.json()).expect("utf-8").contains(&format!("\"resourceVersion\":\"{second}\"")));
         let again = cache.subscribe(None).expect("subscribe");
-        assert_eq!(again.initial[1].object_json().as_ptr(), ev.object_json().as_ptr());
+        assert_eq!(again.initial[1].object.json().as_ptr(), ev.object.json().as_ptr());
         shutdown.cancel();
     }
 
@@ -509,7 +503,7 @@ mod tests {
         let gone = sub.initial.last().expect("events");
         assert_eq!(gone.kind, EventType::Deleted);
         assert_eq!(gone.object.decode().pointer("/metadata/resourceVersion").and_then(Value::as_str), Some(deleted.to_string().as_str()));
-        assert_eq!(gone.object.selectable().name(), Some("b"));
+        assert_eq!(gone.object.selectable().at("/metadata/name"), Some("b"));
         assert!(gone.prev.as_ref().is_some_and(|p| p.revision() < deleted));
         shutdown.cancel();
     }

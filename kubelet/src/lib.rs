@@ -162,8 +162,9 @@ pub async fn teardown(config: &KubeletConfig) -> Result<(), KubeletError> {
     let runtimes = runtime::linux_runtime(config, false).await?;
     let removed = runtimes.runtime.teardown().await;
     // The pods' memory-backed volumes (secrets, ServiceAccount tokens, `medium: Memory`
-    // emptyDirs), now that no container uses them.
-    pods::volumes::unmount_all(&config.pods_dir());
+    // emptyDirs), now that no container uses them. The pods' directories stay, for
+    // `rkube reset` to delete.
+    pods::volumes::unmount_under(&config.pods_dir());
     // The network goes even when some container could not be removed.
     let network = network::teardown(config).await;
     removed?;

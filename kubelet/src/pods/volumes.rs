@@ -442,7 +442,9 @@ fn memory_backed(volume: &str, dir: &Path) -> Result<(), VolumeError> {
     Ok(())
 }
 
-fn unmount_under(dir: &Path) {
+/// Unmounts every mount at or below `dir`: a pod's tmpfs volumes, or (`rkube down`, the
+/// containers that used them gone) those of every pod on the node.
+pub fn unmount_under(dir: &Path) {
     for m in crate::runtime::linux::rootfs::mounts_under(dir) {
         if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!(mount = %m.display(), error = %e, "unmounting a pod volume failed");
@@ -459,12 +461,6 @@ pub fn cleanup(pods_dir: &Path, uid: &str) -> Result<(), VolumeError> {
     }
     unmount_under(&dir);
     std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))
-}
-
-/// Unmounts the volumes of every pod on the node (`rkube down`: the containers that used
-/// them are gone). The pods' directories stay, for `rkube reset` to delete.
-pub fn unmount_all(pods_dir: &Path) {
-    unmount_under(pods_dir);
 }
 
 #[cfg(test)]
