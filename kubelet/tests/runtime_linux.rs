@@ -315,6 +315,27 @@ async fn containers_run_log_and_exit() -> anyhow::Result<()> {
         let log = read_log(&hello.log_path);
         ensure!(log_lines(&log, "stdout")? == vec!["hello".to_string()], "log: {log:?}");
         ensure!(log.lines().any(|l| l.ends_with(" stdout F hello")), "log: {log:?}");
+        // The shim removed the container's cgroup when it ended; the pod's stays.
+        let pod_cgroups: Vec<PathBuf> = cgroup_dirs(&lab.cgroup_root)
+            .into_iter()
+            .map(|d| d.join("poduid-basics"))
+            .filter(|d| d.is_dir())
+            .collect();
+        ensure!(!pod_cgroups.is_empty(), "no pod cgroup");
+        // (The shim removes it just after recording the exit.)
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while pod_cgroups.iter().any(|d| d.join(&id).exists()) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ensure!(pod_cgroups.iter().all(|d| !d.join(&id).exists()), "the cgroup of an ended container stays");
+        ensure!(!lab.root.join("libcontainer-state").join(&id).exists(), "libcontainer state left");
+        // exit.json is not fsync'd: one cut short by a host crash reads as an unknown end.
+        let exit_file = lab.root.join("containers").join(&id).join("exit.json");
+        std::fs::write(&exit_file, "")?;
+        let status = lab.runtime.container_status(&id).await?;
+        ensure!(status.state == ContainerState::Exited, "{status:?}");
+        ensure!(status.reason.as_deref() == Some("Unknown"), "{status:?}");
+        ensure!(status.message.as_deref().is_some_and(|m| m.contains("exit.json")), "{status:?}");
 
         // Environment (image ENV overridden by the pod), working directory (created when
         // missing), stderr, a volume, and a non-zero exit.
@@ -407,6 +428,25 @@ async fn containers_run_log_and_exit() -> anyhow::Result<()> {
         ensure!(cgroup.lines().any(|l| l.ends_with(&suffix)), "cgroups: {cgroup}");
         let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         ensure!(proc_status.contains("CapEff:\t00000000a80425fb"), "caps: {proc_status}");
+        // Its writable layer is an overlay mounted `volatile` (Linux 5.10+), so that
+        // unmounting it does not flush the host filesystem.
+        let rootfs = lab.root.join("containers").join(&busy_id).join("rootfs");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let line = mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(rootfs.to_str().unwrap_or_default()))
+            .context("the rootfs mount")?;
+        let super_options = line.split(" - ").nth(1).unwrap_or_default();
+        ensure!(super_options.starts_with("overlay "), "{line}");
+        let release = nix::sys::utsname::uname()?.release().to_string_lossy().into_owned();
+        let mut version = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+        if (version.next().unwrap_or(0), version.next().unwrap_or(0)) >= (5, 10) {
+            // Shown as `volatile`, or `fsync=volatile` since Linux 6.x.
+            ensure!(
+                super_options.split(',').any(|o| o == "volatile" || o == "fsync=volatile"),
+                "kernel {release}: {line}"
+            );
+        }
         let stats = lab.runtime.container_stats(&busy_id).await?;
         ensure!(stats.cpu_usage_nanos > 0 && stats.memory_working_set_bytes > 0, "{stats:?}");
         let all = lab.runtime.list_containers().await?;
@@ -603,8 +643,11 @@ async fn containers_of_a_pod_share_localhost() -> anyhow::Result<()> {
             .await?
             .iter()
             .all(|c| c.state == ContainerState::Exited));
+        let pod_cgroups = || cgroup_dirs(&lab.cgroup_root).into_iter().map(|d| d.join("poduid-web")).filter(|d| d.is_dir()).count();
+        ensure!(pod_cgroups() > 0, "the pod's cgroup went before its sandbox");
         lab.runtime.remove_pod_sandbox(&sandbox.id).await?;
         ensure!(lab.runtime.list_containers().await?.is_empty());
+        ensure!(pod_cgroups() == 0, "the pod's cgroup outlived its sandbox");
         Ok(())
     })
     .await

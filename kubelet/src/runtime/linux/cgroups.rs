@@ -1,8 +1,8 @@
 //! Reading and removing the runtime's cgroups on whatever layout the host has: cgroup
 //! v1 (one hierarchy per controller, possibly with an empty v2 beside it: "hybrid") or
-//! the unified v2 hierarchy. libcontainer creates and removes each container's own
-//! cgroup; this module reads its CPU, memory and OOM counters, and removes the pod and
-//! `<cgroup_root>` levels above it.
+//! the unified v2 hierarchy. libcontainer creates each container's own cgroup; this
+//! module reads its CPU, memory and OOM counters and removes it once the container has
+//! ended, and removes the pod and `<cgroup_root>` levels above it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -220,13 +220,30 @@ impl Cgroups {
         }
     }
 
-    /// Removes `cgroups_path`'s ancestors up to, not including, the level named by
-    /// `stop_at` (absolute, e.g. `/rkube`), where they are empty. Errors are ignored:
-    /// a pod cgroup still holding another container stays.
-    pub fn remove_empty_ancestors(&self, cgroups_path: &str, stop_at: &str) {
+    /// Removes `cgroups_path` (absolute, e.g. `/rkube/pod1/abc`, or a whole `/rkube` for
+    /// `rkube down`) and what is below it on every hierarchy, killing what still runs
+    /// there (see [`remove_cgroup_dir`]). Returns what could not be removed.
+    pub fn remove(&self, cgroups_path: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        for h in &self.hierarchies {
+            let dir = h.mount_point.join(cgroups_path.trim_start_matches('/'));
+            if dir.exists() {
+                if let Err(e) = remove_cgroup_dir(&dir) {
+                    errors.push(format!("{}: {e}", dir.display()));
+                }
+            }
+        }
+        errors
+    }
+
+    /// Removes `cgroups_path` and its ancestors up to, not including, the level named by
+    /// `stop_at` (absolute, e.g. `/rkube`), where they are empty (a pod's cgroup once its
+    /// sandbox is removed). Errors are ignored: a pod cgroup still holding a container of
+    /// the pod's newer sandbox stays.
+    pub fn remove_empty(&self, cgroups_path: &str, stop_at: &str) {
         let stop_at = Path::new(stop_at.trim_start_matches('/'));
         for h in &self.hierarchies {
-            let mut current = Path::new(cgroups_path.trim_start_matches('/')).parent();
+            let mut current = Some(Path::new(cgroups_path.trim_start_matches('/')));
             while let Some(rel) = current {
                 if rel == stop_at || rel.as_os_str().is_empty() || !rel.starts_with(stop_at) {
                     break;
@@ -241,30 +258,6 @@ impl Cgroups {
                 current = rel.parent();
             }
         }
-    }
-
-    /// Before `cgroups_path` is removed: lets go of the memory still charged to it (see
-    /// [`release_memory`]). libcontainer removes a container's cgroup; the shim calls
-    /// this first. Nothing on pure v2.
-    pub fn release_memory(&self, cgroups_path: &str) {
-        if let Some(dir) = self.controller_dir("memory", cgroups_path).filter(|_| !self.is_unified()) {
-            release_memory(&dir);
-        }
-    }
-
-    /// Kills every process under `/<name>` on every hierarchy and removes the tree
-    /// (`rkube down`). Returns what could not be removed.
-    pub fn remove_tree(&self, name: &str) -> Vec<String> {
-        let mut errors = Vec::new();
-        for h in &self.hierarchies {
-            let dir = h.mount_point.join(name.trim_start_matches('/'));
-            if dir.exists() {
-                if let Err(e) = remove_cgroup_dir(&dir) {
-                    errors.push(format!("{}: {e}", dir.display()));
-                }
-            }
-        }
-        errors
     }
 }
 
@@ -409,11 +402,15 @@ mod tests {
         for f in ["cpu.stat", "memory.current", "memory.stat", "memory.events"] {
             fs::remove_file(leaf.join(f)).expect("rm");
         }
+        fs::create_dir(mount.join("rkube/pod1/c2")).expect("mkdir");
+        cg.remove_empty("/rkube/pod1", "/rkube");
+        assert!(mount.join("rkube/pod1").exists(), "a pod level with a container stays");
         fs::remove_dir(&leaf).expect("rm leaf");
-        cg.remove_empty_ancestors("/rkube/pod1/c1", "/rkube");
+        fs::remove_dir(mount.join("rkube/pod1/c2")).expect("rm leaf");
+        cg.remove_empty("/rkube/pod1", "/rkube");
         assert!(!mount.join("rkube/pod1").exists());
         assert!(mount.join("rkube").exists());
-        assert!(cg.remove_tree("rkube").is_empty());
+        assert!(cg.remove("rkube").is_empty());
         assert!(!mount.join("rkube").exists());
     }
 }

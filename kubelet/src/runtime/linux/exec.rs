@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::executor::{exec_failure_code, start_error_message, ContainerExecutor};
 use super::shim::{single_threaded, SHIM_SUBCOMMAND};
-use super::store::{read_json, write_json_atomic, ContainerRecord, META_FILE, SPEC_FILE};
+use super::store::{read_json, write_json_atomic, ContainerRecord, Durability, META_FILE, SPEC_FILE};
 use crate::runtime::{ExecRequest, ExecSession, Result, RuntimeError};
 
 /// The helper's side: runs `process.json` in the container of `dir`, exits with its code.
@@ -154,7 +154,7 @@ pub(super) async fn start_session(
     }
     let process = exec_process(dir, request)?;
     let process_file = dir.join(format!("exec-{}.json", uuid::Uuid::new_v4().simple()));
-    write_json_atomic(&process_file, &process)
+    write_json_atomic(&process_file, &process, Durability::Volatile)
         .map_err(|e| RuntimeError::io(format!("writing {}", process_file.display()), e))?;
 
     let mut command = tokio::process::Command::new(shim_binary);

@@ -40,8 +40,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use self::cgroups::Cgroups;
 use self::store::{
-    process_alive, read_json, write_json_atomic, ContainerRecord, ExitRecord, StartedRecord,
-    EXIT_FILE, META_FILE, ROOTFS_DIR, SHIM_LOG, SPEC_FILE, STATE_FILE,
+    process_alive, read_json, write_json_atomic, ContainerRecord, Durability, ExitRecord,
+    StartedRecord, EXIT_FILE, META_FILE, ROOTFS_DIR, SHIM_LOG, SPEC_FILE, STATE_FILE,
 };
 use super::image::{ImageStore, ResolvedImage};
 use super::sandbox::SandboxManager;
@@ -366,16 +366,33 @@ impl Inner {
             cgroups_path,
             state_root: self.state_root.clone(),
         };
-        write_json_atomic(&dir.join(META_FILE), &record)
+        write_json_atomic(&dir.join(META_FILE), &record, Durability::Durable)
             .map_err(|e| format!("writing {META_FILE}: {e}"))
     }
 
-    /// The records the shim keeps, read consistently: exit.json wins.
+    /// The records the shim keeps, read consistently: exit.json wins. They are not
+    /// fsync'd ([`Durability::Volatile`]): after a host crash one may be empty or cut
+    /// short, and the container then reads as exited with an unknown status, which is
+    /// what it is.
     fn runtime_records(&self, id: &str) -> Result<(Option<StartedRecord>, Option<ExitRecord>)> {
         let dir = self.dir(id);
-        let exit: Option<ExitRecord> = read_json(&dir.join(EXIT_FILE))?;
-        let started: Option<StartedRecord> = read_json(&dir.join(STATE_FILE))?;
-        Ok((started, exit))
+        let exit = read_runtime_record::<ExitRecord>(&dir.join(EXIT_FILE))?;
+        let started = read_runtime_record::<StartedRecord>(&dir.join(STATE_FILE))?;
+        let unreadable = |message: String| ExitRecord {
+            exit_code: 255,
+            finished_at: Utc::now(),
+            oom_killed: false,
+            reason: Some("Unknown".into()),
+            message: Some(format!(
+                "{message}; the host probably stopped before the record reached the disk"
+            )),
+        };
+        Ok(match (started, exit) {
+            (started, Ok(Some(exit))) => (started.ok().flatten(), Some(exit)),
+            (Ok(started), Ok(None)) => (started, None),
+            (started, Err(message)) => (started.ok().flatten(), Some(unreadable(message))),
+            (Err(message), Ok(None)) => (None, Some(unreadable(message))),
+        })
     }
 
     fn status(&self, record: &ContainerRecord) -> Result<ContainerStatus> {
@@ -576,21 +593,15 @@ impl Inner {
         let dir = self.dir(id);
         let state_dir = self.state_root.join(id);
         let cgroups = self.cgroups.clone();
-        let cgroup_root = format!("/{}", self.cgroup_root);
         tokio::task::spawn_blocking(move || -> Result<()> {
-            // What a vanished shim would have removed.
+            // What a vanished shim would have removed. The pod's cgroup stays until its
+            // sandbox is removed, as the kubelet's pod cgroup does.
             if state_dir.exists() {
                 let _ = fs::remove_dir_all(&state_dir);
             }
-            for h in cgroups.hierarchies() {
-                let leaf = h.mount_point.join(record.cgroups_path.trim_start_matches('/'));
-                if leaf.exists() {
-                    if let Err(e) = cgroups::remove_cgroup_dir(&leaf) {
-                        tracing::warn!(cgroup = %leaf.display(), error = %e, "removing container cgroup");
-                    }
-                }
+            for error in cgroups.remove(&record.cgroups_path) {
+                tracing::warn!(container = %record.id, %error, "removing container cgroup");
             }
-            cgroups.remove_empty_ancestors(&record.cgroups_path, &cgroup_root);
             let rootfs_dir = dir.join(ROOTFS_DIR);
             rootfs::unmount(&rootfs_dir).map_err(|m| op_error("remove", &record.id, m))?;
             if rootfs::is_mount_point(&rootfs_dir) {
@@ -710,15 +721,10 @@ impl Inner {
             message: Some(message.to_string()),
         };
         let _ = tokio::task::spawn_blocking(move || {
-            for h in cgroups.hierarchies() {
-                let leaf = h.mount_point.join(cgroups_path.trim_start_matches('/'));
-                if leaf.exists() {
-                    let _ = cgroups::remove_cgroup_dir(&leaf);
-                }
-            }
+            let _ = cgroups.remove(&cgroups_path);
             let _ = fs::remove_dir_all(&state_dir);
             if !dir.join(EXIT_FILE).exists() {
-                let _ = write_json_atomic(&dir.join(EXIT_FILE), &exit);
+                let _ = write_json_atomic(&dir.join(EXIT_FILE), &exit, Durability::Volatile);
             }
             let _ = rootfs::unmount(&dir.join(ROOTFS_DIR));
         })
@@ -747,6 +753,21 @@ impl Inner {
     }
 }
 
+/// A runtime record: `Ok(Err(message))` when the file is there but is not a whole record.
+fn read_runtime_record<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<std::result::Result<Option<T>, String>> {
+    match read_json(path) {
+        Ok(record) => Ok(Ok(record)),
+        Err(RuntimeError::Io { context, source })
+            if source.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Ok(Err(format!("{context}: {source}")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn sandbox_id(pod: &PodMeta, n: u32) -> String {
     hex::encode(sha2::Sha256::digest(
         format!("{}/{}/{}/{n}", pod.uid, pod.namespace, pod.name).as_bytes(),
@@ -766,7 +787,8 @@ impl Runtime for LinuxRuntime {
                     _ => continue,
                 }
             }
-            write_json_atomic(&meta, config)
+            // The sandbox (its namespaces) does not outlive a host crash either.
+            write_json_atomic(&meta, config, Durability::Volatile)
                 .map_err(|e| RuntimeError::io(format!("writing {}", meta.display()), e))?;
             return match inner.sandboxes.create(&id, config).await {
                 Ok(status) => Ok(status),
@@ -810,6 +832,18 @@ impl Runtime for LinuxRuntime {
         }
         self.inner.sandboxes.remove(id).await?;
         let meta = self.inner.sandbox_meta_path(id);
+        // The pod's cgroup lives as long as its sandbox: containers restarting in it do
+        // not remove and recreate it on every hierarchy.
+        if let Ok(Some(config)) = read_json::<SandboxConfig>(&meta) {
+            let inner = self.inner.clone();
+            let pod_cgroup = format!("/{}/{}", inner.cgroup_root, Inner::pod_cgroup(&config));
+            let _ = tokio::task::spawn_blocking(move || {
+                inner
+                    .cgroups
+                    .remove_empty(&pod_cgroup, &format!("/{}", inner.cgroup_root))
+            })
+            .await;
+        }
         match fs::remove_file(&meta) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -862,7 +896,7 @@ impl Runtime for LinuxRuntime {
                     }
                 }
             }
-            errors.extend(cgroups.remove_tree(&cgroup_root));
+            errors.extend(cgroups.remove(&cgroup_root));
             errors
         })
         .await

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
@@ -43,19 +44,47 @@ pub fn mount_overlay(layers: &[PathBuf], dir: &Path) -> Result<PathBuf, String> 
         "lowerdir={},upperdir={upper_text},workdir={work_text}",
         lower_text.join(":")
     );
-    if options.len() >= 4096 {
+    if options.len() + VOLATILE.len() >= 4096 {
         return Err(format!("overlay options too long ({} layers)", lower.len()));
     }
-    mount(
-        Some("overlay"),
-        &rootfs,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(options.as_str()),
-    )
-    .map_err(|e| format!("mounting overlay at {}: {e}", rootfs.display()))?;
+    let mount_with = |options: &str| {
+        mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options),
+        )
+    };
+    let volatile_known = !VOLATILE_UNSUPPORTED.load(Ordering::Relaxed);
+    let mounted = if volatile_known {
+        match mount_with(&format!("{options}{VOLATILE}")) {
+            // A kernel before 5.10 does not know the option.
+            Err(nix::errno::Errno::EINVAL) => {
+                let plain = mount_with(&options);
+                if plain.is_ok() {
+                    VOLATILE_UNSUPPORTED.store(true, Ordering::Relaxed);
+                }
+                plain
+            }
+            other => other,
+        }
+    } else {
+        mount_with(&options)
+    };
+    mounted.map_err(|e| format!("mounting overlay at {}: {e}", rootfs.display()))?;
     Ok(rootfs)
 }
+
+/// The writable layer is mounted `volatile` (Linux 5.10+): the overlay never syncs its
+/// upper directory, so an unmount does not flush the whole host filesystem the upper
+/// lives on (1–2 ms per container here). A container's writable layer dies with it, and
+/// never outlives a host crash (a restarted container gets a new layer), so there is
+/// nothing to flush for; podman mounts transient containers the same way.
+const VOLATILE: &str = ",volatile";
+
+/// Set once a mount with `volatile` failed with EINVAL: an older kernel.
+static VOLATILE_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 
 /// Unmounts a rootfs (lazily when still busy). Not mounted is fine.
 pub fn unmount(path: &Path) -> Result<(), String> {

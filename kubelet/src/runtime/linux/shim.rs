@@ -35,7 +35,8 @@ use super::cgroups::Cgroups;
 use super::executor::{start_error_message, ContainerExecutor};
 use super::logs::{LineSplitter, RotatingLog, Stream, LOG_MAX_BYTES, LOG_MAX_FILES};
 use super::store::{
-    process_start_ticks, read_json, write_json_atomic, ContainerRecord, ExitRecord, StartedRecord,
+    process_start_ticks, read_json, write_json_atomic, ContainerRecord, Durability, ExitRecord,
+    StartedRecord,
     EXIT_FILE, META_FILE, SHIM_LOG, STATE_FILE,
 };
 
@@ -182,7 +183,7 @@ fn fail_start(dir: &Path, record: Option<&ContainerRecord>, message: &str) -> i3
         reason: Some("StartError".to_string()),
         message: Some(message.to_string()),
     };
-    if let Err(e) = write_json_atomic(&dir.join(EXIT_FILE), &exit) {
+    if let Err(e) = write_json_atomic(&dir.join(EXIT_FILE), &exit, Durability::Volatile) {
         tracing::error!(error = %e, "writing exit record");
     }
     if let Some(record) = record {
@@ -196,23 +197,33 @@ fn fail_start(dir: &Path, record: Option<&ContainerRecord>, message: &str) -> i3
     1
 }
 
-/// Deletes libcontainer's state and the container's cgroup, first releasing the memory
-/// still charged to it (see [`Cgroups::release_memory`]).
+/// Removes what a container leaves once its process has been reaped: its cgroup on every
+/// hierarchy (releasing the memory still charged to it first, see
+/// [`super::cgroups::release_memory`]) and libcontainer's state directory. That is all
+/// libcontainer's own delete does for a container without OCI hooks (the specs here have
+/// none), but its cgroup v1 manager finds each controller's hierarchy by reading
+/// `/proc/self/mountinfo` again, twelve reads per container, for hierarchies the shim
+/// already knows. Without them (detection failed), libcontainer deletes.
 fn delete_container(record: &ContainerRecord, cgroups: Option<&Cgroups>) {
     let state_dir = record.state_root.join(&record.id);
-    if !state_dir.exists() {
-        return;
-    }
-    match Container::load(state_dir) {
-        Ok(mut container) => {
-            if let Some(cgroups) = cgroups {
-                cgroups.release_memory(&record.cgroups_path);
+    let Some(cgroups) = cgroups else {
+        match Container::load(state_dir) {
+            Ok(mut container) => {
+                if let Err(e) = container.delete(true) {
+                    tracing::warn!(error = %e, "deleting container state");
+                }
             }
-            if let Err(e) = container.delete(true) {
-                tracing::warn!(error = %e, "deleting container state");
-            }
+            Err(e) => tracing::warn!(error = %e, "loading container state"),
         }
-        Err(e) => tracing::warn!(error = %e, "loading container state"),
+        return;
+    };
+    for error in cgroups.remove(&record.cgroups_path) {
+        tracing::warn!(%error, "removing the container's cgroup");
+    }
+    if let Err(e) = fs::remove_dir_all(&state_dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(error = %e, "removing libcontainer's state");
+        }
     }
 }
 
@@ -342,7 +353,7 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
         shim_start_ticks: process_start_ticks(std::process::id()).unwrap_or(0),
         started_at,
     };
-    if let Err(e) = write_json_atomic(&dir.join(STATE_FILE), &started) {
+    if let Err(e) = write_json_atomic(&dir.join(STATE_FILE), &started, Durability::Volatile) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(pid, None);
         return Err(format!("writing {STATE_FILE}: {e}"));
@@ -371,7 +382,7 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
         reason: None,
         message: None,
     };
-    if let Err(e) = write_json_atomic(&dir.join(EXIT_FILE), &exit) {
+    if let Err(e) = write_json_atomic(&dir.join(EXIT_FILE), &exit, Durability::Volatile) {
         tracing::error!(error = %e, "writing exit record");
     }
     tracing::info!(exit_code, oom_killed, "container exited");

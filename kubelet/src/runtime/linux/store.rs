@@ -1,9 +1,10 @@
 //! The on-disk records of a container under `ROOT/containers/<id>/`: `meta.json`
 //! (written at create), `state.json` (written by the shim once the process runs) and
 //! `exit.json` (written by the shim when it ends). Every record is written atomically
-//! (temporary file, fsync, rename), so a reader never sees half a record, and the files
+//! (temporary file, rename), so a reader never sees half a record, and the files
 //! outlive both the kubelet and the shim: they are how a restarted kubelet finds its
-//! containers.
+//! containers. Only what describes a container beyond its processes (`meta.json`) is
+//! fsync'd; see [`Durability`].
 
 use std::fs;
 use std::io::Write;
@@ -70,8 +71,28 @@ pub struct ExitRecord {
     pub message: Option<String>,
 }
 
+/// What a record has to survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A host crash too: fsync'd before the rename (a container's `meta.json`, which
+    /// keeps its name, attempt and logs known after a reboot, as containerd's metadata
+    /// database does).
+    Durable,
+    /// The kubelet and the shim, not a host crash: the state of processes, which a
+    /// host crash ends anyway (`state.json`, `exit.json`, an exec's process). runc
+    /// keeps the same state under `/run`, a tmpfs. Written to the page cache only, so
+    /// a container start or exit does not wait for the disk; after a crash such a
+    /// record may be missing or empty, and readers take that as a container whose
+    /// status is unknown.
+    Volatile,
+}
+
 /// Writes `value` as JSON to `path` so that readers see the old file or the whole new one.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+pub fn write_json_atomic<T: Serialize>(
+    path: &Path,
+    value: &T,
+    durability: Durability,
+) -> std::io::Result<()> {
     let data = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -82,7 +103,9 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Resul
     {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(&data)?;
-        file.sync_all()?;
+        if durability == Durability::Durable {
+            file.sync_all()?;
+        }
     }
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
@@ -149,7 +172,7 @@ mod tests {
             reason: None,
             message: None,
         };
-        write_json_atomic(&path, &record).expect("write");
+        write_json_atomic(&path, &record, Durability::Volatile).expect("write");
         assert_eq!(read_json::<ExitRecord>(&path).expect("read"), Some(record));
         let leftovers: Vec<_> = fs::read_dir(dir.path())
             .expect("dir")
