@@ -361,6 +361,9 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
     tracing::info!(pid = raw_pid, "container started");
     report(&format!("ok {raw_pid}"));
     close_status_pipe();
+    // Read now, while the container runs, rather than between its exit and the exit
+    // record: the whole mount table is read, and the exit should be seen soon.
+    let cgroups = Cgroups::detect().ok();
 
     let status = serve_until_exit(pid, sources, &mut log, attach.as_mut());
     let (exit_code, by_sigkill) = match status {
@@ -371,7 +374,6 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
         ),
         _ => (255, false),
     };
-    let cgroups = Cgroups::detect().ok();
     let oom_killed = cgroups
         .as_ref()
         .is_some_and(|cg| cg.oom_killed(&record.cgroups_path, by_sigkill));
