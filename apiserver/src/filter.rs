@@ -86,12 +86,33 @@ pub struct Selectable {
 impl Selectable {
     /// Reads `obj` at `pointers` (from [`selectable_pointers`]) and its labels.
     pub fn of(obj: &Value, pointers: &[&'static str]) -> Selectable {
-        let labels = obj
-            .pointer("/metadata/labels")
+        Selectable::from_parts(obj.pointer(LABELS), pointers.iter().map(|p| (*p, obj.pointer(p))))
+    }
+
+    /// [`Selectable::of`] the object `json` encodes, without building it: one pass that
+    /// steps into only the objects on the pointers' paths (`metadata`, `spec`, …) and
+    /// skips everything else, decoding only the values found. The watch cache reads each
+    /// object it is sent this way. Fails as decoding would, on anything but valid JSON.
+    pub fn of_json(json: &[u8], pointers: &[&'static str]) -> Result<Selectable, serde_json::Error> {
+        let mut paths: Vec<Vec<&str>> = Vec::with_capacity(pointers.len() + 1);
+        for pointer in std::iter::once(&LABELS).chain(pointers) {
+            paths.push(pointer.split('/').skip(1).collect());
+        }
+        let mut found: Vec<Option<Value>> = vec![None; paths.len()];
+        let wanted: Vec<(usize, &[&str])> = paths.iter().enumerate().map(|(i, p)| (i, p.as_slice())).collect();
+        let mut de = serde_json::Deserializer::from_slice(json);
+        serde::de::DeserializeSeed::deserialize(Walk { wanted: &wanted, found: &mut found }, &mut de)?;
+        de.end()?;
+        let (labels, values) = found.split_at(1);
+        Ok(Selectable::from_parts(labels[0].as_ref(), pointers.iter().copied().zip(values.iter().map(Option::as_ref))))
+    }
+
+    fn from_parts<'a>(labels: Option<&Value>, values: impl Iterator<Item = (&'static str, Option<&'a Value>)>) -> Selectable {
+        let labels = labels
             .and_then(Value::as_object)
             .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
             .unwrap_or_default();
-        let values = pointers.iter().filter_map(|p| Some((*p, str_at(obj, p)?))).collect();
+        let values = values.filter_map(|(p, v)| Some((p, scalar_text(v?)?))).collect();
         Selectable { labels, values }
     }
 
@@ -121,11 +142,113 @@ pub fn selectable_pointers(storage_resource: &str) -> Vec<&'static str> {
 }
 
 fn str_at(obj: &Value, pointer: &str) -> Option<String> {
-    match obj.pointer(pointer) {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Bool(b)) => Some(b.to_string()),
-        Some(Value::Number(n)) => Some(n.to_string()),
+    scalar_text(obj.pointer(pointer)?)
+}
+
+/// A string, boolean or number as a field selector compares it.
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+const LABELS: &str = "/metadata/labels";
+
+/// One level of [`Selectable::of_json`]'s pass: the paths (keys from here on) still
+/// wanted below this value, each with where its value goes.
+struct Walk<'w, 'p> {
+    wanted: &'w [(usize, &'p [&'p str])],
+    found: &'w mut [Option<Value>],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let key = key.as_str();
+            let below: Vec<(usize, &[&str])> = self
+                .wanted
+                .iter()
+                .filter(|(_, path)| path.first() == Some(&key))
+                .map(|(i, path)| (*i, &path[1..]))
+                .collect();
+            if let Some((i, _)) = below.iter().find(|(_, rest)| rest.is_empty()) {
+                self.found[*i] = Some(map.next_value::<Value>()?);
+            } else if below.is_empty() {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            } else {
+                map.next_value_seed(Walk { wanted: &below, found: &mut *self.found })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the input unless it had escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
     }
 }
 
@@ -251,9 +374,30 @@ mod tests {
         ];
         for (res, obj, namespace, labels, fields) in cases {
             let filter = Filter::new(res, namespace.map(str::to_string), labels, fields).expect("filter");
-            let selectable = Selectable::of(obj, &selectable_pointers(res.storage_resource));
+            let pointers = selectable_pointers(res.storage_resource);
+            let selectable = Selectable::of(obj, &pointers);
             assert_eq!(filter.matches_selectable(&selectable), filter.matches(obj), "{obj} {namespace:?} {labels:?} {fields:?}");
+            // Read from the JSON without decoding it, the same.
+            let from_json = Selectable::of_json(&serde_json::to_vec(obj).expect("json"), &pointers).expect("of_json");
+            assert_eq!(from_json, selectable, "{obj}");
         }
+        // Escaped keys, values of other types, nested objects and arrays skipped, numbers.
+        let pods_pointers = selectable_pointers(pods.storage_resource);
+        let text = br#"{"kind":"Pod","spec":{"containers":[{"name":"a","env":[{"name":"x"}]}],"nodeName":"n1","hostNetwork":true},
+            "metadata":{"labels":{"app":"web","n":3},"name":"a","namespace":"default","annotations":{"metadata":{"name":"no"}}},
+            "status":{"phase":{"not":"a scalar"}}}"#;
+        let from_json = Selectable::of_json(text, &pods_pointers).expect("of_json");
+        let value: Value = serde_json::from_slice(text).expect("value");
+        assert_eq!(from_json, Selectable::of(&value, &pods_pointers));
+        assert_eq!(from_json.at("/spec/nodeName"), Some("n1"));
+        assert_eq!(from_json.at("/spec/hostNetwork"), Some("true"));
+        assert_eq!(from_json.at("/metadata/name"), Some("a"));
+        assert_eq!(from_json.at("/status/phase"), None);
+        assert_eq!(from_json.labels.len(), 1);
+        // Not JSON, or JSON with trailing garbage, is an error as decoding is.
+        assert!(Selectable::of_json(br#"{"metadata":{"name":"a"}"#, &pods_pointers).is_err());
+        assert!(Selectable::of_json(br#"{"metadata":{}} x"#, &pods_pointers).is_err());
+        assert!(Selectable::of_json(br#"[1,"a"]"#, &pods_pointers).is_ok_and(|s| s.labels.is_empty() && s.at("/metadata/name").is_none()));
         // Both event groups are filtered in the one store of core Events.
         let pointers = selectable_pointers(new_events.storage_resource);
         assert!(pointers.contains(&"/involvedObject/kind") && pointers.contains(&"/source/component"));

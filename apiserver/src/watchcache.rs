@@ -61,12 +61,13 @@ impl CachedObject {
     /// An object from its stored bytes, at `revision`, keeping what filters read at
     /// `pointers` (see [`selectable_pointers`]).
     pub fn from_stored(stored: &[u8], revision: Revision, pointers: &[&'static str]) -> Result<CachedObject, StoreError> {
-        let obj = decode_stored(stored, revision)?;
+        // Read without decoding the object: most cached objects are only ever sent on.
+        let selectable = Selectable::of_json(stored, pointers).map_err(|e| StoreError::Corrupt(format!("stored object is not JSON: {e}")))?;
         let mut json = Vec::with_capacity(stored.len() + 32);
         if !crate::rawjson::append_with_resource_version(&mut json, stored, revision) {
-            json = encode(&obj)?;
+            json = encode(&decode_stored(stored, revision)?)?;
         }
-        Ok(CachedObject { json: Bytes::from(json), revision, selectable: Selectable::of(&obj, pointers), decoded: OnceLock::new() })
+        Ok(CachedObject { json: Bytes::from(json), revision, selectable, decoded: OnceLock::new() })
     }
 
     /// This object as it was deleted at `revision`: the same, with that resourceVersion.
