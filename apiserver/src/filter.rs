@@ -182,18 +182,15 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_, '_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let key = key.as_str();
-            let below: Vec<(usize, &[&str])> = self
-                .wanted
-                .iter()
-                .filter(|(_, path)| path.first() == Some(&key))
-                .map(|(i, path)| (*i, &path[1..]))
-                .collect();
-            if let Some((i, _)) = below.iter().find(|(_, rest)| rest.is_empty()) {
-                self.found[*i] = Some(map.next_value::<Value>()?);
-            } else if below.is_empty() {
+            let on_path = |(_, path): &&(usize, &[&str])| path.first() == Some(&key);
+            if !self.wanted.iter().any(|w| on_path(&w)) {
                 map.next_value::<serde::de::IgnoredAny>()?;
-            } else {
-                map.next_value_seed(Walk { wanted: &below, found: &mut *self.found })?;
+                continue;
+            }
+            let below: Vec<(usize, &[&str])> = self.wanted.iter().filter(on_path).map(|(i, path)| (*i, &path[1..])).collect();
+            match below.iter().find(|(_, rest)| rest.is_empty()) {
+                Some((i, _)) => self.found[*i] = Some(map.next_value::<Value>()?),
+                None => map.next_value_seed(Walk { wanted: &below, found: &mut *self.found })?,
             }
         }
         Ok(())

@@ -36,8 +36,7 @@ use super::executor::{start_error_message, ContainerExecutor};
 use super::logs::{LineSplitter, RotatingLog, Stream, LOG_MAX_BYTES, LOG_MAX_FILES};
 use super::store::{
     process_start_ticks, read_json, write_json_atomic, ContainerRecord, Durability, ExitRecord,
-    StartedRecord,
-    EXIT_FILE, META_FILE, SHIM_LOG, STATE_FILE,
+    StartedRecord, EXIT_FILE, META_FILE, SHIM_LOG, STATE_FILE,
 };
 
 /// The hidden first argument that turns the kubelet binary into a shim or exec helper.
