@@ -643,6 +643,11 @@ async fn containers_of_a_pod_share_localhost() -> anyhow::Result<()> {
             .await?
             .iter()
             .all(|c| c.state == ContainerState::Exited));
+        // With every container of the pod removed, its cgroup stays while its sandbox does.
+        for c in lab.runtime.list_containers().await? {
+            lab.runtime.remove_container(&c.id).await?;
+        }
+        ensure!(lab.runtime.list_containers().await?.is_empty());
         let pod_cgroups = || cgroup_dirs(&lab.cgroup_root).into_iter().map(|d| d.join("poduid-web")).filter(|d| d.is_dir()).count();
         ensure!(pod_cgroups() > 0, "the pod's cgroup went before its sandbox");
         lab.runtime.remove_pod_sandbox(&sandbox.id).await?;
