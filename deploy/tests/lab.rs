@@ -118,6 +118,25 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `Private_Dirty` (kB) of each of the lab's container shims: the memory a shim does not
+/// share with the lab process and the other shims.
+fn shims_private_dirty_kib(dir: &Path) -> Vec<(u32, u64)> {
+    let needle = format!("__rkube-shim\0start\0{}", dir.display());
+    let entries = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    entries
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .filter_map(|pid| {
+            let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+            let line = rollup.lines().find(|l| l.starts_with("Private_Dirty:"))?;
+            Some((pid, line.split_whitespace().nth(1)?.parse().ok()?))
+        })
+        .collect()
+}
+
 fn http_get(addr: &str) -> anyhow::Result<String> {
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -232,6 +251,13 @@ fn deployment_serves_http(lab: &Lab) -> anyhow::Result<()> {
     assert_eq!(exec.trim(), format!("hello from {pod}"));
     let hostname = lab.kubectl(&["exec", pod, "--", "hostname"])?;
     assert_eq!(hostname.trim(), pod);
+
+    // A shim shares the binary's pages with the lab and the other shims: as a PIE, each
+    // one held a private relocated copy of its read-only data (~1.6 MiB); see
+    // deploy/build.rs.
+    let shims = shims_private_dirty_kib(lab.dir.path());
+    assert!(shims.len() >= 3, "the web pods' shims: {shims:?}");
+    assert!(shims.iter().all(|(_, kib)| *kib < 1024), "shims' private dirty memory (pid, kB): {shims:?}");
 
     // logs -f follows new output.
     let mut follow = lab.kubectl_cmd(&["logs", "-f", pod]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;

@@ -1,6 +1,7 @@
 //! Container create + start + exit through the real runtime (`LinuxRuntime`: overlay
 //! rootfs, OCI spec, a detached shim running libcontainer, records on disk) against
-//! `runc run` of the same OCI bundle, measured interleaved in the same run.
+//! `runc run` of the same OCI bundle, measured interleaved in the same run. The shims run
+//! from the built `kubelet` binary.
 //!
 //! One host-network pod sandbox is created up front, so pod networking (veth, bridge,
 //! IPAM) is not in the measured loop; its IPC and UTS namespaces are, as the containers
@@ -423,8 +424,10 @@ async fn run(runc: PathBuf) -> anyhow::Result<()> {
         &bridge,
         Ipv4Addr::new(192, 0, 2, 2),
     ))?);
-    // The shim is this binary: `main` runs it when asked.
-    let runtime = LinuxRuntime::new(root.clone(), images, sandboxes, cgroup_root.clone())?;
+    // Shims run from the kubelet binary, as they do on a node (it is linked as users get
+    // it, see kubelet/build.rs; this bench binary is not).
+    let runtime = LinuxRuntime::new(root.clone(), images, sandboxes, cgroup_root.clone())?
+        .with_shim_binary(PathBuf::from(env!("CARGO_BIN_EXE_kubelet")));
     let bench = Bench {
         temp,
         root,
@@ -462,8 +465,6 @@ fn skipped(reason: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    // The runtime starts shims from this binary.
-    kubelet::runtime::linux::shim_main_if_requested();
     if !nix::unistd::geteuid().is_root() {
         return skipped("needs root (namespaces, cgroups, mounts)");
     }
