@@ -386,6 +386,54 @@ async fn etcd_puts(client: &etcd_client::Client, prefix: &str, n: usize, clients
     .await
 }
 
+/// The storage contract's own cost, a second etcd reference: the write any Kubernetes
+/// apiserver must ask of etcd for a create (a `txn` that puts the key only if it does not
+/// exist yet), `clients` concurrent on one client, while one prefix watch with previous
+/// values (as a watch cache keeps) takes every event. No apiserver can create faster
+/// than etcd answers these, so `this ÷ raw puts` bounds the create ratio from above.
+async fn etcd_creates_watched(client: &etcd_client::Client, prefix: &str, n: usize, clients: usize, size: usize) -> anyhow::Result<f64> {
+    let options = etcd_client::WatchOptions::new().with_prefix().with_prev_key();
+    let mut stream = client.clone().watch(prefix, Some(options)).await?;
+    let watched = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < n {
+            match stream.message().await? {
+                Some(resp) => seen += resp.events().len(),
+                None => bail!("the watch ended after {seen} of {n} events"),
+            }
+        }
+        anyhow::Ok(())
+    });
+    let value = Bytes::from(vec![b'x'; size]);
+    let prefix = prefix.to_string();
+    let client = client.clone();
+    let rate = concurrent(
+        n,
+        clients,
+        || {
+            let c = client.clone();
+            async move { Ok(c) }
+        },
+        move |mut c, i| {
+            let key = format!("{prefix}{i}");
+            let value = value.to_vec();
+            async move {
+                let txn = etcd_client::Txn::new()
+                    .when([etcd_client::Compare::create_revision(key.clone(), etcd_client::CompareOp::Equal, 0)])
+                    .and_then([etcd_client::TxnOp::put(key, value, None)]);
+                let resp = c.txn(txn).await?;
+                if !resp.succeeded() {
+                    bail!("a create-if-absent txn found its key");
+                }
+                Ok(c)
+            }
+        },
+    )
+    .await?;
+    tokio::time::timeout(Duration::from_secs(60), watched).await.context("the reference watch lagged")???;
+    Ok(rate)
+}
+
 /// Raw appends of `size`-byte records (plus the key, framed like the store's log) to one
 /// file, each made durable with `sync_data` before its writer is answered.
 ///
@@ -580,11 +628,12 @@ async fn run_backend(backend: &str, s: &Settings, rows: &mut Vec<Row>, stored_si
     let mut api_rates = Vec::new();
     let mut ref_rates = Vec::new();
     let mut single_rates = Vec::new();
+    let mut contract_rates = Vec::new();
     // CPU per write: the apiserver's and etcd's during apiserver rounds, etcd's during
     // reference rounds (µs per create or put, one value per round).
     let etcd_pid = etcd.as_ref().and_then(|e| e.cluster.members.first()?.child.as_ref().map(|c| c.id()));
     let pids: Vec<u32> = std::iter::once(server.child.id()).chain(etcd_pid).collect();
-    let (mut api_cpu, mut etcd_cpu, mut ref_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut api_cpu, mut etcd_cpu, mut ref_cpu, mut contract_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let per_write = |d: Duration| d.as_secs_f64() * 1e6 / s.pods as f64;
     for round in 0..s.rounds {
         let (api, used) = cpu_during(&pids, create_pods(addr, &format!("bench-r{round}"), s.pods, s.clients)).await?;
@@ -598,6 +647,11 @@ async fn run_backend(backend: &str, s: &Settings, rows: &mut Vec<Row>, stored_si
                 if let Some(etcd_used) = used.get(1) {
                     ref_cpu.push(per_write(*etcd_used));
                 }
+                let (contract, used) = cpu_during(&pids, etcd_creates_watched(&etcd.client, &format!("/bench/t{round}/"), s.pods, s.clients, size)).await?;
+                if let Some(etcd_used) = used.get(1) {
+                    contract_cpu.push(per_write(*etcd_used));
+                }
+                contract_rates.push(contract);
                 rate
             }
             None => {
@@ -606,7 +660,10 @@ async fn run_backend(backend: &str, s: &Settings, rows: &mut Vec<Row>, stored_si
                 grouped
             }
         };
-        eprintln!("  round {round}: apiserver {api:.0}/s, reference {reference:.0}/s");
+        match contract_rates.last() {
+            Some(contract) => eprintln!("  round {round}: apiserver {api:.0}/s, reference {reference:.0}/s, create txns watched {contract:.0}/s"),
+            None => eprintln!("  round {round}: apiserver {api:.0}/s, reference {reference:.0}/s"),
+        }
         api_rates.push(api);
         ref_rates.push(reference);
     }
@@ -631,6 +688,28 @@ async fn run_backend(backend: &str, s: &Settings, rows: &mut Vec<Row>, stored_si
             format!("{:.2}", reference / during),
             "",
         ));
+    }
+    if !contract_rates.is_empty() {
+        let contract = median(&contract_rates);
+        rows.push(row(
+            backend,
+            "  (ceiling: etcd's create-if-absent txns under a watch, ÷ raw puts)",
+            format!("{contract:.0}/s"),
+            format!("{reference:.0}/s raw etcd put"),
+            format!("{:.2}", contract / reference),
+            "",
+        ));
+        rows.push(row(
+            backend,
+            "  pod creates/s ÷ that ceiling",
+            format!("{api:.0}/s"),
+            format!("{contract:.0}/s create txns watched"),
+            format!("{:.2}", api / contract),
+            "",
+        ));
+        if !contract_cpu.is_empty() {
+            rows.push(row(backend, "  etcd CPU per watched create txn", format!("{:.0} µs", median(&contract_cpu)), String::new(), String::new(), ""));
+        }
     }
     if !single_rates.is_empty() {
         let single = median(&single_rates);
