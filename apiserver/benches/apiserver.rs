@@ -361,9 +361,13 @@ async fn create_pods(addr: SocketAddr, prefix: &str, n: usize, clients: usize) -
     .await
 }
 
-/// The raw etcd reference: `put`s of `size` bytes, 32 concurrent on one client (one
-/// gRPC connection, as the apiserver has).
-async fn etcd_puts(client: &etcd_client::Client, prefix: &str, n: usize, clients: usize, size: usize) -> anyhow::Result<f64> {
+/// `n` writes of `size` bytes to the keys `<prefix><i>`, `clients` concurrent on one
+/// etcd client (one gRPC connection, as the apiserver has); `write` makes one of them.
+async fn etcd_writes<W, F>(client: &etcd_client::Client, prefix: &str, n: usize, clients: usize, size: usize, write: W) -> anyhow::Result<f64>
+where
+    W: Fn(etcd_client::Client, String, Vec<u8>) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = anyhow::Result<etcd_client::Client>> + Send + 'static,
+{
     let value = Bytes::from(vec![b'x'; size]);
     let prefix = prefix.to_string();
     let client = client.clone();
@@ -374,23 +378,25 @@ async fn etcd_puts(client: &etcd_client::Client, prefix: &str, n: usize, clients
             let c = client.clone();
             async move { Ok(c) }
         },
-        move |mut c, i| {
-            let key = format!("{prefix}{i}");
-            let value = value.to_vec();
-            async move {
-                c.put(key, value, None).await?;
-                Ok(c)
-            }
-        },
+        move |c, i| write(c, format!("{prefix}{i}"), value.to_vec()),
     )
+    .await
+}
+
+/// The raw etcd reference: `put`s of `size` bytes.
+async fn etcd_puts(client: &etcd_client::Client, prefix: &str, n: usize, clients: usize, size: usize) -> anyhow::Result<f64> {
+    etcd_writes(client, prefix, n, clients, size, |mut c, key, value| async move {
+        c.put(key, value, None).await?;
+        Ok(c)
+    })
     .await
 }
 
 /// The storage contract's own cost, a second etcd reference: the write any Kubernetes
 /// apiserver must ask of etcd for a create (a `txn` that puts the key only if it does not
-/// exist yet), `clients` concurrent on one client, while one prefix watch with previous
-/// values (as a watch cache keeps) takes every event. No apiserver can create faster
-/// than etcd answers these, so `this ÷ raw puts` bounds the create ratio from above.
+/// exist yet), while one prefix watch with previous values (as a watch cache keeps)
+/// takes every event. No apiserver can create faster than etcd answers these, so
+/// `this ÷ raw puts` bounds the create ratio from above.
 async fn etcd_creates_watched(client: &etcd_client::Client, prefix: &str, n: usize, clients: usize, size: usize) -> anyhow::Result<f64> {
     let options = etcd_client::WatchOptions::new().with_prefix().with_prev_key();
     let mut stream = client.clone().watch(prefix, Some(options)).await?;
@@ -404,31 +410,15 @@ async fn etcd_creates_watched(client: &etcd_client::Client, prefix: &str, n: usi
         }
         anyhow::Ok(())
     });
-    let value = Bytes::from(vec![b'x'; size]);
-    let prefix = prefix.to_string();
-    let client = client.clone();
-    let rate = concurrent(
-        n,
-        clients,
-        || {
-            let c = client.clone();
-            async move { Ok(c) }
-        },
-        move |mut c, i| {
-            let key = format!("{prefix}{i}");
-            let value = value.to_vec();
-            async move {
-                let txn = etcd_client::Txn::new()
-                    .when([etcd_client::Compare::create_revision(key.clone(), etcd_client::CompareOp::Equal, 0)])
-                    .and_then([etcd_client::TxnOp::put(key, value, None)]);
-                let resp = c.txn(txn).await?;
-                if !resp.succeeded() {
-                    bail!("a create-if-absent txn found its key");
-                }
-                Ok(c)
-            }
-        },
-    )
+    let rate = etcd_writes(client, prefix, n, clients, size, |mut c, key, value| async move {
+        let txn = etcd_client::Txn::new()
+            .when([etcd_client::Compare::create_revision(key.clone(), etcd_client::CompareOp::Equal, 0)])
+            .and_then([etcd_client::TxnOp::put(key, value, None)]);
+        if !c.txn(txn).await?.succeeded() {
+            bail!("a create-if-absent txn found its key");
+        }
+        Ok(c)
+    })
     .await?;
     tokio::time::timeout(Duration::from_secs(60), watched).await.context("the reference watch lagged")???;
     Ok(rate)
