@@ -331,9 +331,15 @@ async fn cronjob_creates_the_due_job_tracks_it_and_trims_history() -> anyhow::Re
         Ok(jobs.list(&ListParams::default().labels("app=tick")).await?.items.into_iter().next())
     })
     .await?;
-    let cj = api.get("tick").await?;
-    let last = cj.status.as_ref().and_then(|s| s.last_schedule_time.clone()).context("no lastScheduleTime")?;
-    assert!(last.0.as_second() > earlier.as_second() && last.0.as_second() % 60 == 0, "{last:?}");
+    // The controller creates the Job first and writes the CronJob's status after it, as
+    // Kubernetes' does: wait for lastScheduleTime to move past the pretended last run.
+    let last = eventually(WAIT, "tick's lastScheduleTime to move", || async {
+        let cj = api.get("tick").await?;
+        let last = cj.status.and_then(|s| s.last_schedule_time);
+        Ok(last.filter(|t| t.0.as_second() > earlier.as_second()))
+    })
+    .await?;
+    assert_eq!(last.0.as_second() % 60, 0, "{last:?}");
     let stamp = job.annotations().get("batch.kubernetes.io/cronjob-scheduled-timestamp").cloned().unwrap_or_default();
     assert!(stamp.ends_with("+09:00"), "scheduled timestamp in the CronJob's zone: {stamp}");
     let scheduled: k8s_openapi::jiff::Timestamp = stamp.parse()?;
