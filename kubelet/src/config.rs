@@ -163,6 +163,15 @@ impl KubeletConfig {
     pub fn pods_dir(&self) -> PathBuf {
         self.root_dir.join("pods")
     }
+
+    /// Memory-backed volumes get a tmpfs on a node that runs containers; a hollow node's
+    /// are plain directories.
+    pub fn memory_backing(&self) -> crate::pods::volumes::MemoryBacking {
+        match self.runtime {
+            RuntimeKind::Linux => crate::pods::volumes::MemoryBacking::Tmpfs,
+            RuntimeKind::Fake => crate::pods::volumes::MemoryBacking::Directory,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -101,6 +101,21 @@ async fn hollow_kubelet_registers_runs_and_deletes_pods() -> anyhow::Result<()> 
         assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
     }
 
+    // A hollow node sets up each pod's volumes (here the ServiceAccount token's projected
+    // volume) as plain directories: its fake runtime runs nothing that reads them, so it
+    // mounts nothing on the host, and nothing is left behind when it stops.
+    let root = cluster.dir.path().join("kubelet-hollow-1");
+    for p in &running {
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let projected = root.join("pods").join(&uid).join("volumes/kubernetes.io~projected");
+        let token = std::fs::read_dir(&projected)?.flatten().map(|e| e.path().join("token")).next();
+        let token = token.map(std::fs::read_to_string).transpose()?.unwrap_or_default();
+        assert_eq!(token.split('.').count(), 3, "a JWT in {}: {token:?}", projected.display());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let under_root: Vec<&str> = mountinfo.lines().filter(|l| l.split(' ').nth(4).is_some_and(|m| std::path::Path::new(m).starts_with(&root))).collect();
+    assert!(under_root.is_empty(), "a hollow kubelet mounts nothing: {under_root:#?}");
+
     // The kubelet reports what it did as events on the pod.
     let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
     let name = running[0].metadata.name.clone().unwrap_or_default();

@@ -40,6 +40,16 @@ fn setup(volume: &str, message: impl Into<String>) -> VolumeError {
     VolumeError::SetUp { volume: volume.into(), message: message.into() }
 }
 
+/// Whether memory-backed volumes (secret, projected, `medium: Memory` emptyDirs) are on
+/// their own tmpfs, or plain directories: a hollow node's fake runtime runs nothing that
+/// reads them, and many hollow nodes share one process that need not be root, so they
+/// mount nothing (as kubemark's hollow kubelet uses a fake mounter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryBacking {
+    Tmpfs,
+    Directory,
+}
+
 /// Where each volume of a pod is on the host, by volume name.
 pub type VolumePaths = BTreeMap<String, PathBuf>;
 
@@ -95,26 +105,26 @@ impl ServiceAccountTokens {
 }
 
 /// Sets up (or refreshes) every volume of `pod`; returns the host path of each.
-pub async fn prepare(pods_dir: &Path, pod: &Pod, sources: &mut Sources, tokens: &mut ServiceAccountTokens) -> Result<VolumePaths, VolumeError> {
+pub async fn prepare(pods_dir: &Path, memory: MemoryBacking, pod: &Pod, sources: &mut Sources, tokens: &mut ServiceAccountTokens) -> Result<VolumePaths, VolumeError> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let base = pod_dir(pods_dir, &uid).join("volumes");
     let mut out = VolumePaths::new();
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
     for v in &volumes {
-        let path = prepare_one(&base, pod, v, sources, tokens).await?;
+        let path = prepare_one(&base, memory, pod, v, sources, tokens).await?;
         out.insert(v.name.clone(), path);
     }
     Ok(out)
 }
 
-async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources, tokens: &mut ServiceAccountTokens) -> Result<PathBuf, VolumeError> {
+async fn prepare_one(base: &Path, memory: MemoryBacking, pod: &Pod, v: &Volume, sources: &mut Sources, tokens: &mut ServiceAccountTokens) -> Result<PathBuf, VolumeError> {
     let name = v.name.as_str();
     if let Some(e) = &v.empty_dir {
         let dir = base.join("kubernetes.io~empty-dir").join(name);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating emptyDir {}", dir.display())))?;
         // 0777 as the kubelet makes it, so non-root containers can write.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io("chmod emptyDir"))?;
-        if e.medium.as_deref() == Some("Memory") && !is_mount_root(&dir) {
+        if e.medium.as_deref() == Some("Memory") && memory == MemoryBacking::Tmpfs && !is_mount_root(&dir) {
             let size = e.size_limit.as_ref().and_then(|q| apimachinery::quantity::Quantity::parse(&q.0).ok()).map(|q| q.to_bytes());
             // No mode: tmpfs's own 1777, as the kubelet's tmpfs emptyDir has.
             let data = match size {
@@ -151,7 +161,7 @@ async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources, 
             None => return Err(setup(name, format!("secret \"{secret_name}\" not found"))),
         };
         let files = project_keys(name, &entries, s.items.as_deref(), s.default_mode, "secret", &secret_name)?;
-        memory_backed(name, &dir)?;
+        memory_backed(name, &dir, memory)?;
         write_atomic(&dir, &files)?;
         return Ok(dir);
     }
@@ -190,7 +200,7 @@ async fn prepare_one(base: &Path, pod: &Pod, v: &Volume, sources: &mut Sources, 
                 files.push((t.path.clone(), token.into_bytes(), mode));
             }
         }
-        memory_backed(name, &dir)?;
+        memory_backed(name, &dir, memory)?;
         write_atomic(&dir, &files)?;
         return Ok(dir);
     }
@@ -430,9 +440,9 @@ fn mount_tmpfs(volume: &str, dir: &Path, data: &str) -> Result<(), VolumeError> 
 /// already holds files on disk (written before volumes were memory-backed, and bind
 /// mounted into running containers) stays as it is, so those containers keep seeing
 /// its updates.
-fn memory_backed(volume: &str, dir: &Path) -> Result<(), VolumeError> {
+fn memory_backed(volume: &str, dir: &Path, memory: MemoryBacking) -> Result<(), VolumeError> {
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    if is_mount_root(dir) {
+    if memory == MemoryBacking::Directory || is_mount_root(dir) {
         return Ok(());
     }
     let empty = std::fs::read_dir(dir).map_err(io(format!("reading {}", dir.display())))?.next().is_none();

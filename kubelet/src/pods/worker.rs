@@ -215,7 +215,7 @@ impl Worker {
             return Duration::from_millis(500);
         }
         let mut sources = Sources::new(self.ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
-        let volumes = match volumes::prepare(&self.ctx.config.pods_dir(), pod, &mut sources, &mut self.tokens).await {
+        let volumes = match volumes::prepare(&self.ctx.config.pods_dir(), self.ctx.config.memory_backing(), pod, &mut sources, &mut self.tokens).await {
             Ok(v) => v,
             Err(e) => {
                 self.event(pod, "Warning", "FailedMount", &e.to_string()).await;
