@@ -11,9 +11,10 @@ use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use rkube_tests::cluster::{eventually, Cluster};
 
-async fn start_hollow_kubelet(cluster: &Cluster, name: &str) -> anyhow::Result<tokio_util::sync::CancellationToken> {
+/// Starts a hollow kubelet named `name`; returns what stops it and its root directory.
+async fn start_hollow_kubelet(cluster: &Cluster, name: &str) -> anyhow::Result<(tokio_util::sync::CancellationToken, std::path::PathBuf)> {
     let root = cluster.dir.path().join(format!("kubelet-{name}"));
-    let mut config = kubelet::KubeletConfig::new(name, root);
+    let mut config = kubelet::KubeletConfig::new(name, root.clone());
     config.runtime = kubelet::RuntimeKind::Fake;
     config.port = 0;
     config.address = std::net::Ipv4Addr::LOCALHOST;
@@ -26,7 +27,7 @@ async fn start_hollow_kubelet(cluster: &Cluster, name: &str) -> anyhow::Result<t
             eprintln!("hollow kubelet failed: {e:#}");
         }
     });
-    Ok(token)
+    Ok((token, root))
 }
 
 fn ready(node: &Node) -> bool {
@@ -44,7 +45,7 @@ async fn hollow_kubelet_registers_runs_and_deletes_pods() -> anyhow::Result<()> 
     let sched_token = cluster.shutdown.child_token();
     let sched_config = scheduler::Config { kubeconfig: Some(cluster.kubeconfig.clone()), leader_elect: false, ..Default::default() };
     tokio::spawn(scheduler::run(sched_config, sched_token));
-    let _kubelet = start_hollow_kubelet(&cluster, "hollow-1").await?;
+    let (_kubelet, root) = start_hollow_kubelet(&cluster, "hollow-1").await?;
 
     let nodes: Api<Node> = Api::all(cluster.client.clone());
     let node = eventually(Duration::from_secs(20), "node hollow-1 Ready with a podCIDR", || {
@@ -104,7 +105,6 @@ async fn hollow_kubelet_registers_runs_and_deletes_pods() -> anyhow::Result<()> 
     // A hollow node sets up each pod's volumes (here the ServiceAccount token's projected
     // volume) as plain directories: its fake runtime runs nothing that reads them, so it
     // mounts nothing on the host, and nothing is left behind when it stops.
-    let root = cluster.dir.path().join("kubelet-hollow-1");
     for p in &running {
         let uid = p.metadata.uid.clone().unwrap_or_default();
         let projected = root.join("pods").join(&uid).join("volumes/kubernetes.io~projected");
