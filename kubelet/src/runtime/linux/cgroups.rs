@@ -27,7 +27,7 @@ const V1_CONTROLLERS: &[&str] = &[
 ];
 
 /// A mounted cgroup hierarchy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hierarchy {
     pub mount_point: PathBuf,
     /// v1 controllers (or `name=…` for a named hierarchy); empty for v2.

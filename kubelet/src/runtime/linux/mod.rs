@@ -365,6 +365,7 @@ impl Inner {
             stop_signal: image_config.and_then(|c| c.stop_signal().clone()),
             cgroups_path,
             state_root: self.state_root.clone(),
+            cgroup_hierarchies: Some(self.cgroups.hierarchies().to_vec()),
         };
         write_json_atomic(&dir.join(META_FILE), &record, Durability::Durable)
             .map_err(|e| format!("writing {META_FILE}: {e}"))

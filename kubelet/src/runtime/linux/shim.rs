@@ -188,7 +188,7 @@ fn fail_start(dir: &Path, record: Option<&ContainerRecord>, message: &str) -> i3
     if let Some(record) = record {
         // libcontainer removes what it made when `build` fails; this catches a failure
         // of `start` after a successful build.
-        delete_container(record, Cgroups::detect().ok().as_ref());
+        delete_container(record, record.cgroups().as_ref());
     }
     reap_children();
     report(&format!("error {}", message.replace('\n', " ")));
@@ -360,9 +360,10 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
     tracing::info!(pid = raw_pid, "container started");
     report(&format!("ok {raw_pid}"));
     close_status_pipe();
-    // Read now, while the container runs, rather than between its exit and the exit
-    // record: the whole mount table is read, and the exit should be seen soon.
-    let cgroups = Cgroups::detect().ok();
+    // Before the wait: for a record without the kubelet's hierarchies the whole mount
+    // table is read, better while the container runs than between its exit and the
+    // exit record.
+    let cgroups = record.cgroups();
 
     let status = serve_until_exit(pid, sources, &mut log, attach.as_mut());
     let (exit_code, by_sigkill) = match status {

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::cgroups::{Cgroups, Hierarchy};
 use crate::runtime::{ContainerConfig, Result, RuntimeError};
 
 pub const META_FILE: &str = "meta.json";
@@ -42,6 +43,23 @@ pub struct ContainerRecord {
     pub cgroups_path: String,
     /// libcontainer's state directory (`ROOT/libcontainer-state`).
     pub state_root: PathBuf,
+    /// The host's cgroup hierarchies as the kubelet found them, so that the shim finds
+    /// the container's cgroup without reading the whole mount table again (at a hundred
+    /// pods that table is about 100 KB). Records written before this field have none,
+    /// and their shims read the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_hierarchies: Option<Vec<Hierarchy>>,
+}
+
+impl ContainerRecord {
+    /// The host's cgroup layout: the one recorded at create, else read now (`None` if
+    /// the mount table cannot be read).
+    pub fn cgroups(&self) -> Option<Cgroups> {
+        match &self.cgroup_hierarchies {
+            Some(hierarchies) => Some(Cgroups::from_hierarchies(hierarchies.clone())),
+            None => Cgroups::detect().ok(),
+        }
+    }
 }
 
 /// Written by the shim once the container's process runs.
@@ -180,6 +198,70 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    fn sample_record(hierarchies: Option<Vec<Hierarchy>>) -> ContainerRecord {
+        ContainerRecord {
+            id: new_id(),
+            sandbox_id: new_id(),
+            config: ContainerConfig {
+                name: "app".into(),
+                attempt: 0,
+                image: "busybox".into(),
+                command: vec![],
+                args: vec![],
+                working_dir: None,
+                envs: vec![],
+                mounts: vec![],
+                log_path: PathBuf::from("/var/log/pods/app/0.log"),
+                resources: Default::default(),
+                run_as_user: None,
+                run_as_group: None,
+                privileged: false,
+                tty: false,
+                stdin: false,
+                stdin_once: false,
+                labels: Default::default(),
+                annotations: Default::default(),
+            },
+            image_ref: "busybox".into(),
+            image_id: "sha256:1".into(),
+            created_at: Utc::now(),
+            stop_signal: None,
+            cgroups_path: "/rkube/pod1/c1".into(),
+            state_root: PathBuf::from("/var/lib/rkube/libcontainer-state"),
+            cgroup_hierarchies: hierarchies,
+        }
+    }
+
+    #[test]
+    fn the_shim_takes_the_recorded_hierarchies_and_old_records_detect() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(META_FILE);
+        // Not this host's layout: a shim reading the record must see these.
+        let recorded = vec![Hierarchy {
+            mount_point: PathBuf::from("/sys/fs/cgroup/memory"),
+            controllers: vec!["memory".into()],
+            unified: false,
+        }];
+        write_json_atomic(&path, &sample_record(Some(recorded.clone())), Durability::Volatile).expect("write");
+        let record = read_json::<ContainerRecord>(&path).expect("read").expect("record");
+        let cgroups = record.cgroups().expect("recorded layout");
+        assert_eq!(cgroups.hierarchies(), recorded.as_slice());
+        assert_eq!(
+            cgroups.controller_dir("memory", &record.cgroups_path),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/rkube/pod1/c1"))
+        );
+
+        // A record written before the field existed: no key at all, and the shim reads
+        // the host's own table.
+        let mut old = serde_json::to_value(sample_record(None)).expect("json");
+        assert!(old.get("cgroup_hierarchies").is_none());
+        old.as_object_mut().expect("object").remove("cgroup_hierarchies");
+        let record: ContainerRecord = serde_json::from_value(old).expect("old record");
+        assert!(record.cgroup_hierarchies.is_none());
+        let detected = Cgroups::detect().expect("mountinfo");
+        assert_eq!(record.cgroups().expect("detected").hierarchies(), detected.hierarchies());
     }
 
     #[test]
