@@ -641,7 +641,7 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -770,7 +770,8 @@ mod tests {
         assert_eq!(parse_stop_signal("999"), None);
     }
 
-    fn sample_config() -> ContainerConfig {
+    /// A container with something in every field, for tests of what is built from one.
+    pub(in crate::runtime::linux) fn sample_config() -> ContainerConfig {
         ContainerConfig {
             name: "web".into(),
             attempt: 0,
