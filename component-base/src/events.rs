@@ -81,3 +81,47 @@ impl EventRecorder {
         }
     }
 }
+
+/// The most events an [`EventSink`] holds for sending; more are dropped, as client-go's
+/// broadcaster drops them when its queue is full.
+const SINK_QUEUE: usize = 1000;
+
+/// A recorder that does not make its caller wait: events queue for one task that
+/// records them in order (so repeats still aggregate), as client-go's broadcaster does
+/// for the controllers. A controller creating a hundred pods sends a hundred events
+/// without holding its sync for them.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: tokio::sync::mpsc::Sender<(ObjectReference, &'static str, String, String)>,
+}
+
+impl EventSink {
+    /// Starts the recording task (it ends when every clone of the sink is gone); needs a
+    /// Tokio runtime.
+    pub fn spawn(client: kube::Client, component: &str) -> EventSink {
+        let recorder = EventRecorder::new(client, component, None);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectReference, &'static str, String, String)>(SINK_QUEUE);
+        tokio::spawn(async move {
+            while let Some((object, type_, reason, message)) = rx.recv().await {
+                recorder.record(&object, type_, &reason, &message).await;
+            }
+        });
+        EventSink { tx }
+    }
+
+    /// Queues a `Normal` event about `object`.
+    pub fn normal(&self, object: ObjectReference, reason: &str, message: impl Into<String>) {
+        self.send(object, "Normal", reason, message.into());
+    }
+
+    /// Queues a `Warning` event about `object`.
+    pub fn warning(&self, object: ObjectReference, reason: &str, message: impl Into<String>) {
+        self.send(object, "Warning", reason, message.into());
+    }
+
+    fn send(&self, object: ObjectReference, type_: &'static str, reason: &str, message: String) {
+        if let Err(e) = self.tx.try_send((object, type_, reason.to_string(), message)) {
+            tracing::debug!(reason, error = %e, "event dropped");
+        }
+    }
+}

@@ -76,6 +76,35 @@ impl Cluster {
         });
         token
     }
+
+    /// Runs the stock `kubectl describe <what>` until its Events section has, for each
+    /// `(reason, from, message)`, a line with the three in that order; returns the last
+    /// output. Controllers record events without waiting for them, so they may lag.
+    pub async fn describe_shows(&self, what: &[&str], events: &[(&str, &str, &str)]) -> anyhow::Result<String> {
+        let mut args = vec!["describe".to_string()];
+        args.extend(what.iter().map(|s| s.to_string()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = tokio::process::Command::new("kubectl").args(&args).env("KUBECONFIG", &self.kubeconfig).output().await.context("running kubectl")?;
+            anyhow::ensure!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let section = text.split_once("\nEvents:").map(|(_, e)| e).unwrap_or_default();
+            let shown = |(reason, from, message): &(&str, &str, &str)| {
+                section.lines().any(|line| {
+                    line.split_once(reason).and_then(|(_, rest)| rest.split_once(from)).is_some_and(|(_, rest)| rest.contains(message))
+                })
+            };
+            if events.iter().all(shown) {
+                return Ok(text);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for kubectl describe {} to show {events:?}; it printed:\n{text}",
+                what.join(" ")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 impl Drop for Cluster {

@@ -165,6 +165,26 @@ async fn deployment_scales_up_and_down() -> anyhow::Result<()> {
         assert_eq!(rss.len(), 1, "scaling makes no new replica set");
         assert_eq!(rss[0].annotations().get("deployment.kubernetes.io/desired-replicas"), Some(&n.to_string()));
     }
+
+    // `kubectl describe` tells the story as Kubernetes' controllers record it.
+    let rs_name = rs.name_any();
+    cluster
+        .describe_shows(
+            &["deployment", "web"],
+            &[
+                ("ScalingReplicaSet", "deployment-controller", &format!("Scaled up replica set {rs_name} from 0 to 3")),
+                ("ScalingReplicaSet", "deployment-controller", &format!("Scaled up replica set {rs_name} to 5 from 3")),
+                ("ScalingReplicaSet", "deployment-controller", &format!("Scaled down replica set {rs_name} to 1 from 5")),
+            ],
+        )
+        .await?;
+    let first_pod = pods[0].name_any();
+    cluster
+        .describe_shows(
+            &["rs", &rs_name],
+            &[("SuccessfulCreate", "replicaset-controller", &format!("Created pod: {first_pod}")), ("SuccessfulDelete", "replicaset-controller", "Deleted pod: ")],
+        )
+        .await?;
     Ok(())
 }
 
@@ -410,6 +430,12 @@ async fn replication_controller_keeps_replicas_and_replaces_deleted_pods() -> an
     })
     .await?;
     assert_eq!(status.replicas, 3);
+    // One event per pod made, the replacement's too.
+    let replacement = replaced.iter().map(|p| p.name_any()).find(|n| !pods.iter().any(|p| &p.name_any() == n)).context("no new pod")?;
+    let mut expected: Vec<String> = pods.iter().map(|p| format!("Created pod: {}", p.name_any())).collect();
+    expected.push(format!("Created pod: {replacement}"));
+    let lines: Vec<(&str, &str, &str)> = expected.iter().map(|m| ("SuccessfulCreate", "replication-controller", m.as_str())).collect();
+    cluster.describe_shows(&["rc", "legacy"], &lines).await?;
     Ok(())
 }
 

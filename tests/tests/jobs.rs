@@ -158,6 +158,10 @@ async fn job_with_parallelism_completes() -> anyhow::Result<()> {
     assert!(out.contains("job.batch/pi condition met"), "{out}");
     let out = kubectl(&cluster, &["get", "jobs", "pi"]).await?;
     assert!(out.contains("Complete") && out.contains("3/3"), "{out}");
+    let mut lines: Vec<(&str, &str, String)> = pods.iter().map(|p| ("SuccessfulCreate", "job-controller", format!("Created pod: {}", p.name_any()))).collect();
+    lines.push(("Completed", "job-controller", "Job completed".into()));
+    let lines: Vec<(&str, &str, &str)> = lines.iter().map(|(r, f, m)| (*r, *f, m.as_str())).collect();
+    cluster.describe_shows(&["job", "pi"], &lines).await?;
     Ok(())
 }
 
@@ -180,6 +184,7 @@ async fn failing_job_stops_at_backoff_limit() -> anyhow::Result<()> {
     assert!(pods.iter().all(|p| phase(p) == "Failed"));
     let out = kubectl(&cluster, &["get", "jobs", "boom"]).await?;
     assert!(out.contains("Failed") && out.contains("0/1"), "{out}");
+    cluster.describe_shows(&["job", "boom"], &[("BackoffLimitExceeded", "job-controller", "Job has reached the specified backoff limit")]).await?;
     Ok(())
 }
 
@@ -367,5 +372,16 @@ async fn cronjob_creates_the_due_job_tracks_it_and_trims_history() -> anyhow::Re
     // No successful history kept: the finished job goes.
     api.patch("tick", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&json!({"spec": {"successfulJobsHistoryLimit": 0, "suspend": true}}))).await?;
     eventually(WAIT, "tick's finished job deleted", || async { Ok(jobs.get_opt(&job.name_any()).await?.is_none().then_some(())) }).await?;
+    let job_name = job.name_any();
+    cluster
+        .describe_shows(
+            &["cronjob", "tick"],
+            &[
+                ("SuccessfulCreate", "cronjob-controller", &format!("Created job {job_name}")),
+                ("SawCompletedJob", "cronjob-controller", &format!("Saw completed job: {job_name}, condition: Complete")),
+                ("SuccessfulDelete", "cronjob-controller", &format!("Deleted job {job_name}")),
+            ],
+        )
+        .await?;
     Ok(())
 }

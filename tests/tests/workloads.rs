@@ -148,6 +148,13 @@ async fn daemonset_follows_nodes_taints_and_rolls_updates() -> anyhow::Result<()
     // A node removed: its pod goes.
     nodes.delete("node-d", &DeleteParams::default()).await?;
     wait_daemon_pods(c, "agent", &["node-a", "node-b", "node-c"], "busybox:1").await?;
+    let first = ps.first().map(|p| p.name_any()).unwrap_or_default();
+    cluster
+        .describe_shows(
+            &["ds", "agent"],
+            &[("SuccessfulCreate", "daemonset-controller", &format!("Created pod: {first}")), ("SuccessfulDelete", "daemonset-controller", "Deleted pod: agent-")],
+        )
+        .await?;
     Ok(())
 }
 
@@ -420,6 +427,16 @@ async fn statefulset_orders_pods_keeps_claims_and_partitions_updates() -> anyhow
     .await?;
     let replaced: Vec<String> = events(&timeline, "deleting").into_iter().skip(before).collect();
     assert_eq!(replaced, ["web-2", "web-1", "web-0"]);
+    cluster
+        .describe_shows(
+            &["sts", "web"],
+            &[
+                ("SuccessfulCreate", "statefulset-controller", "create Claim data-web-0 Pod web-0 in StatefulSet web success"),
+                ("SuccessfulCreate", "statefulset-controller", "create Pod web-2 in StatefulSet web successful"),
+                ("SuccessfulDelete", "statefulset-controller", "delete Pod web-0 in StatefulSet web successful"),
+            ],
+        )
+        .await?;
     let revisions: Api<ControllerRevision> = Api::namespaced(c.clone(), NS);
     let mut numbers: Vec<i64> = revisions.list(&ListParams::default().labels("app=web")).await?.items.iter().map(|r| r.revision).collect();
     numbers.sort_unstable();

@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPo
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -66,6 +66,7 @@ pub enum CronJobError {
 struct State {
     client: kube::Client,
     jobs: Store<Job>,
+    events: component_base::events::EventSink,
 }
 
 /// Starts the CronJob controller.
@@ -108,7 +109,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
         _ = shutdown.cancelled() => return Ok(()),
         r = job_reader.wait_until_ready() => r.map_err(|e| ControllerError::Config(e.to_string()))?,
     }
-    let state = Arc::new(State { client, jobs: job_reader });
+    let state = Arc::new(State { client, jobs: job_reader, events: ctx.events("cronjob-controller") });
     let applier = controller::applier(
         |cj, st| Box::pin(reconcile(cj, st)),
         |cj: Arc<CronJob>, err: &CronJobError, _| {
@@ -210,6 +211,8 @@ async fn sync(cj: Arc<CronJob>, st: Arc<State>, key: String) -> Result<Action, C
         if !job::is_finished(j) {
             return true;
         }
+        let condition = if succeeded(j) { "Complete" } else { "Failed" };
+        st.events.normal(cj.object_ref(&()), "SawCompletedJob", format!("Saw completed job: {}, condition: {condition}", j.name_any()));
         if succeeded(j) {
             if let Some(t) = j.status.as_ref().and_then(|s| s.completion_time.clone()) {
                 if last_successful.as_ref().is_none_or(|l| l.0 < t.0) {
@@ -220,21 +223,27 @@ async fn sync(cj: Arc<CronJob>, st: Arc<State>, key: String) -> Result<Action, C
         false
     });
 
-    cleanup_history(&children, spec.successful_jobs_history_limit, spec.failed_jobs_history_limit, &jobs_api, &key).await?;
+    cleanup_history(&cj, &st, &children, &jobs_api, &key).await?;
 
     let mut last_schedule = old.last_schedule_time.clone();
     let mut requeue = None;
     let mut create = None;
     if !spec.suspend.unwrap_or(false) {
         match Schedule::parse(&spec.schedule, spec.time_zone.as_deref()) {
-            Err(e) => warn!(schedule = %spec.schedule, error = %e, "unparseable schedule"),
+            Err(e) => {
+                warn!(schedule = %spec.schedule, error = %e, "unparseable schedule");
+                st.events.warning(cj.object_ref(&()), "UnparseableSchedule", format!("unparseable schedule: {:?} : {e}", spec.schedule));
+            }
             Ok(sched) => {
                 let earliest = last_schedule.as_ref().or(cj.metadata.creation_timestamp.as_ref()).map_or(now, |t| t.0);
                 let decision = sched.decide(earliest, spec.starting_deadline_seconds, now);
                 requeue = decision.next.map(|n| duration_until(n, now));
                 match decision.due {
                     None => {}
-                    Some(due) if due.too_late => info!(scheduled = %due.scheduled, "missed the starting deadline"),
+                    Some(due) if due.too_late => {
+                        info!(scheduled = %due.scheduled, "missed the starting deadline");
+                        st.events.warning(cj.object_ref(&()), "MissSchedule", format!("Missed scheduled time to start a job: {}", due.scheduled));
+                    }
                     Some(due) => {
                         if due.missed > schedule::MAX_MISSED {
                             warn!(missed = due.missed, "too many missed start times; check the clock or startingDeadlineSeconds");
@@ -251,9 +260,15 @@ async fn sync(cj: Arc<CronJob>, st: Arc<State>, key: String) -> Result<Action, C
                                     let name = r.name.unwrap_or_default();
                                     let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
                                     match jobs_api.delete(&name, &dp).await {
-                                        Ok(_) => info!(job = %name, "replaced active job"),
+                                        Ok(_) => {
+                                            info!(job = %name, "replaced active job");
+                                            st.events.normal(cj.object_ref(&()), "SuccessfulDelete", format!("Deleted job {name}"));
+                                        }
                                         Err(kube::Error::Api(s)) if s.code == 404 => {}
-                                        Err(source) => return Err(CronJobError::DeleteJob { key, job: name, source }),
+                                        Err(source) => {
+                                            st.events.warning(cj.object_ref(&()), "FailedDelete", format!("Deleted job: {}", super::api_error_message(&source)));
+                                            return Err(CronJobError::DeleteJob { key, job: name, source });
+                                        }
                                     }
                                 }
                             }
@@ -270,6 +285,7 @@ async fn sync(cj: Arc<CronJob>, st: Arc<State>, key: String) -> Result<Action, C
         match jobs_api.create(&PostParams::default(), &job).await {
             Ok(created) => {
                 info!(job = %name, scheduled = %scheduled, "created job");
+                st.events.normal(cj.object_ref(&()), "SuccessfulCreate", format!("Created job {name}"));
                 active.push(job_ref(&created));
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -282,7 +298,10 @@ async fn sync(cj: Arc<CronJob>, st: Arc<State>, key: String) -> Result<Action, C
                     }
                 }
             }
-            Err(source) => return Err(CronJobError::CreateJob { key, job: name, source }),
+            Err(source) => {
+                st.events.warning(cj.object_ref(&()), "FailedCreate", format!("Error creating job: {}", super::api_error_message(&source)));
+                return Err(CronJobError::CreateJob { key, job: name, source });
+            }
         }
         last_schedule = Some(Time(scheduled));
     }
@@ -308,7 +327,10 @@ async fn sync(cj: Arc<CronJob>, st: Arc<State>, key: String) -> Result<Action, C
 }
 
 /// Deletes the oldest finished Jobs beyond the history limits (Background propagation).
-async fn cleanup_history(children: &[Arc<Job>], keep_ok: Option<i32>, keep_failed: Option<i32>, api: &Api<Job>, key: &str) -> Result<(), CronJobError> {
+async fn cleanup_history(cj: &CronJob, st: &State, children: &[Arc<Job>], api: &Api<Job>, key: &str) -> Result<(), CronJobError> {
+    let spec = cj.spec.as_ref();
+    let keep_ok = spec.and_then(|s| s.successful_jobs_history_limit);
+    let keep_failed = spec.and_then(|s| s.failed_jobs_history_limit);
     for (keep, ok) in [(keep_ok, true), (keep_failed, false)] {
         let Some(keep) = keep else { continue };
         let mut done: Vec<&Arc<Job>> = children.iter().filter(|j| job::is_finished(j) && succeeded(j) == ok && j.metadata.deletion_timestamp.is_none()).collect();
@@ -323,9 +345,15 @@ async fn cleanup_history(children: &[Arc<Job>], keep_ok: Option<i32>, keep_faile
             let name = j.name_any();
             let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
             match api.delete(&name, &dp).await {
-                Ok(_) => info!(job = %name, "deleted finished job beyond the history limit"),
+                Ok(_) => {
+                    info!(job = %name, "deleted finished job beyond the history limit");
+                    st.events.normal(cj.object_ref(&()), "SuccessfulDelete", format!("Deleted job {name}"));
+                }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(source) => return Err(CronJobError::DeleteJob { key: key.to_string(), job: name, source }),
+                Err(source) => {
+                    st.events.warning(cj.object_ref(&()), "FailedDelete", format!("Deleted job: {}", super::api_error_message(&source)));
+                    return Err(CronJobError::DeleteJob { key: key.to_string(), job: name, source });
+                }
             }
         }
     }

@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -87,6 +87,7 @@ struct State {
     nodes: Store<Node>,
     expectations: Arc<Expectations>,
     failed_backoff: FailedBackoff,
+    events: component_base::events::EventSink,
 }
 
 /// The back-off between deletions of failed daemon pods on one node, so that a pod
@@ -221,7 +222,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
             r.map_err(|e| ControllerError::Config(e.to_string()))?;
         }
     }
-    let state = Arc::new(State { client, pods: pod_reader, nodes: node_reader, expectations, failed_backoff: FailedBackoff::default() });
+    let state = Arc::new(State { client, pods: pod_reader, nodes: node_reader, expectations, failed_backoff: FailedBackoff::default(), events: ctx.events("daemonset-controller") });
     let applier = controller::applier(
         |ds, st| Box::pin(reconcile(ds, st)),
         |ds: Arc<DaemonSet>, err: &DaemonSetError, _| {
@@ -722,9 +723,13 @@ async fn execute(ds: &DaemonSet, st: &State, key: &str, hash: &str, plan: Plan) 
         .await;
         for (node, r) in results {
             match r {
-                Ok(p) => info!(pod = %p.name_any(), %node, "created daemon pod"),
+                Ok(p) => {
+                    info!(pod = %p.name_any(), %node, "created daemon pod");
+                    st.events.normal(ds.object_ref(&()), "SuccessfulCreate", format!("Created pod: {}", p.name_any()));
+                }
                 Err(source) => {
                     st.expectations.creation_observed(key);
+                    st.events.warning(ds.object_ref(&()), "FailedCreate", format!("Error creating: {}", super::api_error_message(&source)));
                     failure.get_or_insert(DaemonSetError::CreatePod { key: key.into(), node: node.clone(), source });
                 }
             }
@@ -743,10 +748,14 @@ async fn execute(ds: &DaemonSet, st: &State, key: &str, hash: &str, plan: Plan) 
         .await;
         for (p, r) in results {
             match r {
-                Ok(_) => info!(pod = %p.name_any(), node = node_of(p).unwrap_or_default(), "deleted daemon pod"),
+                Ok(_) => {
+                    info!(pod = %p.name_any(), node = node_of(p).unwrap_or_default(), "deleted daemon pod");
+                    st.events.normal(ds.object_ref(&()), "SuccessfulDelete", format!("Deleted pod: {}", p.name_any()));
+                }
                 Err(e) => {
                     st.expectations.deletion_observed(&dkey, p.metadata.uid.as_deref().unwrap_or_default());
                     if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                        st.events.warning(ds.object_ref(&()), "FailedDelete", format!("Error deleting: {}", super::api_error_message(&e)));
                         failure.get_or_insert(DaemonSetError::DeletePod { key: key.into(), pod: p.name_any(), source: e });
                     }
                 }

@@ -25,7 +25,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
@@ -92,6 +92,7 @@ struct State {
     client: kube::Client,
     replicasets: Store<ReplicaSet>,
     pods: Store<Pod>,
+    events: component_base::events::EventSink,
 }
 
 async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), ControllerError> {
@@ -165,7 +166,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
             r.map_err(|e| ControllerError::Config(e.to_string()))?;
         }
     }
-    let state = Arc::new(State { client, replicasets: rs_reader, pods: pod_reader });
+    let state = Arc::new(State { client, replicasets: rs_reader, pods: pod_reader, events: ctx.events("deployment-controller") });
     let applier = controller::applier(
         |d, st| Box::pin(reconcile(d, st)),
         |d: Arc<Deployment>, err: &DeploymentError, _| {
@@ -687,9 +688,10 @@ impl Sync<'_> {
                 }
             }
             Err(source) => {
+                let msg = format!("Failed to create new replica set {name:?}: {}", super::api_error_message(&source));
+                self.st.events.warning(self.d.object_ref(&()), "ReplicaSetCreateError", msg.clone());
                 if progress_deadline(&self.d).is_some() {
                     let mut status = self.d.status.clone().unwrap_or_default();
-                    let msg = format!("Failed to create new replica set {name:?}: {source}");
                     set_condition(&mut status, new_condition(PROGRESSING, "False", "ReplicaSetCreateError", msg, self.now));
                     let _ = self.write_status(status).await;
                 }
@@ -698,6 +700,9 @@ impl Sync<'_> {
         };
         if !already_exists {
             info!(replicaset = %name, replicas, revision = new_revision, "Scaled up replica set {name} to {replicas}");
+            if replicas > 0 {
+                self.st.events.normal(self.d.object_ref(&()), "ScalingReplicaSet", format!("Scaled up replica set {name} from 0 to {replicas}"));
+            }
         }
         self.set_deployment_revision(&new_revision.to_string()).await?;
         if !already_exists {
@@ -757,6 +762,7 @@ impl Sync<'_> {
         if from != to {
             let dir = if to > from { "up" } else { "down" };
             info!(replicaset = %rs.name_any(), from, to, "Scaled {dir} replica set {} to {to} from {from}", rs.name_any());
+            self.st.events.normal(self.d.object_ref(&()), "ScalingReplicaSet", format!("Scaled {dir} replica set {} to {to} from {from}", rs.name_any()));
         }
         Ok((from != to, updated))
     }

@@ -27,7 +27,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -76,6 +76,7 @@ struct State {
     pods: Store<Pod>,
     expectations: Arc<Expectations>,
     backoff_base: Duration,
+    events: component_base::events::EventSink,
 }
 
 /// Starts the Job controller.
@@ -114,7 +115,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
         _ = shutdown.cancelled() => return Ok(()),
         r = pod_reader.wait_until_ready() => r.map_err(|e| ControllerError::Config(e.to_string()))?,
     }
-    let state = Arc::new(State { client, pods: pod_reader, expectations, backoff_base: ctx.config.job_pod_failure_backoff });
+    let state = Arc::new(State { client, pods: pod_reader, expectations, backoff_base: ctx.config.job_pod_failure_backoff, events: ctx.events("job-controller") });
     let applier = controller::applier(
         |job, st| Box::pin(reconcile(job, st)),
         |job: Arc<Job>, err: &JobError, _| {
@@ -393,24 +394,30 @@ async fn sync(job: Arc<Job>, st: Arc<State>, key: String) -> Result<Action, JobE
         Some(success) => {
             // Stop whatever still runs; finish once nothing does.
             if !active.is_empty() {
-                manage = delete_pods(&st, &key, &ns, &active).await;
+                manage = delete_pods(&job, &st, &key, &ns, &active).await;
             } else if terminating == 0 {
                 if success {
                     set_condition(&mut conds, "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods", now);
                     status.completion_time = Some(Time(now));
                     info!(succeeded, "job complete");
+                    if condition(&old, "Complete").is_none() {
+                        st.events.normal(job.object_ref(&()), "Completed", "Job completed");
+                    }
                 } else if let Some(reason_cond) = conds.iter().find(|c| c.type_ == "FailureTarget").cloned() {
                     let reason = reason_cond.reason.unwrap_or_default();
                     let message = reason_cond.message.unwrap_or_default();
                     set_condition(&mut conds, "Failed", "True", &reason, &message, now);
                     info!(failed, reason, "job failed");
+                    if condition(&old, "Failed").is_none() {
+                        st.events.warning(job.object_ref(&()), &reason, message);
+                    }
                 }
             }
         }
         None if suspended => {
             set_condition(&mut conds, "Suspended", "True", "JobSuspended", "Job suspended", now);
             if !active.is_empty() {
-                manage = delete_pods(&st, &key, &ns, &active).await;
+                manage = delete_pods(&job, &st, &key, &ns, &active).await;
             }
         }
         None if satisfied => {
@@ -426,7 +433,7 @@ async fn sync(job: Arc<Job>, st: Arc<State>, key: String) -> Result<Action, JobE
             let plan = plan_pods(&job, indexed, parallelism, succeeded, &completed, &active);
             if !plan.delete.is_empty() {
                 let victims: Vec<&Arc<Pod>> = plan.delete.clone();
-                manage = delete_pods(&st, &key, &ns, &victims).await;
+                manage = delete_pods(&job, &st, &key, &ns, &victims).await;
             } else if !plan.create.is_empty() {
                 match wait {
                     Some(w) => {
@@ -560,17 +567,22 @@ async fn create_pods(job: &Job, st: &State, key: &str, ns: &str, name: &str, ind
         let pp = &pp;
         async move {
             match pod {
-                Some(p) => api.create(pp, &p).await.map(|_| ()),
-                None => Ok(()),
+                Some(p) => api.create(pp, &p).await.map(|created| Some(created.name_any())),
+                None => Ok(None),
             }
         }
     }))
     .await;
     let mut failure = None;
     for r in results {
-        if let Err(e) = r {
-            st.expectations.creation_observed(key);
-            failure = Some(e);
+        match r {
+            Ok(Some(pod)) => st.events.normal(job.object_ref(&()), "SuccessfulCreate", format!("Created pod: {pod}")),
+            Ok(None) => {}
+            Err(e) => {
+                st.expectations.creation_observed(key);
+                st.events.warning(job.object_ref(&()), "FailedCreate", format!("Error creating: {}", super::api_error_message(&e)));
+                failure = Some(e);
+            }
         }
     }
     match failure {
@@ -579,7 +591,7 @@ async fn create_pods(job: &Job, st: &State, key: &str, ns: &str, name: &str, ind
     }
 }
 
-async fn delete_pods(st: &State, key: &str, ns: &str, victims: &[&Arc<Pod>]) -> Result<(), JobError> {
+async fn delete_pods(job: &Job, st: &State, key: &str, ns: &str, victims: &[&Arc<Pod>]) -> Result<(), JobError> {
     let api = Api::<Pod>::namespaced(st.client.clone(), ns);
     st.expectations.expect_deletions(key, victims.iter().map(|p| p.metadata.uid.clone().unwrap_or_default()));
     info!(deleting = victims.len(), "deleting active pods");
@@ -587,10 +599,14 @@ async fn delete_pods(st: &State, key: &str, ns: &str, victims: &[&Arc<Pod>]) -> 
     let results = futures::future::join_all(victims.iter().map(|p| async move { (p, api.delete(&p.name_any(), &DeleteParams::default()).await) })).await;
     let mut failure = None;
     for (p, r) in results {
-        if let Err(e) = r {
-            st.expectations.deletion_observed(key, p.metadata.uid.as_deref().unwrap_or_default());
-            if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                failure = Some(e);
+        match r {
+            Ok(_) => st.events.normal(job.object_ref(&()), "SuccessfulDelete", format!("Deleted pod: {}", p.name_any())),
+            Err(e) => {
+                st.expectations.deletion_observed(key, p.metadata.uid.as_deref().unwrap_or_default());
+                if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                    st.events.warning(job.object_ref(&()), "FailedDelete", format!("Error deleting: {}", super::api_error_message(&e)));
+                    failure = Some(e);
+                }
             }
         }
     }

@@ -44,6 +44,23 @@ pub struct Context {
     pub config: Arc<Config>,
 }
 
+impl Context {
+    /// An event sink reporting as `component` (`replicaset-controller`…), which
+    /// `kubectl describe` shows in its From column.
+    pub fn events(&self, component: &str) -> component_base::events::EventSink {
+        component_base::events::EventSink::spawn(self.client.clone(), component)
+    }
+}
+
+/// The message of a failed API call as Kubernetes' controllers put it in an event
+/// (`pods "web-1" is forbidden: …`): the Status message when the apiserver sent one.
+pub fn api_error_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Why a controller stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {

@@ -28,6 +28,8 @@ use futures::channel::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use component_base::events::EventSink;
+
 use super::podcontrol::{self, Claimer, Expectations, PodControlError, BURST_REPLICAS};
 use super::{Context, ControllerError};
 
@@ -86,12 +88,15 @@ pub trait Replicated:
 {
     /// The name on `--controllers`.
     const CONTROLLER: &'static str;
+    /// The name its events carry (`kubectl describe`'s From column).
+    const COMPONENT: &'static str;
     fn spec_view(&self) -> Result<SpecView, String>;
     fn status_view(&self) -> StatusView;
 }
 
 impl Replicated for ReplicaSet {
     const CONTROLLER: &'static str = "replicaset";
+    const COMPONENT: &'static str = "replicaset-controller";
 
     fn spec_view(&self) -> Result<SpecView, String> {
         let spec = self.spec.as_ref().ok_or("no spec")?;
@@ -117,6 +122,7 @@ impl Replicated for ReplicaSet {
 
 impl Replicated for ReplicationController {
     const CONTROLLER: &'static str = "replicationcontroller";
+    const COMPONENT: &'static str = "replication-controller";
 
     fn spec_view(&self) -> Result<SpecView, String> {
         let spec = self.spec.as_ref().ok_or("no spec")?;
@@ -161,11 +167,13 @@ struct State<K: Replicated> {
     client: kube::Client,
     pods: Store<Pod>,
     expectations: Arc<Expectations>,
+    events: EventSink,
 }
 
 /// Runs the controller for kind `K` until `shutdown`.
 async fn run<K: Replicated>(ctx: Context, shutdown: CancellationToken) -> Result<(), ControllerError> {
     let client = ctx.client.clone();
+    let events = ctx.events(K::COMPONENT);
     let expectations = Arc::new(Expectations::default());
     let (owner_reader, owner_writer) = reflector::store::<K>();
     let (pod_reader, pod_writer) = reflector::store::<Pod>();
@@ -197,7 +205,7 @@ async fn run<K: Replicated>(ctx: Context, shutdown: CancellationToken) -> Result
         _ = shutdown.cancelled() => return Ok(()),
         r = pod_reader.wait_until_ready() => r.map_err(|e| ControllerError::Config(e.to_string()))?,
     }
-    let state = Arc::new(State::<K> { kind: std::marker::PhantomData, client, pods: pod_reader, expectations });
+    let state = Arc::new(State::<K> { kind: std::marker::PhantomData, client, pods: pod_reader, expectations, events });
     let applier = controller::applier(
         |obj, st| Box::pin(reconcile::<K>(obj, st)),
         |obj: Arc<K>, err: &ReplicaSetError, _| {
@@ -370,8 +378,15 @@ async fn manage_replicas<K: Replicated>(obj: &K, view: &SpecView, pods: &[Arc<Po
             let n = batch.min(diff - created);
             let pp = PostParams::default();
             let results = futures::future::join_all((0..n).map(|_| api.create(&pp, &pod))).await;
-            let ok = results.iter().filter(|r| r.is_ok()).count();
-            created += ok;
+            for r in &results {
+                match r {
+                    Ok(p) => {
+                        created += 1;
+                        st.events.normal(obj.object_ref(&()), "SuccessfulCreate", format!("Created pod: {}", p.name_any()));
+                    }
+                    Err(e) => st.events.warning(obj.object_ref(&()), "FailedCreate", format!("Error creating: {}", super::api_error_message(e))),
+                }
+            }
             if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
                 failure = Some(e);
                 break;
@@ -399,10 +414,14 @@ async fn manage_replicas<K: Replicated>(obj: &K, view: &SpecView, pods: &[Arc<Po
         .await;
         let mut failure = None;
         for (p, r) in results {
-            if let Err(e) = r {
-                st.expectations.deletion_observed(key, p.metadata.uid.as_deref().unwrap_or_default());
-                if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                    failure = Some(e);
+            match r {
+                Ok(_) => st.events.normal(obj.object_ref(&()), "SuccessfulDelete", format!("Deleted pod: {}", p.name_any())),
+                Err(e) => {
+                    st.expectations.deletion_observed(key, p.metadata.uid.as_deref().unwrap_or_default());
+                    if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                        st.events.warning(obj.object_ref(&()), "FailedDelete", format!("Error deleting: {}", super::api_error_message(&e)));
+                        failure = Some(e);
+                    }
                 }
             }
         }

@@ -24,7 +24,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -107,6 +107,7 @@ struct State {
     client: kube::Client,
     pods: Store<Pod>,
     claims: Store<PersistentVolumeClaim>,
+    events: component_base::events::EventSink,
 }
 
 async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), ControllerError> {
@@ -171,7 +172,7 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
             r.map_err(|e| ControllerError::Config(e.to_string()))?;
         }
     }
-    let state = Arc::new(State { client, pods: pod_reader, claims: claim_reader });
+    let state = Arc::new(State { client, pods: pod_reader, claims: claim_reader, events: ctx.events("statefulset-controller") });
     let applier = controller::applier(
         |set, st| Box::pin(reconcile(set, st)),
         |set: Arc<StatefulSet>, err: &StatefulSetError, _| {
@@ -513,24 +514,64 @@ impl Sync<'_> {
 
     async fn create(&self, ordinal: i32, template: &PodTemplateSpec, revision: &str) -> Result<(), StatefulSetError> {
         let key = &self.key;
+        let pod = stateful_pod(self.set, template, revision, ordinal);
+        let pod_name = pod.name_any();
         for claim in claims_for(self.set, ordinal) {
             let claim_name = claim.name_any();
             match self.claims_api().create(&PostParams::default(), &claim).await {
-                Ok(_) => info!(claim = %claim_name, "created claim"),
+                Ok(_) => {
+                    info!(claim = %claim_name, "created claim");
+                    self.claim_event("create", &claim_name, &pod_name, None);
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(source) => return Err(StatefulSetError::CreateClaim { key: key.clone(), claim: claim_name, source }),
+                Err(source) => {
+                    self.claim_event("create", &claim_name, &pod_name, Some(&source));
+                    return Err(StatefulSetError::CreateClaim { key: key.clone(), claim: claim_name, source });
+                }
             }
         }
-        let pod = stateful_pod(self.set, template, revision, ordinal);
-        let pod_name = pod.name_any();
         match self.pods_api().create(&PostParams::default(), &pod).await {
             Ok(_) => {
                 info!(pod = %pod_name, %revision, "created pod");
+                self.pod_event("create", &pod_name, None);
                 Ok(())
             }
             // Still there (the watch lags, or the old pod is terminating): wait for it.
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(source) => Err(StatefulSetError::CreatePod { key: key.clone(), pod: pod_name, source }),
+            Err(source) => {
+                self.pod_event("create", &pod_name, Some(&source));
+                Err(StatefulSetError::CreatePod { key: key.clone(), pod: pod_name, source })
+            }
+        }
+    }
+
+    /// The event Kubernetes' stateful pod control records for a pod `verb` (`create`,
+    /// `delete`): `SuccessfulCreate` "create Pod web-0 in StatefulSet web successful", or
+    /// a `FailedCreate` warning with the error.
+    fn pod_event(&self, verb: &str, pod: &str, error: Option<&kube::Error>) {
+        let set = self.set.name_any();
+        let reason = capitalized(verb);
+        match error {
+            None => self.st.events.normal(self.set.object_ref(&()), &format!("Successful{reason}"), format!("{verb} Pod {pod} in StatefulSet {set} successful")),
+            Some(e) => self.st.events.warning(
+                self.set.object_ref(&()),
+                &format!("Failed{reason}"),
+                format!("{verb} Pod {pod} in StatefulSet {set} failed error: {}", super::api_error_message(e)),
+            ),
+        }
+    }
+
+    /// The same for a claim made or removed for a pod.
+    fn claim_event(&self, verb: &str, claim: &str, pod: &str, error: Option<&kube::Error>) {
+        let set = self.set.name_any();
+        let reason = capitalized(verb);
+        match error {
+            None => self.st.events.normal(self.set.object_ref(&()), &format!("Successful{reason}"), format!("{verb} Claim {claim} Pod {pod} in StatefulSet {set} success")),
+            Some(e) => self.st.events.warning(
+                self.set.object_ref(&()),
+                &format!("Failed{reason}"),
+                format!("{verb} Claim {claim} for Pod {pod} in StatefulSet {set} failed error: {}", super::api_error_message(e)),
+            ),
         }
     }
 
@@ -568,10 +609,14 @@ impl Sync<'_> {
         match self.pods_api().delete(&pod_name, &DeleteParams::default()).await {
             Ok(_) => {
                 info!(pod = %pod_name, "deleted pod");
+                self.pod_event("delete", &pod_name, None);
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(source) => Err(StatefulSetError::DeletePod { key: self.key.clone(), pod: pod_name, source }),
+            Err(source) => {
+                self.pod_event("delete", &pod_name, Some(&source));
+                Err(StatefulSetError::DeletePod { key: self.key.clone(), pod: pod_name, source })
+            }
         }
     }
 
@@ -586,6 +631,12 @@ impl Sync<'_> {
         }
         Ok(())
     }
+}
+
+/// `create` → `Create`, for event reasons.
+fn capitalized(verb: &str) -> String {
+    let mut chars = verb.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 /// What `manage` needs besides the set: the ordinal range, the partition and the two
