@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
-    NodeSystemInfo,
+    NodeSystemInfo, ObjectReference,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -52,6 +52,11 @@ pub struct NodeAgent {
     kubelet_port: u16,
     /// The podCIDR once applied to the runtime.
     network_ready: tokio::sync::watch::Sender<Option<String>>,
+    /// Records the node's events (`kubectl describe node`).
+    recorder: component_base::events::EventRecorder,
+    /// The Ready status last posted (or found on the Node at start), so that a change is
+    /// recorded as a `NodeReady`/`NodeNotReady` event once.
+    last_ready: std::sync::Mutex<Option<bool>>,
 }
 
 impl NodeAgent {
@@ -62,7 +67,17 @@ impl NodeAgent {
         images: Arc<dyn ImageService>,
         kubelet_port: u16,
     ) -> NodeAgent {
-        NodeAgent { config, client, runtime, images, kubelet_port, network_ready: tokio::sync::watch::channel(None).0 }
+        let recorder = component_base::events::EventRecorder::new(client.clone(), "kubelet", Some(&config.node_name));
+        NodeAgent {
+            config,
+            client,
+            runtime,
+            images,
+            kubelet_port,
+            network_ready: tokio::sync::watch::channel(None).0,
+            recorder,
+            last_ready: std::sync::Mutex::new(None),
+        }
     }
 
     /// Resolves once the pod network is configured (the podCIDR applied to the runtime).
@@ -73,7 +88,13 @@ impl NodeAgent {
     /// Registers the node, then posts status and renews the Lease until shutdown.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
+        // What the Node said before this kubelet registered it (a restarted kubelet finds
+        // its conditions there), read first so that registration does not hide it.
+        let mut prior = None;
         loop {
+            if prior.is_none() {
+                prior = Api::<Node>::all(self.client.clone()).get_opt(&self.config.node_name).await.ok().map(|n| n.and_then(|n| n.status).and_then(|s| s.conditions).unwrap_or_default());
+            }
             match self.register().await {
                 Ok(()) => break,
                 Err(e) => tracing::warn!(error = %e, "node registration failed; retrying"),
@@ -85,6 +106,7 @@ impl NodeAgent {
             backoff = (backoff * 2).min(Duration::from_secs(7));
         }
         tracing::info!(node = %self.config.node_name, "node registered");
+        self.record_start(prior.unwrap_or_default()).await;
         let lease = tokio::spawn(self.clone().lease_loop(shutdown.clone()));
         self.status_loop(shutdown).await;
         let _ = lease.await;
@@ -122,6 +144,38 @@ impl NodeAgent {
             }
             Err(source) => Err(NodeError::Register { node: self.config.node_name.clone(), source }),
         }
+    }
+
+    /// The kubelet's reference to its Node in events: as Kubernetes' kubelet does, the
+    /// node's name stands in for its uid (`kubectl describe node` looks for both).
+    fn node_ref(&self) -> ObjectReference {
+        ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(self.config.node_name.clone()),
+            uid: Some(self.config.node_name.clone()),
+            ..Default::default()
+        }
+    }
+
+    async fn node_event(&self, reason: &str) {
+        let message = format!("Node {} status is now: {reason}", self.config.node_name);
+        // Kubernetes' kubelet records every node status change as Normal, NodeNotReady too.
+        self.recorder.record(&self.node_ref(), "Normal", reason, &message).await;
+    }
+
+    /// The events a kubelet records as it starts: `Starting`, and the node's conditions
+    /// that the Node did not already have before registration (a restarted kubelet finds
+    /// them).
+    async fn record_start(&self, conditions: Vec<NodeCondition>) {
+        self.recorder.record(&self.node_ref(), "Normal", "Starting", "Starting kubelet.").await;
+        let has = |type_: &str, status: &str| conditions.iter().any(|c| c.type_ == type_ && c.status == status && c.last_heartbeat_time.is_some());
+        for (type_, reason) in [("MemoryPressure", "NodeHasSufficientMemory"), ("DiskPressure", "NodeHasNoDiskPressure"), ("PIDPressure", "NodeHasSufficientPID")] {
+            if !has(type_, "False") {
+                self.node_event(reason).await;
+            }
+        }
+        let ready = conditions.iter().find(|c| c.type_ == "Ready" && c.last_heartbeat_time.is_some()).map(|c| c.status == "True");
+        *self.last_ready.lock().unwrap_or_else(|p| p.into_inner()) = ready;
     }
 
     async fn status_loop(&self, shutdown: CancellationToken) {
@@ -168,7 +222,14 @@ impl NodeAgent {
         let status = self.status(cidr.is_some(), cidr.as_deref().unwrap_or("")).await;
         let patch = serde_json::json!({"status": status});
         match api.patch_status(&self.config.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let ready = cidr.is_some();
+                let changed = self.last_ready.lock().unwrap_or_else(|p| p.into_inner()).replace(ready) != Some(ready);
+                if changed {
+                    self.node_event(if ready { "NodeReady" } else { "NodeNotReady" }).await;
+                }
+                Ok(())
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 // Deleted under us (kubectl delete node): register again, as the kubelet does.
                 self.register().await

@@ -53,6 +53,21 @@ async fn hollow_kubelet_registers_runs_and_deletes_pods() -> anyhow::Result<()> 
         async move { Ok(nodes.get_opt("hollow-1").await?.filter(|n| ready(n) && n.spec.as_ref().and_then(|s| s.pod_cidr.clone()).is_some())) }
     })
     .await?;
+    // `kubectl describe node` shows the kubelet starting and the node's conditions, and
+    // the node controller taking the node on, as on Kubernetes.
+    cluster
+        .describe_shows(
+            &["node", "hollow-1"],
+            &[
+                ("Starting", "kubelet", "Starting kubelet."),
+                ("NodeHasSufficientMemory", "kubelet", "Node hollow-1 status is now: NodeHasSufficientMemory"),
+                ("NodeHasNoDiskPressure", "kubelet", "Node hollow-1 status is now: NodeHasNoDiskPressure"),
+                ("NodeHasSufficientPID", "kubelet", "Node hollow-1 status is now: NodeHasSufficientPID"),
+                ("NodeReady", "kubelet", "Node hollow-1 status is now: NodeReady"),
+                ("RegisteredNode", "node-controller", "Node hollow-1 event: Registered Node hollow-1 in Controller"),
+            ],
+        )
+        .await?;
     let status = node.status.clone().unwrap_or_default();
     let capacity = status.capacity.unwrap_or_default();
     for key in ["cpu", "memory", "pods", "ephemeral-storage"] {

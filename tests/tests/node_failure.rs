@@ -100,5 +100,14 @@ async fn a_dead_nodes_pods_are_rescheduled_elsewhere() -> anyhow::Result<()> {
     })
     .await?;
     eprintln!("after the failure: {after:?}");
+    cluster
+        .describe_shows(
+            &["node", "doomed"],
+            &[
+                ("RegisteredNode", "node-controller", "Node doomed event: Registered Node doomed in Controller"),
+                ("NodeNotReady", "node-controller", "Node doomed status is now: NodeNotReady"),
+            ],
+        )
+        .await?;
     Ok(())
 }

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, ObjectReference, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -62,6 +62,7 @@ struct Health {
 struct State {
     ctx: Context,
     health: Mutex<HashMap<String, Health>>,
+    events: component_base::events::EventSink,
 }
 
 /// Starts the node lifecycle controller.
@@ -70,7 +71,8 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> futures::future::BoxF
         let nodes: Api<Node> = Api::all(ctx.client.clone());
         let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), LEASE_NAMESPACE);
         let pods: Api<Pod> = Api::all(ctx.client.clone());
-        let state = Arc::new(State { ctx, health: Mutex::new(HashMap::new()) });
+        let events = ctx.events("node-controller");
+        let state = Arc::new(State { ctx, health: Mutex::new(HashMap::new()), events });
         Controller::new(nodes, watcher::Config::default())
             .watches(leases, watcher::Config::default(), |lease| Some(ObjectRef::<Node>::new(&lease.name_any())))
             .watches(pods, watcher::Config::default(), |pod| {
@@ -87,6 +89,12 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> futures::future::BoxF
 fn error_policy(node: Arc<Node>, err: &NodeLifecycleError, _: Arc<State>) -> Action {
     warn!(node = %node.name_any(), error = %err, "node lifecycle reconcile failed");
     Action::requeue(Duration::from_secs(1))
+}
+
+/// A Node as the node controller's events refer to it (Kubernetes' `recordNodeEvent`:
+/// kind, name and uid, no API version).
+fn node_ref(node: &Node) -> ObjectReference {
+    ObjectReference { kind: Some("Node".into()), name: node.metadata.name.clone(), uid: node.metadata.uid.clone(), ..Default::default() }
 }
 
 fn ready_condition(node: &Node) -> Option<&NodeCondition> {
@@ -108,7 +116,10 @@ async fn reconcile(node: Arc<Node>, state: Arc<State>) -> Result<Action, NodeLif
     let now = Instant::now();
     let observed = {
         let Ok(mut health) = state.health.lock() else { return Ok(Action::requeue(MONITOR_PERIOD)) };
-        let h = health.entry(name.clone()).or_insert_with(|| Health { lease_renewed: lease_renewed.clone(), heartbeat: heartbeat.clone(), observed: now });
+        let h = health.entry(name.clone()).or_insert_with(|| {
+            state.events.normal(node_ref(&node), "RegisteredNode", format!("Node {name} event: Registered Node {name} in Controller"));
+            Health { lease_renewed: lease_renewed.clone(), heartbeat: heartbeat.clone(), observed: now }
+        });
         if h.lease_renewed != lease_renewed || h.heartbeat != heartbeat {
             *h = Health { lease_renewed, heartbeat, observed: now };
         }
@@ -118,7 +129,8 @@ async fn reconcile(node: Arc<Node>, state: Arc<State>) -> Result<Action, NodeLif
     let mut ready = ready_condition(&node).map(|c| c.status.clone()).unwrap_or_else(|| "Unknown".into());
     if silent_for > grace && ready != "Unknown" {
         mark_unknown(client, &node).await?;
-        mark_pods_not_ready(client, &name).await;
+        state.events.normal(node_ref(&node), "NodeNotReady", format!("Node {name} status is now: NodeNotReady"));
+        mark_pods_not_ready(client, &name, &state.events).await;
         ready = "Unknown".into();
     }
     let taints = update_taints(client, &node, &ready).await?;
@@ -166,7 +178,7 @@ async fn mark_unknown(client: &kube::Client, node: &Node) -> Result<(), NodeLife
 }
 
 /// Pods on a node gone silent are not Ready any more (Kubernetes' MarkPodsNotReady).
-async fn mark_pods_not_ready(client: &kube::Client, node: &str) {
+async fn mark_pods_not_ready(client: &kube::Client, node: &str, events: &component_base::events::EventSink) {
     let api: Api<Pod> = Api::all(client.clone());
     let Ok(pods) = api.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))).await else { return };
     let now = Time(Timestamp::now());
@@ -177,8 +189,9 @@ async fn mark_pods_not_ready(client: &kube::Client, node: &str) {
         ready.last_transition_time = Some(now.clone());
         let ns_api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
         let patch = json!({"status": {"conditions": conditions}});
-        if let Err(e) = ns_api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-            warn!(pod = %pod.name_any(), node = %node, error = %e, "marking a pod not ready failed");
+        match ns_api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => events.warning(pod.object_ref(&()), "NodeNotReady", "Node is not ready"),
+            Err(e) => warn!(pod = %pod.name_any(), node = %node, error = %e, "marking a pod not ready failed"),
         }
     }
 }
