@@ -924,6 +924,11 @@ fn pvc_outlives_its_pod(lab: &Lab) -> anyhow::Result<()> {
     lab.wait_for(Duration::from_secs(30), "writer Succeeded", &["get", "pod", "writer", "-o", "jsonpath={.status.phase}"], |o| o == "Succeeded")?;
     let pvc = lab.kubectl(&["get", "pvc", "data", "-o", "jsonpath={.status.phase} {.spec.storageClassName}"])?;
     assert_eq!(pvc.trim(), "Bound local-path");
+    // `kubectl describe pvc` says who made the volume, as on k3s.
+    lab.wait_for(Duration::from_secs(10), "the provisioner's events on the claim", &["describe", "pvc", "data"], |o| {
+        let has = |reason: &str, message: &str| o.lines().any(|l| l.contains(reason) && l.contains("rancher.io/local-path") && l.contains(message));
+        has("Provisioning", "External provisioner is provisioning volume for claim \"default/data\"") && has("ProvisioningSucceeded", "Successfully provisioned volume pvc-")
+    })?;
     lab.kubectl(&["delete", "pod", "writer"])?;
     lab.apply(&writer("reader", "cat /data/note"))?;
     lab.wait_for(Duration::from_secs(30), "reader Succeeded", &["get", "pod", "reader", "-o", "jsonpath={.status.phase}"], |o| o == "Succeeded")?;

@@ -1,7 +1,8 @@
 //! The core controllers against an in-process cluster: garbage collection (orphan,
 //! background, foreground, owners by uid), namespace deletion (also through the stock
 //! kubectl), default service accounts, Endpoints and EndpointSlices following pod
-//! readiness, node IPAM and the node lifecycle (unreachable taints and evictions).
+//! readiness, node IPAM and the node lifecycle (unreachable taints and evictions), and
+//! claims that cannot be bound saying why in `kubectl describe pvc`.
 
 use std::time::Duration;
 
@@ -502,5 +503,37 @@ async fn kubectl_cascades_through_a_deployment_with_every_controller() -> anyhow
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(pods.list(&keep).await?.items.len(), 2, "orphaned pods stay");
     assert!(rss.get_opt(&orphaned.name_any()).await?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn pending_claims_say_why_in_their_events() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    cluster.start_controller_manager(&["persistentvolume-binder"], false);
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), "default");
+    for (name, class) in [("no-class", json!("")), ("missing-class", json!("fast-ssd"))] {
+        let claim = json!({
+            "metadata": {"name": name},
+            "spec": {"storageClassName": class, "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        });
+        claims.create(&PostParams::default(), &from_json(claim)?).await?;
+    }
+    cluster
+        .describe_shows(
+            &["pvc", "no-class"],
+            &[("FailedBinding", "persistentvolume-controller", "no persistent volumes available for this claim and no storage class is set")],
+        )
+        .await?;
+    cluster
+        .describe_shows(
+            &["pvc", "missing-class"],
+            &[("ProvisioningFailed", "persistentvolume-controller", "storageclass.storage.k8s.io \"fast-ssd\" not found")],
+        )
+        .await?;
+    // Still Pending, as on Kubernetes.
+    for name in ["no-class", "missing-class"] {
+        let phase = claims.get(name).await?.status.and_then(|s| s.phase).unwrap_or_default();
+        assert_eq!(phase, "Pending", "{name}");
+    }
     Ok(())
 }

@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -49,6 +49,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> futures::future::BoxF
         let claims: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
         let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
         let pods: Api<Pod> = Api::all(ctx.client.clone());
+        let claim_state = Arc::new(Claims { controller: ctx.events("persistentvolume-controller"), provisioner: ctx.events(LOCAL_PATH_PROVISIONER), ctx: ctx.clone() });
         let ctx = Arc::new(ctx);
         let claim_loop = Controller::new(claims, watcher::Config::default())
             // A pod that uses a claim and has been scheduled is the "first consumer".
@@ -66,7 +67,7 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> futures::future::BoxF
                 let s = shutdown.clone();
                 async move { s.cancelled().await }
             })
-            .run(reconcile_claim, claim_error, ctx.clone())
+            .run(reconcile_claim, claim_error, claim_state)
             .for_each(|_| async {});
         let claims_for_volumes: Api<PersistentVolumeClaim> = Api::all(ctx.client.clone());
         let volume_loop = Controller::new(volumes, watcher::Config::default())
@@ -82,7 +83,16 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> futures::future::BoxF
     })
 }
 
-fn claim_error(pvc: Arc<PersistentVolumeClaim>, err: &VolumeError, _: Arc<Context>) -> Action {
+/// What the claim loop works with: the client and configuration, and the event sinks of
+/// the volume controller and of the local-path provisioner (`kubectl describe pvc` shows
+/// both, as on k3s).
+struct Claims {
+    ctx: Context,
+    controller: component_base::events::EventSink,
+    provisioner: component_base::events::EventSink,
+}
+
+fn claim_error(pvc: Arc<PersistentVolumeClaim>, err: &VolumeError, _: Arc<Claims>) -> Action {
     warn!(claim = %pvc.name_any(), error = %err, "persistent volume claim reconcile failed");
     Action::requeue(Duration::from_secs(2))
 }
@@ -131,10 +141,12 @@ fn fits(pv: &PersistentVolume, pvc: &PersistentVolumeClaim) -> bool {
     cs.access_modes.iter().flatten().all(|m| modes.contains(m))
 }
 
-async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action, VolumeError> {
+async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, st: Arc<Claims>) -> Result<Action, VolumeError> {
     if pvc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    let ctx = &st.ctx;
+    let claim = || pvc.object_ref(&());
     let ns = pvc.namespace().unwrap_or_default();
     let name = pvc.name_any();
     let key = format!("{ns}/{name}");
@@ -156,20 +168,30 @@ async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
         }
     };
     if let Some(pv) = candidate {
-        bind(&ctx, &claims, &volumes, &pvc, &pv).await?;
+        bind(ctx, &claims, &volumes, &pvc, &pv).await?;
         info!(claim = %key, volume = %pv.name_any(), "bound");
         return Ok(Action::await_change());
     }
     // Dynamic provisioning by the local-path provisioner.
     let class_name = pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
     if class_name.is_empty() {
+        st.controller.normal(claim(), "FailedBinding", "no persistent volumes available for this claim and no storage class is set");
         return Ok(Action::requeue(Duration::from_secs(15)));
     }
     let classes: Api<StorageClass> = Api::all(ctx.client.clone());
     let Some(class) = classes.get_opt(&class_name).await.map_err(|source| VolumeError::Read { what: format!("storageclass {class_name}"), source })? else {
+        st.controller.warning(claim(), "ProvisioningFailed", format!("storageclass.storage.k8s.io {class_name:?} not found"));
         return Ok(Action::requeue(Duration::from_secs(15)));
     };
     if class.provisioner != LOCAL_PATH_PROVISIONER {
+        st.controller.normal(
+            claim(),
+            "ExternalProvisioning",
+            format!(
+                "Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator. If volume creation is delayed, please verify that the provisioner is running and correctly registered.",
+                class.provisioner
+            ),
+        );
         return Ok(Action::requeue(Duration::from_secs(15)));
     }
     let node = match pvc.metadata.annotations.as_ref().and_then(|a| a.get(SELECTED_NODE)).cloned() {
@@ -187,16 +209,25 @@ async fn reconcile_claim(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> 
     let immediate = class.volume_binding_mode.as_deref() == Some("Immediate");
     let Some(node) = node.or_else(|| immediate.then(String::new)) else {
         // WaitForFirstConsumer: a pod event brings us back.
+        st.controller.normal(claim(), "WaitForFirstConsumer", "waiting for first consumer to be created before binding");
         return Ok(Action::await_change());
     };
-    let pv = provision(&ctx, &pvc, &class, &node).await?;
-    let pv = volumes.create(&PostParams::default(), &pv).await.or_else(|e| match e {
-        kube::Error::Api(s) if s.code == 409 => Ok(pv),
-        source => Err(VolumeError::Provision { claim: key.clone(), source }),
-    })?;
+    st.provisioner.normal(claim(), "Provisioning", format!("External provisioner is provisioning volume for claim {key:?}"));
+    let pv = provision(ctx, &pvc, &class, &node).await?;
+    let pv = match volumes.create(&PostParams::default(), &pv).await {
+        Ok(created) => {
+            st.provisioner.normal(claim(), "ProvisioningSucceeded", format!("Successfully provisioned volume {}", created.name_any()));
+            created
+        }
+        Err(kube::Error::Api(s)) if s.code == 409 => pv,
+        Err(source) => {
+            st.provisioner.warning(claim(), "ProvisioningFailed", format!("failed to provision volume with StorageClass {class_name:?}: {}", super::api_error_message(&source)));
+            return Err(VolumeError::Provision { claim: key.clone(), source });
+        }
+    };
     // The new volume is Available once its status is written; bind right away.
     let pv = set_volume_phase(&volumes, &pv, "Available").await.unwrap_or(pv);
-    bind(&ctx, &claims, &volumes, &pvc, &pv).await?;
+    bind(ctx, &claims, &volumes, &pvc, &pv).await?;
     info!(claim = %key, volume = %pv.name_any(), node = %node, "provisioned and bound");
     Ok(Action::await_change())
 }
