@@ -241,15 +241,12 @@ impl Page {
             } else {
                 age(first)
             };
+            // The component only, as kubectl 1.32 prints it (`kubelet`, not `kubelet, node-1`).
             let from = [s(&e["source"]["component"]), s(&e["reportingComponent"])]
                 .into_iter()
                 .find(|x| !x.is_empty())
                 .unwrap_or_default()
                 .to_string();
-            let from = match s(&e["source"]["host"]) {
-                "" => from,
-                host => format!("{from}, {host}"),
-            };
             self.line(
                 1,
                 &format!(
@@ -269,24 +266,25 @@ impl Page {
 
 async fn events_for(client: &kube::Client, obj: &Value) -> anyhow::Result<Vec<Value>> {
     let m = &obj["metadata"];
-    let mut selector = format!(
-        "involvedObject.name={},involvedObject.uid={}",
-        s(&m["name"]),
-        s(&m["uid"])
-    );
-    let url = match m["namespace"].as_str() {
-        Some(ns) => {
-            selector.push_str(&format!(",involvedObject.namespace={ns}"));
-            format!("/api/v1/namespaces/{ns}/events")
-        }
-        None => "/api/v1/events".into(),
-    };
-    let list = super::get_json(
-        client,
-        &super::with_query(&url, &[("fieldSelector", &selector)]),
-    )
-    .await?;
-    let mut events: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default();
+    // A kubelet refers to its Node by name where the uid belongs, the node controller by
+    // uid: a node's page shows both, as the stock kubectl's does.
+    let mut uids = vec![s(&m["uid"])];
+    if obj["kind"].as_str() == Some("Node") {
+        uids.push(s(&m["name"]));
+    }
+    let mut events: Vec<Value> = Vec::new();
+    for uid in uids {
+        let mut selector = format!("involvedObject.name={},involvedObject.uid={uid}", s(&m["name"]));
+        let url = match m["namespace"].as_str() {
+            Some(ns) => {
+                selector.push_str(&format!(",involvedObject.namespace={ns}"));
+                format!("/api/v1/namespaces/{ns}/events")
+            }
+            None => "/api/v1/events".into(),
+        };
+        let list = super::get_json(client, &super::with_query(&url, &[("fieldSelector", &selector)])).await?;
+        events.extend(list["items"].as_array().cloned().unwrap_or_default());
+    }
     let key = |e: &Value| {
         e["lastTimestamp"]
             .as_str()
