@@ -23,7 +23,7 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTermina
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -595,21 +595,7 @@ async fn delete_pods(job: &Job, st: &State, key: &str, ns: &str, victims: &[&Arc
     let api = Api::<Pod>::namespaced(st.client.clone(), ns);
     st.expectations.expect_deletions(key, victims.iter().map(|p| p.metadata.uid.clone().unwrap_or_default()));
     info!(deleting = victims.len(), "deleting active pods");
-    let api = &api;
-    let results = futures::future::join_all(victims.iter().map(|p| async move { (p, api.delete(&p.name_any(), &DeleteParams::default()).await) })).await;
-    let mut failure = None;
-    for (p, r) in results {
-        match r {
-            Ok(_) => st.events.normal(job.object_ref(&()), "SuccessfulDelete", format!("Deleted pod: {}", p.name_any())),
-            Err(e) => {
-                st.expectations.deletion_observed(key, p.metadata.uid.as_deref().unwrap_or_default());
-                if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                    st.events.warning(job.object_ref(&()), "FailedDelete", format!("Error deleting: {}", super::api_error_message(&e)));
-                    failure = Some(e);
-                }
-            }
-        }
-    }
+    let failure = podcontrol::delete_pods(&api, victims, &st.expectations, key, &st.events, &job.object_ref(&())).await;
     match failure {
         Some(source) => Err(JobError::DeletePods { key: key.to_string(), source }),
         None => Ok(()),

@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -406,25 +406,7 @@ async fn manage_replicas<K: Replicated>(obj: &K, view: &SpecView, pods: &[Arc<Po
         let victims: Vec<&Arc<Pod>> = ranked.into_iter().take(diff).collect();
         st.expectations.expect_deletions(key, victims.iter().map(|p| p.metadata.uid.clone().unwrap_or_default()));
         info!(deleting = diff, have = pods.len(), want, "too many replicas");
-        let api = &api;
-        let results = futures::future::join_all(victims.iter().map(|p| async move {
-            let r = api.delete(&p.name_any(), &DeleteParams::default()).await;
-            (p, r)
-        }))
-        .await;
-        let mut failure = None;
-        for (p, r) in results {
-            match r {
-                Ok(_) => st.events.normal(obj.object_ref(&()), "SuccessfulDelete", format!("Deleted pod: {}", p.name_any())),
-                Err(e) => {
-                    st.expectations.deletion_observed(key, p.metadata.uid.as_deref().unwrap_or_default());
-                    if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                        st.events.warning(obj.object_ref(&()), "FailedDelete", format!("Error deleting: {}", super::api_error_message(&e)));
-                        failure = Some(e);
-                    }
-                }
-            }
-        }
+        let failure = podcontrol::delete_pods(&api, &victims, &st.expectations, key, &st.events, &obj.object_ref(&())).await;
         if let Some(source) = failure {
             return Err(ReplicaSetError::DeletePods { key: key.to_string(), source });
         }

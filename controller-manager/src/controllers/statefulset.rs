@@ -550,28 +550,25 @@ impl Sync<'_> {
     /// a `FailedCreate` warning with the error.
     fn pod_event(&self, verb: &str, pod: &str, error: Option<&kube::Error>) {
         let set = self.set.name_any();
-        let reason = capitalized(verb);
-        match error {
-            None => self.st.events.normal(self.set.object_ref(&()), &format!("Successful{reason}"), format!("{verb} Pod {pod} in StatefulSet {set} successful")),
-            Some(e) => self.st.events.warning(
-                self.set.object_ref(&()),
-                &format!("Failed{reason}"),
-                format!("{verb} Pod {pod} in StatefulSet {set} failed error: {}", super::api_error_message(e)),
-            ),
-        }
+        self.event(verb, error, format!("{verb} Pod {pod} in StatefulSet {set} successful"), format!("{verb} Pod {pod} in StatefulSet {set} failed error"));
     }
 
-    /// The same for a claim made or removed for a pod.
+    /// The same for a claim made for a pod (the wording differs, as in Kubernetes).
     fn claim_event(&self, verb: &str, claim: &str, pod: &str, error: Option<&kube::Error>) {
         let set = self.set.name_any();
+        self.event(
+            verb,
+            error,
+            format!("{verb} Claim {claim} Pod {pod} in StatefulSet {set} success"),
+            format!("{verb} Claim {claim} for Pod {pod} in StatefulSet {set} failed error"),
+        );
+    }
+
+    fn event(&self, verb: &str, error: Option<&kube::Error>, success: String, failure: String) {
         let reason = capitalized(verb);
         match error {
-            None => self.st.events.normal(self.set.object_ref(&()), &format!("Successful{reason}"), format!("{verb} Claim {claim} Pod {pod} in StatefulSet {set} success")),
-            Some(e) => self.st.events.warning(
-                self.set.object_ref(&()),
-                &format!("Failed{reason}"),
-                format!("{verb} Claim {claim} for Pod {pod} in StatefulSet {set} failed error: {}", super::api_error_message(e)),
-            ),
+            None => self.st.events.normal(self.set.object_ref(&()), &format!("Successful{reason}"), success),
+            Some(e) => self.st.events.warning(self.set.object_ref(&()), &format!("Failed{reason}"), format!("{failure}: {}", super::api_error_message(e))),
         }
     }
 
