@@ -299,6 +299,12 @@ async fn suspended_job_runs_no_pods_until_resumed() -> anyhow::Result<()> {
     api.patch("later", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&json!({"spec": {"suspend": false}}))).await?;
     let job = wait_condition(client, "later", "Complete").await?;
     assert_eq!(condition(&job, "Suspended"), Some(("False".into(), "JobResumed".into())));
+    cluster
+        .describe_shows(
+            &["job", "later"],
+            &[("Suspended", "job-controller", "Job suspended"), ("Resumed", "job-controller", "Job resumed"), ("Completed", "job-controller", "Job completed")],
+        )
+        .await?;
     Ok(())
 }
 

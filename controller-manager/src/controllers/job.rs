@@ -354,6 +354,7 @@ async fn sync(job: Arc<Job>, st: Arc<State>, key: String) -> Result<Action, JobE
     if !suspended && old.conditions.iter().flatten().any(|c| c.type_ == "Suspended" && c.status == "True") {
         set_condition(&mut conds, "Suspended", "False", "JobResumed", "Job resumed", now);
         status.start_time = Some(Time(now));
+        st.events.normal(job.object_ref(&()), "Resumed", "Job resumed");
     }
     if !suspended && status.start_time.is_none() {
         status.start_time = Some(Time(now));
@@ -415,6 +416,9 @@ async fn sync(job: Arc<Job>, st: Arc<State>, key: String) -> Result<Action, JobE
             }
         }
         None if suspended => {
+            if !old.conditions.iter().flatten().any(|c| c.type_ == "Suspended" && c.status == "True") {
+                st.events.normal(job.object_ref(&()), "Suspended", "Job suspended");
+            }
             set_condition(&mut conds, "Suspended", "True", "JobSuspended", "Job suspended", now);
             if !active.is_empty() {
                 manage = delete_pods(&job, &st, &key, &ns, &active).await;
