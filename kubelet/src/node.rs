@@ -57,6 +57,9 @@ pub struct NodeAgent {
     /// The Ready status last posted (or found on the Node at start), so that a change is
     /// recorded as a `NodeReady`/`NodeNotReady` event once.
     last_ready: std::sync::Mutex<Option<bool>>,
+    /// Each condition's status and when it last changed (`lastTransitionTime`), carried
+    /// from one status post to the next.
+    transitions: std::sync::Mutex<BTreeMap<String, (String, Time)>>,
 }
 
 impl NodeAgent {
@@ -77,6 +80,7 @@ impl NodeAgent {
             network_ready: tokio::sync::watch::channel(None).0,
             recorder,
             last_ready: std::sync::Mutex::new(None),
+            transitions: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -94,6 +98,13 @@ impl NodeAgent {
         loop {
             if prior.is_none() {
                 prior = Api::<Node>::all(self.client.clone()).get_opt(&self.config.node_name).await.ok().map(|n| n.and_then(|n| n.status).and_then(|s| s.conditions).unwrap_or_default());
+                // A restarted kubelet keeps the transition times its conditions had.
+                let mut transitions = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
+                for c in prior.iter().flatten() {
+                    if let Some(t) = &c.last_transition_time {
+                        transitions.insert(c.type_.clone(), (c.status.clone(), t.clone()));
+                    }
+                }
             }
             match self.register().await {
                 Ok(()) => break,
@@ -240,13 +251,24 @@ impl NodeAgent {
 
     async fn status(&self, network_ready: bool, _cidr: &str) -> NodeStatus {
         let now = Time(Timestamp::now());
-        let cond = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: Some(reason.into()),
-            message: Some(message.into()),
-            last_heartbeat_time: Some(now.clone()),
-            last_transition_time: None,
+        let cond = |type_: &str, status: &str, reason: &str, message: &str| {
+            // The transition time moves only when the status does.
+            let mut transitions = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
+            let since = match transitions.get(type_) {
+                Some((was, at)) if was == status => at.clone(),
+                _ => {
+                    transitions.insert(type_.to_string(), (status.to_string(), now.clone()));
+                    now.clone()
+                }
+            };
+            NodeCondition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: Some(reason.into()),
+                message: Some(message.into()),
+                last_heartbeat_time: Some(now.clone()),
+                last_transition_time: Some(since),
+            }
         };
         let ready = if network_ready {
             cond("Ready", "True", "KubeletReady", "kubelet is posting ready status")

@@ -18,6 +18,7 @@ async fn start_hollow_kubelet(cluster: &Cluster, name: &str) -> anyhow::Result<(
     config.runtime = kubelet::RuntimeKind::Fake;
     config.port = 0;
     config.address = std::net::Ipv4Addr::LOCALHOST;
+    config.node_status_update_frequency = Duration::from_millis(300);
     let runtimes = kubelet::build_runtime(&config).await?;
     let token = cluster.shutdown.child_token();
     let client = cluster.client.clone();
@@ -68,6 +69,25 @@ async fn hollow_kubelet_registers_runs_and_deletes_pods() -> anyhow::Result<()> 
             ],
         )
         .await?;
+    // Conditions carry when they last changed, and a heartbeat does not move it.
+    let times = |n: &Node| -> Vec<(String, Option<String>, Option<String>)> {
+        let conditions = n.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        conditions.into_iter().map(|c| (c.type_, c.last_transition_time.map(|t| t.0.to_string()), c.last_heartbeat_time.map(|t| t.0.to_string()))).collect()
+    };
+    let first = times(&node);
+    assert!(first.iter().all(|(_, transition, _)| transition.is_some()), "every condition has a lastTransitionTime: {first:?}");
+    let later = eventually(Duration::from_secs(20), "a newer heartbeat", || {
+        let nodes = nodes.clone();
+        let first = first.clone();
+        async move {
+            let n = nodes.get("hollow-1").await?;
+            let later = times(&n);
+            Ok((later.iter().map(|c| &c.2).ne(first.iter().map(|c| &c.2))).then_some(later))
+        }
+    })
+    .await?;
+    let transitions = |v: &[(String, Option<String>, Option<String>)]| v.iter().map(|c| (c.0.clone(), c.1.clone())).collect::<Vec<_>>();
+    assert_eq!(transitions(&first), transitions(&later), "a heartbeat leaves the transition times alone");
     let status = node.status.clone().unwrap_or_default();
     let capacity = status.capacity.unwrap_or_default();
     for key in ["cpu", "memory", "pods", "ephemeral-storage"] {
