@@ -182,6 +182,8 @@ async fn describe_prints_like_the_stock_kubectl() -> anyhow::Result<()> {
             "describe foo",
             "describe",
             "describe pv",
+            // A node without a Lease or node info, with pods and the node controller's event.
+            "describe node node-a",
         ],
     )
     .await

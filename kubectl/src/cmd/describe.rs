@@ -4,6 +4,9 @@
 //! secrets, service accounts — and a generic field dump for the rest. A name that
 //! matches no object describes every object whose name starts with it, as stock.
 
+use std::collections::BTreeMap;
+
+use apimachinery::quantity::Quantity;
 use serde_json::Value;
 
 use crate::context::Ctx;
@@ -453,7 +456,15 @@ async fn describe(
             p.events(events, show_events);
         }
         ("", "Node") => {
-            describe_node(&mut p, obj);
+            let name = s(&obj["metadata"]["name"]);
+            let lease = super::get_json(client, &format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}")).await.map_err(|e| match e.downcast_ref::<kube::Error>() {
+                Some(kube::Error::Api(status)) => status.message.clone(),
+                _ => e.to_string(),
+            });
+            // As the stock kubectl: the node's pods that have not finished, from every namespace.
+            let selector = format!("spec.nodeName={name},status.phase!=Succeeded,status.phase!=Failed");
+            let pods = super::get_json(client, &super::with_query("/api/v1/pods", &[("fieldSelector", &selector)])).await.ok();
+            describe_node(&mut p, obj, lease, pods.as_ref().and_then(|l| l["items"].as_array()).map(Vec::as_slice));
             p.events(events, show_events);
         }
         _ => {
@@ -1369,11 +1380,12 @@ async fn describe_replicaset(
     Ok(())
 }
 
-fn describe_node(p: &mut Page, obj: &Value) {
+fn describe_node(p: &mut Page, obj: &Value, lease: Result<Value, String>, pods: Option<&[Value]>) {
     let m = &obj["metadata"];
     let st = &obj["status"];
     p.field(0, "Name", s(&m["name"]));
-    p.field(0, "Roles", "<none>");
+    let roles = node_roles(&m["labels"]);
+    p.field(0, "Roles", &if roles.is_empty() { "<none>".into() } else { roles.join(",") });
     p.map(0, "Labels", &m["labels"], &[]);
     p.map(0, "Annotations", &m["annotations"], &[]);
     p.field(0, "CreationTimestamp", &time_text(&m["creationTimestamp"]));
@@ -1406,6 +1418,18 @@ fn describe_node(p: &mut Page, obj: &Value) {
             .unwrap_or(false)
             .to_string(),
     );
+    match lease {
+        Ok(lease) => {
+            p.line(0, "Lease:");
+            let spec = &lease["spec"];
+            p.field(1, "HolderIdentity", spec["holderIdentity"].as_str().unwrap_or("<unset>"));
+            for (key, title) in [("acquireTime", "AcquireTime"), ("renewTime", "RenewTime")] {
+                let text = if spec[key].is_string() { time_text(&spec[key]) } else { "<unset>".into() };
+                p.field(1, title, &text);
+            }
+        }
+        Err(message) => p.field(0, "Lease", &format!("Failed to get lease: {message}")),
+    }
     p.line(0, "Conditions:");
     p.line(
         1,
@@ -1415,6 +1439,8 @@ fn describe_node(p: &mut Page, obj: &Value) {
         1,
         "----\t------\t-----------------\t------------------\t------\t-------",
     );
+    // A time the node left out prints as Go's zero time, as the stock kubectl's does.
+    let condition_time = |v: &Value| if v.is_string() { time_text(v) } else { "Mon, 01 Jan 0001 00:00:00 +0000".into() };
     for c in st["conditions"].as_array().into_iter().flatten() {
         p.line(
             1,
@@ -1422,8 +1448,8 @@ fn describe_node(p: &mut Page, obj: &Value) {
                 "{} \t{} \t{} \t{} \t{} \t{}",
                 s(&c["type"]),
                 s(&c["status"]),
-                time_text(&c["lastHeartbeatTime"]),
-                time_text(&c["lastTransitionTime"]),
+                condition_time(&c["lastHeartbeatTime"]),
+                condition_time(&c["lastTransitionTime"]),
                 s(&c["reason"]),
                 s(&c["message"])
             ),
@@ -1443,26 +1469,198 @@ fn describe_node(p: &mut Page, obj: &Value) {
             }
         }
     }
+    // The stock kubectl writes these at the top level with their own indent, so they
+    // line up with PodCIDR and what follows.
     let info = &st["nodeInfo"];
-    if info.is_object() {
-        p.line(0, "System Info:");
-        for (k, title) in [
-            ("machineID", "Machine ID"),
-            ("systemUUID", "System UUID"),
-            ("bootID", "Boot ID"),
-            ("kernelVersion", "Kernel Version"),
-            ("osImage", "OS Image"),
-            ("operatingSystem", "Operating System"),
-            ("architecture", "Architecture"),
-            ("containerRuntimeVersion", "Container Runtime Version"),
-            ("kubeletVersion", "Kubelet Version"),
-            ("kubeProxyVersion", "Kube-Proxy Version"),
-        ] {
-            p.field(1, title, s(&info[k]));
+    p.line(0, "System Info:");
+    for (k, title) in [
+        ("machineID", "Machine ID"),
+        ("systemUUID", "System UUID"),
+        ("bootID", "Boot ID"),
+        ("kernelVersion", "Kernel Version"),
+        ("osImage", "OS Image"),
+        ("operatingSystem", "Operating System"),
+        ("architecture", "Architecture"),
+        ("containerRuntimeVersion", "Container Runtime Version"),
+        ("kubeletVersion", "Kubelet Version"),
+        ("kubeProxyVersion", "Kube-Proxy Version"),
+    ] {
+        p.line(0, &format!("  {title}:\t{}", s(&info[k])));
+    }
+    if let Some(cidr) = obj["spec"]["podCIDR"].as_str().filter(|c| !c.is_empty()) {
+        p.field(0, "PodCIDR", cidr);
+    }
+    let cidrs: Vec<&str> = obj["spec"]["podCIDRs"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if !cidrs.is_empty() {
+        p.field(0, "PodCIDRs", &cidrs.join(","));
+    }
+    if let Some(id) = obj["spec"]["providerID"].as_str().filter(|c| !c.is_empty()) {
+        p.field(0, "ProviderID", id);
+    }
+    if let Some(pods) = pods {
+        node_resources(p, st, pods);
+    }
+}
+
+/// The node's roles from its `node-role.kubernetes.io/<role>` and `kubernetes.io/role`
+/// labels, sorted.
+fn node_roles(labels: &Value) -> Vec<String> {
+    let mut roles: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| match k.strip_prefix("node-role.kubernetes.io/") {
+            Some(role) if !role.is_empty() => Some(role.to_string()),
+            Some(_) => None,
+            None if k == "kubernetes.io/role" => v.as_str().filter(|v| !v.is_empty()).map(str::to_string),
+            None => None,
+        })
+        .collect();
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
+type Resources = BTreeMap<String, Quantity>;
+
+/// Adds `list` (a `requests` or `limits` map) into `sum`; a name seen first keeps the
+/// format it was written in.
+fn add_resources(sum: &mut Resources, list: &Value) {
+    for (name, q) in list.as_object().into_iter().flatten() {
+        let Some(q) = q.as_str().and_then(|q| Quantity::parse(q).ok()) else { continue };
+        match sum.get_mut(name) {
+            Some(total) => *total = *total + q,
+            None => {
+                sum.insert(name.clone(), q);
+            }
         }
     }
-    if let Some(cidr) = obj["spec"]["podCIDR"].as_str() {
-        p.field(0, "PodCIDR", cidr);
+}
+
+/// Raises each of `into`'s entries to `from`'s where that is larger.
+fn max_resources(into: &mut Resources, from: &Resources) {
+    for (name, q) in from {
+        if into.get(name).is_none_or(|have| q > have) {
+            into.insert(name.clone(), *q);
+        }
+    }
+}
+
+/// A pod's effective requests or limits (`field`), as the stock kubectl computes them:
+/// the containers' sum, raised to any one init container's (restartable init containers
+/// count with the containers), plus the pod overhead (for limits, only where a limit is
+/// set).
+fn pod_resources(pod: &Value, field: &str) -> Resources {
+    let spec = &pod["spec"];
+    let mut total = Resources::new();
+    for c in spec["containers"].as_array().into_iter().flatten() {
+        add_resources(&mut total, &c["resources"][field]);
+    }
+    let mut restartable = Resources::new();
+    let mut init = Resources::new();
+    for c in spec["initContainers"].as_array().into_iter().flatten() {
+        let own = &c["resources"][field];
+        let this = if c["restartPolicy"].as_str() == Some("Always") {
+            add_resources(&mut total, own);
+            add_resources(&mut restartable, own);
+            restartable.clone()
+        } else {
+            let mut tmp = Resources::new();
+            add_resources(&mut tmp, own);
+            for (name, q) in &restartable {
+                match tmp.get_mut(name) {
+                    Some(t) => *t = *t + *q,
+                    None => {
+                        tmp.insert(name.clone(), *q);
+                    }
+                }
+            }
+            tmp
+        };
+        max_resources(&mut init, &this);
+    }
+    max_resources(&mut total, &init);
+    for (name, q) in spec["overhead"].as_object().into_iter().flatten() {
+        let Some(q) = q.as_str().and_then(|q| Quantity::parse(q).ok()) else { continue };
+        match total.get_mut(name) {
+            Some(t) => *t = *t + q,
+            None if field == "requests" => {
+                total.insert(name.clone(), q);
+            }
+            None => {}
+        }
+    }
+    total
+}
+
+/// `100m (5%)`: a quantity and its share of what the node can allocate, truncated as the
+/// stock kubectl's `int64(fraction)`.
+fn share(q: Option<&Quantity>, of: Option<&Quantity>, millis: bool) -> String {
+    let zero = Quantity::from_units(0, apimachinery::quantity::QuantityFormat::DecimalSI);
+    let q = q.copied().unwrap_or(zero);
+    let (v, total) = match (millis, of) {
+        (true, Some(of)) => (q.to_millis() as f64, of.to_millis() as f64),
+        (false, Some(of)) => (q.to_bytes() as f64, of.to_bytes() as f64),
+        (_, None) => (0.0, 0.0),
+    };
+    let percent = if total == 0.0 { 0 } else { (v / total * 100.0) as i64 };
+    format!("{q} ({percent}%)")
+}
+
+/// The node's pods with their requests and limits, and the totals against what it can
+/// allocate (the stock kubectl's `describeNodeResource`).
+fn node_resources(p: &mut Page, status: &Value, pods: &[Value]) {
+    let allocatable_value = if status["allocatable"].as_object().is_some_and(|a| !a.is_empty()) { &status["allocatable"] } else { &status["capacity"] };
+    let mut allocatable = Resources::new();
+    add_resources(&mut allocatable, allocatable_value);
+    let (cpu, memory) = (allocatable.get("cpu"), allocatable.get("memory"));
+    p.field(0, "Non-terminated Pods", &format!("({} in total)", pods.len()));
+    p.line(1, "Namespace\tName\t\tCPU Requests\tCPU Limits\tMemory Requests\tMemory Limits\tAge");
+    p.line(1, "---------\t----\t\t------------\t----------\t---------------\t-------------\t---");
+    let mut requests = Resources::new();
+    let mut limits = Resources::new();
+    for pod in pods {
+        let (req, lim) = (pod_resources(pod, "requests"), pod_resources(pod, "limits"));
+        p.line(
+            1,
+            &format!(
+                "{}\t{}\t\t{}\t{}\t{}\t{}\t{}",
+                s(&pod["metadata"]["namespace"]),
+                s(&pod["metadata"]["name"]),
+                share(req.get("cpu"), cpu, true),
+                share(lim.get("cpu"), cpu, true),
+                share(req.get("memory"), memory, false),
+                share(lim.get("memory"), memory, false),
+                age(pod["metadata"]["creationTimestamp"].as_str()),
+            ),
+        );
+        for (sum, own) in [(&mut requests, req), (&mut limits, lim)] {
+            for (name, q) in own {
+                match sum.get_mut(&name) {
+                    Some(t) => *t = *t + q,
+                    None => {
+                        sum.insert(name, q);
+                    }
+                }
+            }
+        }
+    }
+    p.line(0, "Allocated resources:");
+    p.line(0, "  (Total limits may be over 100 percent, i.e., overcommitted.)");
+    p.line(1, "Resource\tRequests\tLimits");
+    p.line(1, "--------\t--------\t------");
+    for (name, millis) in [("cpu", true), ("memory", false), ("ephemeral-storage", false)] {
+        let of = allocatable.get(name);
+        p.line(1, &format!("{name}\t{}\t{}", share(requests.get(name), of, millis), share(limits.get(name), of, millis)));
+    }
+    for name in allocatable.keys().filter(|n| n.starts_with("hugepages-")) {
+        let of = allocatable.get(name);
+        p.line(1, &format!("{name}\t{}\t{}", share(requests.get(name), of, false), share(limits.get(name), of, false)));
+    }
+    let standard = |n: &str| matches!(n, "cpu" | "memory" | "ephemeral-storage" | "pods") || n.starts_with("hugepages-") || n.starts_with("requests.") || n.starts_with("limits.");
+    for name in allocatable.keys().filter(|n| !standard(n)) {
+        let text = |list: &Resources| list.get(name).map_or_else(|| "0".to_string(), |q| q.to_string());
+        p.line(1, &format!("{name}\t{}\t{}", text(&requests), text(&limits)));
     }
 }
 
@@ -1549,4 +1747,50 @@ fn field_tree(p: &mut Page, level: usize, key: &str, v: &Value) {
 #[allow(dead_code)]
 fn labels_text(v: &Value) -> String {
     format_labels(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn text(r: &Resources) -> Vec<String> {
+        r.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+
+    #[test]
+    fn pod_resources_count_init_containers_and_overhead_as_kubectl_does() {
+        let pod = json!({"spec": {
+            "containers": [
+                {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}},
+                {"resources": {"requests": {"cpu": "50m", "memory": "32Mi"}}},
+            ],
+            "initContainers": [
+                // A one-shot init container larger than the containers together sets the request.
+                {"resources": {"requests": {"cpu": "1", "memory": "16Mi"}}},
+                // A sidecar (restartable) adds to the containers.
+                {"restartPolicy": "Always", "resources": {"requests": {"memory": "8Mi"}}},
+            ],
+            "overhead": {"cpu": "10m", "memory": "1Mi"},
+        }});
+        assert_eq!(text(&pod_resources(&pod, "requests")), ["cpu=1010m", "memory=105Mi"]);
+        // Overhead only where a limit is set.
+        assert_eq!(text(&pod_resources(&pod, "limits")), ["memory=129Mi"]);
+    }
+
+    #[test]
+    fn shares_truncate_and_survive_a_missing_total() {
+        let q = |s: &str| Quantity::parse(s).ok();
+        assert_eq!(share(q("150m").as_ref(), q("2").as_ref(), true), "150m (7%)");
+        assert_eq!(share(None, q("2").as_ref(), true), "0 (0%)");
+        assert_eq!(share(q("96Mi").as_ref(), q("24683656Ki").as_ref(), false), "96Mi (0%)");
+        assert_eq!(share(q("1Gi").as_ref(), None, false), "1Gi (0%)");
+    }
+
+    #[test]
+    fn node_roles_come_from_role_labels() {
+        let labels = json!({"node-role.kubernetes.io/control-plane": "true", "node-role.kubernetes.io/": "x", "kubernetes.io/role": "worker", "other": "y"});
+        assert_eq!(node_roles(&labels), ["control-plane", "worker"]);
+        assert!(node_roles(&json!({})).is_empty());
+    }
 }
