@@ -305,6 +305,35 @@ where
     }
 }
 
+/// Deletes `victims` at once, as Kubernetes' `PodControl.DeletePod` does for each:
+/// records `SuccessfulDelete` ("Deleted pod: …") or a `FailedDelete` warning on `owner`,
+/// and counts a deletion that failed as observed for `key` (a pod already gone is no
+/// failure). The caller has set the deletion expectations. Returns the first failure.
+pub async fn delete_pods(
+    api: &Api<Pod>,
+    victims: &[&Arc<Pod>],
+    expectations: &Expectations,
+    key: &str,
+    events: &component_base::events::EventSink,
+    owner: &ObjectReference,
+) -> Option<kube::Error> {
+    let results = futures::future::join_all(victims.iter().map(|p| async move { (p, api.delete(&p.name_any(), &DeleteParams::default()).await) })).await;
+    let mut failure = None;
+    for (p, r) in results {
+        match r {
+            Ok(_) => events.normal(owner.clone(), "SuccessfulDelete", format!("Deleted pod: {}", p.name_any())),
+            Err(e) => {
+                expectations.deletion_observed(key, p.metadata.uid.as_deref().unwrap_or_default());
+                if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                    events.warning(owner.clone(), "FailedDelete", format!("Error deleting: {}", super::api_error_message(&e)));
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+    }
+    failure
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,33 +402,4 @@ mod tests {
         e.deletion_observed("ns/a", "u1");
         assert!(e.satisfied("ns/a"));
     }
-}
-
-/// Deletes `victims` at once, as Kubernetes' `PodControl.DeletePod` does for each:
-/// records `SuccessfulDelete` ("Deleted pod: …") or a `FailedDelete` warning on `owner`,
-/// and counts a deletion that failed as observed for `key` (a pod already gone is no
-/// failure). The caller has set the deletion expectations. Returns the first failure.
-pub async fn delete_pods(
-    api: &Api<Pod>,
-    victims: &[&Arc<Pod>],
-    expectations: &Expectations,
-    key: &str,
-    events: &component_base::events::EventSink,
-    owner: &ObjectReference,
-) -> Option<kube::Error> {
-    let results = futures::future::join_all(victims.iter().map(|p| async move { (p, api.delete(&p.name_any(), &DeleteParams::default()).await) })).await;
-    let mut failure = None;
-    for (p, r) in results {
-        match r {
-            Ok(_) => events.normal(owner.clone(), "SuccessfulDelete", format!("Deleted pod: {}", p.name_any())),
-            Err(e) => {
-                expectations.deletion_observed(key, p.metadata.uid.as_deref().unwrap_or_default());
-                if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                    events.warning(owner.clone(), "FailedDelete", format!("Error deleting: {}", super::api_error_message(&e)));
-                    failure.get_or_insert(e);
-                }
-            }
-        }
-    }
-    failure
 }
