@@ -54,11 +54,9 @@ pub struct NodeAgent {
     network_ready: tokio::sync::watch::Sender<Option<String>>,
     /// Records the node's events (`kubectl describe node`).
     recorder: component_base::events::EventRecorder,
-    /// The Ready status last posted (or found on the Node at start), so that a change is
-    /// recorded as a `NodeReady`/`NodeNotReady` event once.
-    last_ready: std::sync::Mutex<Option<bool>>,
-    /// Each condition's status and when it last changed (`lastTransitionTime`), carried
-    /// from one status post to the next.
+    /// Each condition's status and when it last changed (`lastTransitionTime`), as last
+    /// posted or read from the Node: a post that changes a status records the change as
+    /// an event (`NodeReady`, `NodeHasSufficientMemory`…) and moves its time.
     transitions: std::sync::Mutex<BTreeMap<String, (String, Time)>>,
 }
 
@@ -79,7 +77,6 @@ impl NodeAgent {
             kubelet_port,
             network_ready: tokio::sync::watch::channel(None).0,
             recorder,
-            last_ready: std::sync::Mutex::new(None),
             transitions: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
@@ -98,12 +95,11 @@ impl NodeAgent {
         loop {
             if prior.is_none() {
                 prior = Api::<Node>::all(self.client.clone()).get_opt(&self.config.node_name).await.ok().map(|n| n.and_then(|n| n.status).and_then(|s| s.conditions).unwrap_or_default());
-                // A restarted kubelet keeps the transition times its conditions had.
-                let mut transitions = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
-                for c in prior.iter().flatten() {
-                    if let Some(t) = &c.last_transition_time {
-                        transitions.insert(c.type_.clone(), (c.status.clone(), t.clone()));
-                    }
+                if let Some(conditions) = &prior {
+                    // The API answers: announce the start, and keep the transition times a
+                    // restarted kubelet's conditions had.
+                    self.recorder.record(&self.node_ref(), "Normal", "Starting", "Starting kubelet.").await;
+                    self.observe(conditions);
                 }
             }
             match self.register().await {
@@ -117,7 +113,6 @@ impl NodeAgent {
             backoff = (backoff * 2).min(Duration::from_secs(7));
         }
         tracing::info!(node = %self.config.node_name, "node registered");
-        self.record_start(prior.unwrap_or_default()).await;
         let lease = tokio::spawn(self.clone().lease_loop(shutdown.clone()));
         self.status_loop(shutdown).await;
         let _ = lease.await;
@@ -137,16 +132,22 @@ impl NodeAgent {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         labels.extend(self.config.node_labels.iter().cloned());
+        let before = self.statuses();
+        let saved = self.transitions.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let node = Node {
             metadata: ObjectMeta { name: Some(self.config.node_name.clone()), labels: Some(labels), ..Default::default() },
             spec: Some(NodeSpec::default()),
             status: Some(self.status(false, "").await),
         };
         match api.create(&PostParams::default(), &node).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.record_changes(&before, node.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default()).await;
+                Ok(())
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // Re-registration after a restart: the labels we own are refreshed; the
-                // status is posted by the status loop.
+                // status is posted by the status loop, against the conditions as they were.
+                *self.transitions.lock().unwrap_or_else(|p| p.into_inner()) = saved;
                 let patch = serde_json::json!({"metadata": {"labels": node.metadata.labels}});
                 api.patch(&self.config.node_name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
@@ -168,25 +169,46 @@ impl NodeAgent {
         }
     }
 
-    async fn node_event(&self, reason: &str) {
-        let message = format!("Node {} status is now: {reason}", self.config.node_name);
-        // Kubernetes' kubelet records every node status change as Normal, NodeNotReady too.
-        self.recorder.record(&self.node_ref(), "Normal", reason, &message).await;
+    /// Each condition's status as last posted or read.
+    fn statuses(&self) -> BTreeMap<String, String> {
+        self.transitions.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, (status, _))| (k.clone(), status.clone())).collect()
     }
 
-    /// The events a kubelet records as it starts: `Starting`, and the node's conditions
-    /// that the Node did not already have before registration (a restarted kubelet finds
-    /// them).
-    async fn record_start(&self, conditions: Vec<NodeCondition>) {
-        self.recorder.record(&self.node_ref(), "Normal", "Starting", "Starting kubelet.").await;
-        let has = |type_: &str, status: &str| conditions.iter().any(|c| c.type_ == type_ && c.status == status && c.last_heartbeat_time.is_some());
-        for (type_, reason) in [("MemoryPressure", "NodeHasSufficientMemory"), ("DiskPressure", "NodeHasNoDiskPressure"), ("PIDPressure", "NodeHasSufficientPID")] {
-            if !has(type_, "False") {
-                self.node_event(reason).await;
+    /// Records the conditions whose status differs from `before` as Kubernetes' kubelet
+    /// does: "Node vm status is now: NodeReady" and the like, all Normal.
+    async fn record_changes(&self, before: &BTreeMap<String, String>, conditions: &[NodeCondition]) {
+        for c in conditions {
+            if before.get(&c.type_) == Some(&c.status) {
+                continue;
+            }
+            let reason = match (c.type_.as_str(), c.status == "True") {
+                ("Ready", true) => "NodeReady",
+                ("Ready", false) => "NodeNotReady",
+                ("MemoryPressure", false) => "NodeHasSufficientMemory",
+                ("MemoryPressure", true) => "NodeHasInsufficientMemory",
+                ("DiskPressure", false) => "NodeHasNoDiskPressure",
+                ("DiskPressure", true) => "NodeHasDiskPressure",
+                ("PIDPressure", false) => "NodeHasSufficientPID",
+                ("PIDPressure", true) => "NodeHasInsufficientPID",
+                _ => continue,
+            };
+            let message = format!("Node {} status is now: {reason}", self.config.node_name);
+            self.recorder.record(&self.node_ref(), "Normal", reason, &message).await;
+        }
+    }
+
+    /// Takes the conditions as the Node has them now (written by an earlier kubelet, or set
+    /// Unknown by the node controller while this one could not post), so that the next
+    /// post times its transitions and records its events against them, as Kubernetes'
+    /// kubelet compares with the Node it reads before each update.
+    fn observe(&self, conditions: &[NodeCondition]) {
+        let mut transitions = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
+        for c in conditions {
+            let since = c.last_transition_time.clone().or_else(|| c.last_heartbeat_time.clone());
+            if let Some(t) = since {
+                transitions.insert(c.type_.clone(), (c.status.clone(), t));
             }
         }
-        let ready = conditions.iter().find(|c| c.type_ == "Ready" && c.last_heartbeat_time.is_some()).map(|c| c.status == "True");
-        *self.last_ready.lock().unwrap_or_else(|p| p.into_inner()) = ready;
     }
 
     async fn status_loop(&self, shutdown: CancellationToken) {
@@ -229,16 +251,19 @@ impl NodeAgent {
     }
 
     async fn post_status(&self, api: &Api<Node>) -> Result<(), NodeError> {
+        match api.get_opt(&self.config.node_name).await {
+            Ok(Some(node)) => self.observe(&node.status.and_then(|s| s.conditions).unwrap_or_default()),
+            // Deleted under us (kubectl delete node): register again, as the kubelet does.
+            Ok(None) => return self.register().await,
+            Err(e) => tracing::debug!(error = %e, "reading the node before its status update failed"),
+        }
         let cidr = self.network_ready.borrow().clone();
+        let before = self.statuses();
         let status = self.status(cidr.is_some(), cidr.as_deref().unwrap_or("")).await;
         let patch = serde_json::json!({"status": status});
         match api.patch_status(&self.config.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => {
-                let ready = cidr.is_some();
-                let changed = self.last_ready.lock().unwrap_or_else(|p| p.into_inner()).replace(ready) != Some(ready);
-                if changed {
-                    self.node_event(if ready { "NodeReady" } else { "NodeNotReady" }).await;
-                }
+                self.record_changes(&before, status.conditions.as_deref().unwrap_or_default()).await;
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {

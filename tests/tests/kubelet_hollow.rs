@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
@@ -88,6 +90,35 @@ async fn hollow_kubelet_registers_runs_and_deletes_pods() -> anyhow::Result<()> 
     .await?;
     let transitions = |v: &[(String, Option<String>, Option<String>)]| v.iter().map(|c| (c.0.clone(), c.1.clone())).collect::<Vec<_>>();
     assert_eq!(transitions(&first), transitions(&later), "a heartbeat leaves the transition times alone");
+
+    // The node controller marks the node Unknown (as when the kubelet could not reach the
+    // apiserver for a while): the kubelet's next post makes it Ready again, from a new
+    // transition time, with a second NodeReady event.
+    let ready_since = |n: &Node| {
+        n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "Ready")).and_then(|c| c.last_transition_time.clone()).map(|t| t.0)
+    };
+    let was = ready_since(&nodes.get("hollow-1").await?).context("a Ready transition time")?;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let unknown = serde_json::json!({"status": {"conditions": [{
+        "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.",
+        "lastHeartbeatTime": later.iter().find(|c| c.0 == "Ready").and_then(|c| c.2.clone()), "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
+    }]}});
+    nodes.patch_status("hollow-1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&unknown)).await?;
+    let again = eventually(Duration::from_secs(20), "hollow-1 Ready again", || {
+        let nodes = nodes.clone();
+        async move { Ok(nodes.get_opt("hollow-1").await?.filter(ready).and_then(|n| ready_since(&n))) }
+    })
+    .await?;
+    assert!(again > was, "Ready again from a new transition time: {again} after {was}");
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    eventually(Duration::from_secs(10), "two NodeReady events", || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default().fields("involvedObject.name=hollow-1,reason=NodeReady")).await?;
+            Ok((list.items.iter().map(|e| e.count.unwrap_or(1)).sum::<i32>() >= 2).then_some(()))
+        }
+    })
+    .await?;
     let status = node.status.clone().unwrap_or_default();
     let capacity = status.capacity.unwrap_or_default();
     for key in ["cpu", "memory", "pods", "ephemeral-storage"] {
