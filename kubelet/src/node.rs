@@ -55,8 +55,8 @@ pub struct NodeAgent {
     /// Records the node's events (`kubectl describe node`).
     recorder: component_base::events::EventRecorder,
     /// Each condition's status and when it last changed (`lastTransitionTime`), as last
-    /// posted or read from the Node: a post that changes a status records the change as
-    /// an event (`NodeReady`, `NodeHasSufficientMemory`…) and moves its time.
+    /// posted or read from the Node: a post that changes a status moves its time and
+    /// records the change as an event (`NodeReady`, `NodeHasSufficientMemory`…).
     transitions: std::sync::Mutex<BTreeMap<String, (String, Time)>>,
 }
 
@@ -133,7 +133,6 @@ impl NodeAgent {
         .collect();
         labels.extend(self.config.node_labels.iter().cloned());
         let before = self.statuses();
-        let saved = self.transitions.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let node = Node {
             metadata: ObjectMeta { name: Some(self.config.node_name.clone()), labels: Some(labels), ..Default::default() },
             spec: Some(NodeSpec::default()),
@@ -141,13 +140,14 @@ impl NodeAgent {
         };
         match api.create(&PostParams::default(), &node).await {
             Ok(_) => {
-                self.record_changes(&before, node.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default()).await;
+                let conditions = node.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+                self.observe(conditions);
+                self.record_changes(&before, conditions).await;
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // Re-registration after a restart: the labels we own are refreshed; the
-                // status is posted by the status loop, against the conditions as they were.
-                *self.transitions.lock().unwrap_or_else(|p| p.into_inner()) = saved;
+                // status is posted by the status loop.
                 let patch = serde_json::json!({"metadata": {"labels": node.metadata.labels}});
                 api.patch(&self.config.node_name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
@@ -263,7 +263,9 @@ impl NodeAgent {
         let patch = serde_json::json!({"status": status});
         match api.patch_status(&self.config.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
             Ok(_) => {
-                self.record_changes(&before, status.conditions.as_deref().unwrap_or_default()).await;
+                let conditions = status.conditions.as_deref().unwrap_or_default();
+                self.observe(conditions);
+                self.record_changes(&before, conditions).await;
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {
@@ -277,14 +279,11 @@ impl NodeAgent {
     async fn status(&self, network_ready: bool, _cidr: &str) -> NodeStatus {
         let now = Time(Timestamp::now());
         let cond = |type_: &str, status: &str, reason: &str, message: &str| {
-            // The transition time moves only when the status does.
-            let mut transitions = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
-            let since = match transitions.get(type_) {
+            // The transition time moves only when the status does (what was posted is
+            // taken in once the post succeeds).
+            let since = match self.transitions.lock().unwrap_or_else(|p| p.into_inner()).get(type_) {
                 Some((was, at)) if was == status => at.clone(),
-                _ => {
-                    transitions.insert(type_.to_string(), (status.to_string(), now.clone()));
-                    now.clone()
-                }
+                _ => now.clone(),
             };
             NodeCondition {
                 type_: type_.into(),

@@ -98,6 +98,7 @@ async fn hollow_kubelet_registers_runs_and_deletes_pods() -> anyhow::Result<()> 
         n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == "Ready")).and_then(|c| c.last_transition_time.clone()).map(|t| t.0)
     };
     let was = ready_since(&nodes.get("hollow-1").await?).context("a Ready transition time")?;
+    // Condition times are whole seconds: let one pass, so that a new time can be told apart.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let unknown = serde_json::json!({"status": {"conditions": [{
         "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.",

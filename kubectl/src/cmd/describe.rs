@@ -4,9 +4,8 @@
 //! secrets, service accounts — and a generic field dump for the rest. A name that
 //! matches no object describes every object whose name starts with it, as stock.
 
-use std::collections::BTreeMap;
-
 use apimachinery::quantity::Quantity;
+use apimachinery::quota::{self, ResourceList};
 use serde_json::Value;
 
 use crate::context::Ctx;
@@ -1521,78 +1520,6 @@ fn node_roles(labels: &Value) -> Vec<String> {
     roles
 }
 
-type Resources = BTreeMap<String, Quantity>;
-
-/// Adds `list` (a `requests` or `limits` map) into `sum`; a name seen first keeps the
-/// format it was written in.
-fn add_resources(sum: &mut Resources, list: &Value) {
-    for (name, q) in list.as_object().into_iter().flatten() {
-        let Some(q) = q.as_str().and_then(|q| Quantity::parse(q).ok()) else { continue };
-        match sum.get_mut(name) {
-            Some(total) => *total = *total + q,
-            None => {
-                sum.insert(name.clone(), q);
-            }
-        }
-    }
-}
-
-/// Raises each of `into`'s entries to `from`'s where that is larger.
-fn max_resources(into: &mut Resources, from: &Resources) {
-    for (name, q) in from {
-        if into.get(name).is_none_or(|have| q > have) {
-            into.insert(name.clone(), *q);
-        }
-    }
-}
-
-/// A pod's effective requests or limits (`field`), as the stock kubectl computes them:
-/// the containers' sum, raised to any one init container's (restartable init containers
-/// count with the containers), plus the pod overhead (for limits, only where a limit is
-/// set).
-fn pod_resources(pod: &Value, field: &str) -> Resources {
-    let spec = &pod["spec"];
-    let mut total = Resources::new();
-    for c in spec["containers"].as_array().into_iter().flatten() {
-        add_resources(&mut total, &c["resources"][field]);
-    }
-    let mut restartable = Resources::new();
-    let mut init = Resources::new();
-    for c in spec["initContainers"].as_array().into_iter().flatten() {
-        let own = &c["resources"][field];
-        let this = if c["restartPolicy"].as_str() == Some("Always") {
-            add_resources(&mut total, own);
-            add_resources(&mut restartable, own);
-            restartable.clone()
-        } else {
-            let mut tmp = Resources::new();
-            add_resources(&mut tmp, own);
-            for (name, q) in &restartable {
-                match tmp.get_mut(name) {
-                    Some(t) => *t = *t + *q,
-                    None => {
-                        tmp.insert(name.clone(), *q);
-                    }
-                }
-            }
-            tmp
-        };
-        max_resources(&mut init, &this);
-    }
-    max_resources(&mut total, &init);
-    for (name, q) in spec["overhead"].as_object().into_iter().flatten() {
-        let Some(q) = q.as_str().and_then(|q| Quantity::parse(q).ok()) else { continue };
-        match total.get_mut(name) {
-            Some(t) => *t = *t + q,
-            None if field == "requests" => {
-                total.insert(name.clone(), q);
-            }
-            None => {}
-        }
-    }
-    total
-}
-
 /// `100m (5%)`: a quantity and its share of what the node can allocate, truncated as the
 /// stock kubectl's `int64(fraction)`.
 fn share(q: Option<&Quantity>, of: Option<&Quantity>, millis: bool) -> String {
@@ -1611,16 +1538,16 @@ fn share(q: Option<&Quantity>, of: Option<&Quantity>, millis: bool) -> String {
 /// allocate (the stock kubectl's `describeNodeResource`).
 fn node_resources(p: &mut Page, status: &Value, pods: &[Value]) {
     let allocatable_value = if status["allocatable"].as_object().is_some_and(|a| !a.is_empty()) { &status["allocatable"] } else { &status["capacity"] };
-    let mut allocatable = Resources::new();
-    add_resources(&mut allocatable, allocatable_value);
+    let allocatable = quota::parse_list(Some(allocatable_value));
     let (cpu, memory) = (allocatable.get("cpu"), allocatable.get("memory"));
     p.field(0, "Non-terminated Pods", &format!("({} in total)", pods.len()));
     p.line(1, "Namespace\tName\t\tCPU Requests\tCPU Limits\tMemory Requests\tMemory Limits\tAge");
     p.line(1, "---------\t----\t\t------------\t----------\t---------------\t-------------\t---");
-    let mut requests = Resources::new();
-    let mut limits = Resources::new();
+    let mut requests = ResourceList::new();
+    let mut limits = ResourceList::new();
     for pod in pods {
-        let (req, lim) = (pod_resources(pod, "requests"), pod_resources(pod, "limits"));
+        // kubectl's `PodRequestsAndLimits`: containers, init containers, sidecars, overhead.
+        let (req, lim) = (quota::pod_requests(pod, true), quota::pod_limits(pod, true));
         p.line(
             1,
             &format!(
@@ -1634,16 +1561,8 @@ fn node_resources(p: &mut Page, status: &Value, pods: &[Value]) {
                 age(pod["metadata"]["creationTimestamp"].as_str()),
             ),
         );
-        for (sum, own) in [(&mut requests, req), (&mut limits, lim)] {
-            for (name, q) in own {
-                match sum.get_mut(&name) {
-                    Some(t) => *t = *t + q,
-                    None => {
-                        sum.insert(name, q);
-                    }
-                }
-            }
-        }
+        requests = quota::add(&requests, &req);
+        limits = quota::add(&limits, &lim);
     }
     p.line(0, "Allocated resources:");
     p.line(0, "  (Total limits may be over 100 percent, i.e., overcommitted.)");
@@ -1659,7 +1578,7 @@ fn node_resources(p: &mut Page, status: &Value, pods: &[Value]) {
     }
     let standard = |n: &str| matches!(n, "cpu" | "memory" | "ephemeral-storage" | "pods") || n.starts_with("hugepages-") || n.starts_with("requests.") || n.starts_with("limits.");
     for name in allocatable.keys().filter(|n| !standard(n)) {
-        let text = |list: &Resources| list.get(name).map_or_else(|| "0".to_string(), |q| q.to_string());
+        let text = |list: &ResourceList| list.get(name).map_or_else(|| "0".to_string(), |q| q.to_string());
         p.line(1, &format!("{name}\t{}\t{}", text(&requests), text(&limits)));
     }
 }
@@ -1753,30 +1672,6 @@ fn labels_text(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn text(r: &Resources) -> Vec<String> {
-        r.iter().map(|(k, v)| format!("{k}={v}")).collect()
-    }
-
-    #[test]
-    fn pod_resources_count_init_containers_and_overhead_as_kubectl_does() {
-        let pod = json!({"spec": {
-            "containers": [
-                {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}},
-                {"resources": {"requests": {"cpu": "50m", "memory": "32Mi"}}},
-            ],
-            "initContainers": [
-                // A one-shot init container larger than the containers together sets the request.
-                {"resources": {"requests": {"cpu": "1", "memory": "16Mi"}}},
-                // A sidecar (restartable) adds to the containers.
-                {"restartPolicy": "Always", "resources": {"requests": {"memory": "8Mi"}}},
-            ],
-            "overhead": {"cpu": "10m", "memory": "1Mi"},
-        }});
-        assert_eq!(text(&pod_resources(&pod, "requests")), ["cpu=1010m", "memory=105Mi"]);
-        // Overhead only where a limit is set.
-        assert_eq!(text(&pod_resources(&pod, "limits")), ["memory=129Mi"]);
-    }
 
     #[test]
     fn shares_truncate_and_survive_a_missing_total() {
