@@ -175,11 +175,16 @@ impl NodeAgent {
     }
 
     /// Records the conditions whose status differs from `before` as Kubernetes' kubelet
-    /// does: "Node vm status is now: NodeReady" and the like, all Normal.
+    /// does: "Node vm status is now: NodeReady" and the like, all Normal. As there, a
+    /// Ready condition the node did not have yet is not an event (a fresh node, created
+    /// NotReady until its pod network is set up, shows only its NodeReady); the pressure
+    /// conditions are recorded from their first status.
     async fn record_changes(&self, before: &BTreeMap<String, String>, conditions: &[NodeCondition]) {
         for c in conditions {
-            if before.get(&c.type_) == Some(&c.status) {
-                continue;
+            match before.get(&c.type_) {
+                Some(was) if *was == c.status => continue,
+                None if c.type_ == "Ready" => continue,
+                _ => {}
             }
             let reason = match (c.type_.as_str(), c.status == "True") {
                 ("Ready", true) => "NodeReady",

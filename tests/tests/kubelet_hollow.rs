@@ -71,6 +71,11 @@ async fn hollow_kubelet_registers_runs_and_deletes_pods() -> anyhow::Result<()> 
             ],
         )
         .await?;
+    // A node that came up NotReady (until its podCIDR is set) and then Ready shows only
+    // its NodeReady, as on Kubernetes: a Ready condition's first status is not an event.
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
+    let not_ready = events.list(&ListParams::default().fields("involvedObject.name=hollow-1,reason=NodeNotReady")).await?;
+    assert!(not_ready.items.is_empty(), "a fresh node records no NodeNotReady: {:?}", not_ready.items);
     // Conditions carry when they last changed, and a heartbeat does not move it.
     let times = |n: &Node| -> Vec<(String, Option<String>, Option<String>)> {
         let conditions = n.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
@@ -111,7 +116,6 @@ async fn hollow_kubelet_registers_runs_and_deletes_pods() -> anyhow::Result<()> 
     })
     .await?;
     assert!(again > was, "Ready again from a new transition time: {again} after {was}");
-    let events: Api<Event> = Api::namespaced(cluster.client.clone(), "default");
     eventually(Duration::from_secs(10), "two NodeReady events", || {
         let events = events.clone();
         async move {
