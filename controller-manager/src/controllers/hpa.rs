@@ -19,10 +19,11 @@ use futures::StreamExt;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerCondition, HorizontalPodAutoscalerStatus,
 };
-use k8s_openapi::api::core::v1::{Event, EventSource, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use component_base::events::EventSink;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector;
@@ -65,9 +66,9 @@ struct State {
     /// When each HPA was last synced, and at which generation: events in between (our
     /// own status writes) wait for the sync period, as in Kubernetes.
     last_sync: Mutex<HashMap<String, (Instant, Option<i64>)>>,
-    /// The last warning recorded per HPA: a failure repeated every sync is recorded once
-    /// until it changes (client-go's recorder aggregates them into one event too).
-    last_warning: Mutex<HashMap<String, String>>,
+    /// Where its events go; a failure repeated every sync becomes one event whose count
+    /// grows, as client-go's recorder aggregates them.
+    events: EventSink,
     /// The controller's HPA cache, to forget deleted HPAs.
     hpas: std::sync::OnceLock<reflector::Store<HorizontalPodAutoscaler>>,
 }
@@ -105,7 +106,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, source: Arc<dyn Metr
         sync_period: ctx.config.hpa_sync_period,
         history: Mutex::default(),
         last_sync: Mutex::default(),
-        last_warning: Mutex::default(),
+        events: ctx.events("horizontal-pod-autoscaler"),
         hpas: std::sync::OnceLock::new(),
     });
     let hpas: Api<HorizontalPodAutoscaler> = Api::all(client);
@@ -138,7 +139,6 @@ fn forget_deleted(st: &State) {
     let live: std::collections::HashSet<String> = store.state().iter().map(|h| key_of(h)).collect();
     lock(&st.history).retain(|k, _| live.contains(k));
     lock(&st.last_sync).retain(|k, _| live.contains(k));
-    lock(&st.last_warning).retain(|k, _| live.contains(k));
 }
 
 async fn reconcile(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>) -> Result<Action, HpaError> {
@@ -215,7 +215,7 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>, key: String) ->
         Err(e) => {
             let c = recommend_condition("AbleToScale", false, "FailedGetScale", format!("the HPA controller was unable to get the target's current scale: {e}"));
             set_condition(&mut conditions, &c, now);
-            publish(&st, &hpa, EventType::Warning, "FailedGetScale", e).await;
+            st.events.warning(hpa.object_ref(&()), "FailedGetScale", e);
             status.conditions = Some(conditions);
             return write_status(&st, &hpa, &key, old, status).await;
         }
@@ -262,7 +262,7 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>, key: String) ->
     }
     status.current_metrics = (!decision.metric_statuses.is_empty()).then(|| decision.metric_statuses.clone());
     if let Some(err) = &decision.error {
-        publish(&st, &hpa, EventType::Warning, "FailedComputeMetricsReplicas", err.clone()).await;
+        st.events.warning(hpa.object_ref(&()), "FailedComputeMetricsReplicas", err.clone());
         status.conditions = Some(conditions);
         return write_status(&st, &hpa, &key, old, status).await;
     }
@@ -276,7 +276,7 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>, key: String) ->
         if let Err(source) = result {
             let c = recommend_condition("AbleToScale", false, "FailedUpdateScale", format!("the HPA controller was unable to update the target scale: {}", api_message(&source)));
             set_condition(&mut conditions, &c, now);
-            publish(&st, &hpa, EventType::Warning, "FailedRescale", format!("New size: {}; reason: {}; error: {}", decision.desired_replicas, decision.reason, api_message(&source))).await;
+            st.events.warning(hpa.object_ref(&()), "FailedRescale", format!("New size: {}; reason: {}; error: {}", decision.desired_replicas, decision.reason, api_message(&source)));
             status.desired_replicas = old.desired_replicas;
             status.conditions = Some(conditions);
             write_status(&st, &hpa, &key, old, status).await?;
@@ -286,7 +286,7 @@ async fn sync(hpa: Arc<HorizontalPodAutoscaler>, st: Arc<State>, key: String) ->
         let msg = format!("the HPA controller was able to update the target scale to {}", decision.desired_replicas);
         set_condition(&mut conditions, &recommend_condition("AbleToScale", true, "SucceededRescale", msg), now);
         info!(hpa = %key, target = %target_name, from = current, to = decision.desired_replicas, reason = %decision.reason, "rescaled");
-        publish(&st, &hpa, EventType::Normal, "SuccessfulRescale", format!("New size: {}; reason: {}", decision.desired_replicas, decision.reason)).await;
+        st.events.normal(hpa.object_ref(&()), "SuccessfulRescale", format!("New size: {}; reason: {}", decision.desired_replicas, decision.reason));
         status.last_scale_time = Some(Time(now));
     }
     status.conditions = Some(conditions);
@@ -303,56 +303,6 @@ fn api_message(e: &kube::Error) -> String {
 
 fn recommend_condition(type_: &'static str, status: bool, reason: &str, message: impl Into<String>) -> Condition {
     Condition { type_, status, reason: reason.into(), message: message.into() }
-}
-
-/// Which kind of event: `Normal` or `Warning`.
-#[derive(Debug, Clone, Copy)]
-enum EventType {
-    Normal,
-    Warning,
-}
-
-/// Records a core/v1 Event about the HPA (what `kubectl describe hpa` lists).
-async fn publish(st: &State, hpa: &HorizontalPodAutoscaler, type_: EventType, reason: &str, message: String) {
-    let now = Timestamp::now();
-    let ns = hpa.namespace().unwrap_or_default();
-    {
-        let mut last = lock(&st.last_warning);
-        let key = key_of(hpa);
-        match type_ {
-            EventType::Warning => {
-                let text = format!("{reason}: {message}");
-                if last.get(&key) == Some(&text) {
-                    return;
-                }
-                last.insert(key, text);
-            }
-            EventType::Normal => {
-                last.remove(&key);
-            }
-        }
-    }
-    let component = "horizontal-pod-autoscaler";
-    let event = Event {
-        metadata: ObjectMeta { name: Some(format!("{}.{:x}", hpa.name_any(), now.as_nanosecond())), namespace: Some(ns.clone()), ..Default::default() },
-        involved_object: hpa.object_ref(&()),
-        reason: Some(reason.into()),
-        message: Some(message),
-        type_: Some(format!("{type_:?}")),
-        action: Some("Scale".into()),
-        source: Some(EventSource { component: Some(component.into()), host: None }),
-        reporting_component: Some(component.into()),
-        reporting_instance: Some(component.into()),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        event_time: Some(MicroTime(now)),
-        count: Some(1),
-        ..Default::default()
-    };
-    let api: Api<Event> = Api::namespaced(st.client.clone(), &ns);
-    if let Err(e) = api.create(&PostParams::default(), &event).await {
-        tracing::debug!(error = %e, "recording an event failed");
-    }
 }
 
 async fn write_status(st: &State, hpa: &HorizontalPodAutoscaler, key: &str, old: HorizontalPodAutoscalerStatus, new: HorizontalPodAutoscalerStatus) -> Result<(), HpaError> {
