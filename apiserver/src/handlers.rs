@@ -106,7 +106,7 @@ fn shape_one(target: &Target, negotiated: Negotiated, obj: Value, params: &Param
     }
 }
 
-fn include_object(params: &Params) -> printers::IncludeObject {
+pub(crate) fn include_object(params: &Params) -> printers::IncludeObject {
     match params.get("includeObject") {
         Some("None") => printers::IncludeObject::None,
         Some("Object") => printers::IncludeObject::Object,
@@ -114,7 +114,7 @@ fn include_object(params: &Params) -> printers::IncludeObject {
     }
 }
 
-fn partial_metadata(obj: &Value) -> Value {
+pub(crate) fn partial_metadata(obj: &Value) -> Value {
     json!({
         "kind": "PartialObjectMetadata",
         "apiVersion": "meta.k8s.io/v1",

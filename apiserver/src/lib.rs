@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod certificates;
 pub mod codec;
+pub mod componentstatus;
 pub mod conversion;
 pub mod discovery;
 pub mod errors;

@@ -131,6 +131,8 @@ async fn main() -> anyhow::Result<()> {
         service_ranges,
         advertise_address: opts.advertise_address.unwrap_or(if opts.bind_address.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { opts.bind_address }),
         security,
+        // The scheduler and controller-manager run apart: their Leases tell.
+        local_components: Vec::new(),
     };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

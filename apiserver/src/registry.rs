@@ -85,7 +85,7 @@ impl ResourceInfo {
     pub fn verbs(&self) -> &'static [&'static str] {
         match (self.group, self.plural) {
             ("", "bindings") => &["create"],
-            ("metrics.k8s.io", _) => &["get", "list"],
+            ("metrics.k8s.io", _) | ("", "componentstatuses") => &["get", "list"],
             ("authorization.k8s.io" | "authentication.k8s.io", _) => &["create"],
             _ => &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
         }
@@ -231,6 +231,11 @@ pub static METRICS_RESOURCES: &[ResourceInfo] = &[
     r("metrics.k8s.io", "v1beta1", "pods", "", "PodMetrics", NS, &[], &[], NONE, false),
 ];
 
+/// `componentstatuses`, answered by [`crate::componentstatus`] from the components'
+/// health on each request: listed in discovery, never cached or stored.
+pub static COMPONENT_STATUS_RESOURCES: &[ResourceInfo] =
+    &[r("", "v1", "componentstatuses", "componentstatus", "ComponentStatus", CLUSTER, &["cs"], &[], NONE, false)];
+
 /// The create-only review resources, answered from the request by
 /// [`crate::auth::reviews`]: listed in discovery, never cached or stored.
 pub static REVIEW_RESOURCES: &[ResourceInfo] = &[
@@ -247,10 +252,10 @@ pub fn lookup_review(group: &str, version: &str, plural: &str) -> Option<&'stati
     REVIEW_RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
-/// What discovery lists: the stored resources, the [`METRICS_RESOURCES`] and the
-/// [`REVIEW_RESOURCES`].
+/// What discovery lists: the stored resources, the [`METRICS_RESOURCES`], the
+/// [`COMPONENT_STATUS_RESOURCES`] and the [`REVIEW_RESOURCES`].
 fn discoverable() -> impl Iterator<Item = &'static ResourceInfo> {
-    RESOURCES.iter().chain(METRICS_RESOURCES.iter()).chain(REVIEW_RESOURCES.iter())
+    RESOURCES.iter().chain(METRICS_RESOURCES.iter()).chain(COMPONENT_STATUS_RESOURCES.iter()).chain(REVIEW_RESOURCES.iter())
 }
 
 /// The group versions discovery lists (stored and in-memory resources), in order.

@@ -37,6 +37,10 @@ pub struct Config {
     /// The address clients are told to use (the `kubernetes` Service's endpoint).
     pub advertise_address: std::net::IpAddr,
     pub security: SecurityConfig,
+    /// Components running in this process beside the apiserver (`rkube up`), by their
+    /// `componentstatuses` name (`scheduler`, `controller-manager`); the others are
+    /// judged by their leader-election Lease in kube-system.
+    pub local_components: Vec<(&'static str, component_base::health::Running)>,
 }
 
 /// How the apiserver proves itself to clients and checks them.
@@ -383,6 +387,7 @@ async fn route(api: Arc<ApiServer>, method: Method, uri: &Uri, headers: HeaderMa
             }
             return Ok(json_response(&discovery::group_list()));
         }
+        ["api", "v1", "componentstatuses", rest @ ..] => return api.serve_component_statuses(&method, rest, &headers, uri.query()).await,
         ["apis", "metrics.k8s.io", "v1beta1", rest @ ..] if !rest.is_empty() => {
             return api.serve_metrics(&method, rest, uri.query()).map(|v| json_response(&v));
         }

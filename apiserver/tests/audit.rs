@@ -46,6 +46,7 @@ impl AuditedServer {
             service_ranges: ServiceRanges::parse("10.43.0.0/16", "30000-32767").map_err(anyhow::Error::msg)?,
             advertise_address: "127.0.0.1".parse()?,
             security: Default::default(),
+            local_components: Vec::new(),
         };
         let store = Arc::new(apiserver::storage::embedded::EmbeddedStore::open(&dir.path().join("db")).await?);
         let security = Security::new(false, Authenticator::new(Default::default(), None), vec![Mode::Node, Mode::Rbac], None);

@@ -70,6 +70,7 @@ async fn the_apiserver_stores_through_etcd_over_mutual_tls() -> anyhow::Result<(
             service_ranges: apiserver::admission::ServiceRanges::parse("10.43.0.0/16", "30000-32767").map_err(anyhow::Error::msg)?,
             advertise_address: "127.0.0.1".parse()?,
             security,
+            local_components: Vec::new(),
         };
         let shutdown = tokio_util::sync::CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -23,6 +23,7 @@ async fn apiserver(dir: &std::path::Path, store: Arc<dyn apiserver::storage::Sto
         service_ranges: ServiceRanges::parse("10.96.0.0/28", "30000-32767").map_err(anyhow::Error::msg)?,
         advertise_address: address.parse()?,
         security: Default::default(),
+        local_components: Vec::new(),
     };
     Ok(apiserver::ApiServer::with_store(config, store, Security::insecure(), shutdown.clone()).await?)
 }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod events;
+pub mod health;
 pub mod leaderelection;
 pub mod nft;
 pub mod pki;

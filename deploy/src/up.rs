@@ -100,6 +100,10 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
     let kubelet_config = server_kubelet_config(lab, settings, options);
     let service_ranges = apiserver::admission::ServiceRanges::parse(&settings.service_cidr, "30000-32767")
         .map_err(|e| anyhow::anyhow!("{}: serviceCidr: {e}", lab.dir.join("lab.json").display()))?;
+    // The scheduler and controller-manager run as tasks of this process: the apiserver
+    // reports them in `kubectl get componentstatuses` by whether those tasks still run.
+    let scheduler_running = component_base::health::Running::default();
+    let controller_manager_running = component_base::health::Running::default();
     let api_config = apiserver::server::Config {
         data_dir: lab.dir.clone(),
         // Every address: pods reach the API through the `kubernetes` Service, which
@@ -109,6 +113,7 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
         service_ranges,
         advertise_address: std::net::IpAddr::V4(kubelet_config.node_ip),
         security: apiserver::server::SecurityConfig { tls_sans: options.tls_sans.clone(), ..Default::default() },
+        local_components: vec![("scheduler", scheduler_running.clone()), ("controller-manager", controller_manager_running.clone())],
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let api = tokio::spawn(apiserver::server::run(api_config, shutdown.clone(), Some(ready_tx)));
@@ -198,9 +203,9 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
         ("kube-apiserver", tokio::spawn(async move { api.await.map_err(anyhow::Error::new)?.map_err(anyhow::Error::new) })),
         (
             "kube-controller-manager",
-            tokio::spawn(controller_manager::run(cm_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new))),
+            tokio::spawn(running_while(controller_manager_running, controller_manager::run(cm_config, shutdown.clone()))),
         ),
-        ("kube-scheduler", tokio::spawn(scheduler::run(sched_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))),
+        ("kube-scheduler", tokio::spawn(running_while(scheduler_running, scheduler::run(sched_config, shutdown.clone())))),
         ("kubelet", tokio::spawn(kubelet::run(kubelet_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))),
         ("kube-proxy", tokio::spawn(kube_proxy::run(proxy_config, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))),
         (
@@ -225,6 +230,15 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
         tracing::warn!("some components did not stop within {}s", SHUTDOWN_TIMEOUT.as_secs());
     }
     outcome
+}
+
+/// Runs a component's task, marked running for as long as it does.
+async fn running_while<E: std::error::Error + Send + Sync + 'static>(
+    running: component_base::health::Running,
+    task: impl std::future::Future<Output = Result<(), E>>,
+) -> anyhow::Result<()> {
+    let _up = running.hold();
+    task.await.map_err(anyhow::Error::new)
 }
 
 /// What every lab has besides the components, as k3s deploys its manifests: the default

@@ -196,6 +196,11 @@ fn run_steps(lab: &Lab) -> anyhow::Result<()> {
     eprintln!("lab up in {:.1}s", started.elapsed().as_secs_f64());
     let nodes = lab.kubectl(&["get", "nodes"])?;
     assert!(nodes.contains(" Ready "), "{nodes}");
+    // What many tutorials run next: every component healthy.
+    let cs = lab.kubectl(&["get", "cs"])?;
+    for component in ["controller-manager", "scheduler", "etcd-0"] {
+        assert!(cs.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == [component, "Healthy", "ok"]), "kubectl get cs: {component} Healthy: {cs}");
+    }
     let images = lab.rkube(&["images"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     eprintln!("{images}");
 

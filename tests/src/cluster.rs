@@ -27,6 +27,7 @@ impl Cluster {
             service_ranges: apiserver::admission::ServiceRanges::parse("10.43.0.0/16", "30000-32767").map_err(anyhow::Error::msg)?,
             advertise_address: "127.0.0.1".parse()?,
             security: Default::default(),
+            local_components: Vec::new(),
         };
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();

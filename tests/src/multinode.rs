@@ -940,6 +940,7 @@ pub async fn start_control_plane(names: &Names, dir: &Path) -> anyhow::Result<Co
             .map_err(anyhow::Error::msg)?,
         advertise_address: IpAddr::V4(names.host_ip()),
         security: Default::default(),
+        local_components: Vec::new(),
     };
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -87,3 +87,64 @@ async fn the_standby_controller_manager_takes_over_from_a_crashed_leader() -> an
     assert_eq!(pod_count(c, "first").await?, 3);
     Ok(())
 }
+
+async fn kubectl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(tokio::process::Command::new("kubectl").args(args).env("KUBECONFIG", &cluster.kubeconfig).output().await?)
+}
+
+/// The `STATUS`, `MESSAGE` and `ERROR` cells of `component` in `kubectl get cs`.
+async fn component_status(cluster: &Cluster, component: &str) -> anyhow::Result<(String, String)> {
+    let out = kubectl(cluster, &["get", "cs", component, "-o", "jsonpath={.conditions[0].status}|{.conditions[0].message}{.conditions[0].error}"]).await?;
+    anyhow::ensure!(out.status.success(), "kubectl get cs {component}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, said) = text.split_once('|').unwrap_or((&text, ""));
+    Ok((status.to_string(), said.to_string()))
+}
+
+/// `kubectl get cs` (componentstatuses, deprecated and still in many tutorials): the
+/// store is healthy, and a controller-manager apart from the apiserver is healthy while
+/// it holds its Lease and unhealthy once it crashed and the Lease ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_cs_follows_the_controller_managers_lease() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let out = kubectl(&cluster, &["get", "cs"]).await?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Warning: v1 ComponentStatus is deprecated in v1.19+"), "the deprecation warning: {stderr}");
+    let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.first().map(|r| r.as_slice()), Some(["NAME", "STATUS", "MESSAGE", "ERROR"].as_slice()), "{stdout}");
+    assert!(rows.iter().any(|r| r.as_slice() == ["etcd-0", "Healthy", "ok"]), "the store is healthy: {stdout}");
+    // No controller-manager runs yet.
+    let (status, said) = component_status(&cluster, "controller-manager").await?;
+    assert_eq!(status, "False", "no controller-manager: {said}");
+    assert!(said.contains("kube-controller-manager"), "{said}");
+
+    let config = controller_manager::Config {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        controllers: vec!["replicaset".into()],
+        leader_elect: true,
+        leader_elect_lease_duration: Duration::from_secs(4),
+        leader_elect_renew_deadline: Duration::from_secs(3),
+        leader_elect_retry_period: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let token = cluster.shutdown.child_token();
+    let task = tokio::spawn(async move { controller_manager::run(config, token).await });
+    eventually(Duration::from_secs(15), "controller-manager Healthy", || async {
+        Ok((component_status(&cluster, "controller-manager").await? == ("True".to_string(), "ok".to_string())).then_some(()))
+    })
+    .await?;
+    // A crash leaves the Lease behind; once it has run out the component is unhealthy.
+    task.abort();
+    let said = eventually(Duration::from_secs(15), "controller-manager Unhealthy", || async {
+        let (status, said) = component_status(&cluster, "controller-manager").await?;
+        Ok((status == "False").then_some(said))
+    })
+    .await?;
+    assert!(said.contains("last renewed Lease kube-system/kube-controller-manager"), "{said}");
+
+    let missing = kubectl(&cluster, &["get", "cs", "nope"]).await?;
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && stderr.contains(r#"componentstatuses "nope" not found"#), "{stderr}");
+    Ok(())
+}

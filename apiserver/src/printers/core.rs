@@ -1,7 +1,7 @@
 //! Printers for the core (`""`) group: pods, nodes, namespaces, services,
 //! endpoints, config maps, secrets, service accounts, events (also
 //! `events.k8s.io`), replication controllers, persistent volumes and claims,
-//! resource quotas and pod templates.
+//! resource quotas, pod templates and component statuses.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -24,6 +24,7 @@ pub(crate) fn printer(resource: &str, group: &str) -> Option<Printer> {
         ("", "endpoints") => (ENDPOINTS_COLUMNS, endpoints_row),
         ("", "configmaps") => (CONFIGMAP_COLUMNS, configmap_row),
         ("", "secrets") => (SECRET_COLUMNS, secret_row),
+        ("", "componentstatuses") => (COMPONENTSTATUS_COLUMNS, componentstatus_row),
         ("", "serviceaccounts") => (SERVICEACCOUNT_COLUMNS, serviceaccount_row),
         ("", "events") | ("events.k8s.io", "events") => (EVENT_COLUMNS, event_row),
         ("", "replicationcontrollers") => (RC_COLUMNS, rc_row),
@@ -526,6 +527,27 @@ fn secret_row(s: &Value, now: DateTime<Utc>) -> Vec<Value> {
         json!(map_len(s, &["data"])),
         age(s, now),
     ]
+}
+
+static COMPONENTSTATUS_COLUMNS: &[Column] = &[
+    NAME,
+    col("Status", "string", "Status of the component conditions"),
+    col("Message", "string", "Message of the component conditions"),
+    col("Error", "string", "Error of the component conditions"),
+];
+
+/// The first `Healthy` condition's status, message and error, as Kubernetes prints it.
+fn componentstatus_row(c: &Value, _now: DateTime<Utc>) -> Vec<Value> {
+    let healthy = arr(c, &["conditions"]).iter().find(|cond| str_at(cond, &["type"]) == "Healthy");
+    let (status, message, error) = match healthy {
+        Some(cond) => (
+            if str_at(cond, &["status"]) == "True" { "Healthy" } else { "Unhealthy" },
+            str_at(cond, &["message"]),
+            str_at(cond, &["error"]),
+        ),
+        None => ("Unknown", "", ""),
+    };
+    vec![json!(name(c)), json!(status), json!(message), json!(error)]
 }
 
 static SERVICEACCOUNT_COLUMNS: &[Column] = &[

@@ -19,7 +19,7 @@
 mod apps;
 mod core;
 mod other;
-mod util;
+pub(crate) mod util;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};

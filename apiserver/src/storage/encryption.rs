@@ -1151,6 +1151,10 @@ impl Store for EncryptingStore {
     async fn compacted_revision(&self) -> Result<Revision, StoreError> {
         self.inner.compacted_revision().await
     }
+
+    async fn member_health(&self) -> Vec<Result<(), String>> {
+        self.inner.member_health().await
+    }
 }
 
 #[cfg(test)]

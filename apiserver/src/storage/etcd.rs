@@ -617,4 +617,20 @@ impl Store for EtcdStore {
         }
         Ok(hi)
     }
+
+    async fn member_health(&self) -> Vec<Result<(), String>> {
+        // As Kubernetes checks each server: a linearizable read of the key `health`
+        // through that member, so a member cut off from its quorum reads as unhealthy.
+        let checks = self.clients.iter().map(|c| {
+            let mut c = c.clone();
+            async move {
+                match tokio::time::timeout(Duration::from_secs(3), c.get("health", None)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer within 3s".to_string()),
+                }
+            }
+        });
+        futures::future::join_all(checks).await
+    }
 }

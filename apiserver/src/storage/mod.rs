@@ -145,6 +145,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// The revision history is compacted up to (0 if never).
     async fn compacted_revision(&self) -> Result<Revision, StoreError>;
+
+    /// Whether each member behind the store answers, in the order they were configured
+    /// (what `kubectl get componentstatuses` lists as `etcd-0`, `etcd-1`…): `Err` says
+    /// why one does not. A store that is not a cluster is one member.
+    async fn member_health(&self) -> Vec<Result<(), String>> {
+        vec![self.current_revision().await.map(|_| ()).map_err(|e| e.to_string())]
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix` (etcd's range end).

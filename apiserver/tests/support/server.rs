@@ -52,6 +52,7 @@ impl TestServer {
             service_ranges,
             advertise_address: "127.0.0.1".parse()?,
             security: Default::default(),
+            local_components: Vec::new(),
         };
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
