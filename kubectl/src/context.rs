@@ -128,8 +128,15 @@ impl Ctx {
                     _ => config.cluster_url.to_string(),
                 };
                 let _ = crate::errors::SERVER.set(host);
-                let client =
-                    kube::Client::try_from(config.clone()).context("building the API client")?;
+                // Every `Warning` the server sends is printed as the stock kubectl prints it
+                // (deprecations, unknown fields under fieldValidation=Warn, pod security).
+                let client = kube::client::ClientBuilder::try_from(config.clone())
+                    .context("building the API client")?
+                    .with_layer(&tower::util::MapResponseLayer::new(|response: http::Response<_>| {
+                        print_warnings(response.headers());
+                        response
+                    }))
+                    .build();
                 Ok((config, client))
             })
             .await
@@ -162,6 +169,36 @@ impl Ctx {
     }
 }
 
+/// Prints each server warning once per command to stderr, as `Warning: <text>`.
+fn print_warnings(headers: &http::HeaderMap) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    for value in headers.get_all(http::header::WARNING) {
+        let Some(text) = value.to_str().ok().and_then(warning_text) else { continue };
+        let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.contains(&text) {
+            eprintln!("Warning: {text}");
+            seen.push(text);
+        }
+    }
+}
+
+/// The text of a `299 - "text"` warning header, as client-go reads it; other codes and
+/// malformed values are ignored.
+fn warning_text(value: &str) -> Option<String> {
+    let rest = value.trim().strip_prefix("299 ")?;
+    let (_agent, rest) = rest.trim_start().split_once(' ')?;
+    let mut chars = rest.trim_start().strip_prefix('"')?.chars();
+    let mut text = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => text.push(chars.next()?),
+            '"' => return Some(text),
+            c => text.push(c),
+        }
+    }
+    None
+}
+
 fn kubeconfig_error(path: &std::path::Path, e: &kube::config::KubeconfigError) -> String {
     let text = e.to_string();
     if text.contains("No such file")
@@ -171,4 +208,17 @@ fn kubeconfig_error(path: &std::path::Path, e: &kube::config::KubeconfigError) -
         return format!("stat {}: no such file or directory", path.display());
     }
     format!("{}: {text}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::warning_text;
+
+    #[test]
+    fn warning_headers_read_as_client_go_reads_them() {
+        assert_eq!(warning_text(r#"299 - "v1 ComponentStatus is deprecated in v1.19+""#).as_deref(), Some("v1 ComponentStatus is deprecated in v1.19+"));
+        assert_eq!(warning_text(r#"299 - "unknown field \"spec.foo\"""#).as_deref(), Some(r#"unknown field "spec.foo""#));
+        assert_eq!(warning_text(r#"199 - "miscellaneous""#), None, "only code 299 is shown");
+        assert_eq!(warning_text(r#"299 - "unterminated"#), None);
+    }
 }

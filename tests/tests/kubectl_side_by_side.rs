@@ -112,6 +112,9 @@ async fn get_prints_like_the_stock_kubectl() -> anyhow::Result<()> {
             "get ns",
             "get nodes",
             "get nodes -o wide",
+            // Deprecated, served with a warning, and in many tutorials.
+            "get cs",
+            "get componentstatus etcd-0 -o yaml",
             "get deployments.apps web",
             "get deployment.v1.apps/web service/web",
             "get Deployment",
