@@ -347,6 +347,17 @@ pub async fn resolve_files(
 }
 
 /// Sends one request; the server's Status becomes a `kube::Error::Api`.
+/// The `fieldValidation` a `--validate` value asks the server for, as kubectl maps it:
+/// strict when not given (kubectl's default since 1.25), so unknown fields are refused.
+pub fn field_validation(validate: Option<&str>) -> anyhow::Result<&'static str> {
+    match validate.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("strict" | "true") => Ok("Strict"),
+        Some("warn") => Ok("Warn"),
+        Some("ignore" | "false") => Ok("Ignore"),
+        Some(other) => anyhow::bail!("invalid - validate option {other:?}; must be one of: strict (or true), warn, ignore (or false)"),
+    }
+}
+
 pub async fn send(
     client: &kube::Client,
     method: http::Method,

@@ -126,6 +126,10 @@ async fn apply_create_run_expose_and_delete_print_like_the_stock_kubectl() -> an
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  labels:\n    a: b\n   c: d\n",
     )?;
     scratch.write("nokind.yaml", "metadata:\n  name: x\n")?;
+    scratch.write(
+        "unknown-field.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndata:\n  a: b\nspec:\n  foo: bar\n",
+    )?;
     std::fs::create_dir_all(scratch.dir.path().join("files"))?;
     scratch.write("files/one.txt", "first\n")?;
     scratch.write("files/two.conf", "second")?;
@@ -162,6 +166,15 @@ async fn apply_create_run_expose_and_delete_print_like_the_stock_kubectl() -> an
             "create -f {dir}/bad.yaml",
             "apply -f {dir}/nokind.yaml",
             "apply -f {dir}/nope.yaml",
+            // Unknown fields: refused (--validate=strict, the default), a warning, or
+            // nothing, as fieldValidation asks the server.
+            "apply -f {dir}/unknown-field.yaml",
+            "create -f {dir}/unknown-field.yaml --validate=true",
+            "apply -f {dir}/unknown-field.yaml --validate=warn",
+            "apply -f {dir}/unknown-field.yaml --validate=false",
+            "apply --server-side -f {dir}/unknown-field.yaml",
+            "apply -f {dir}/unknown-field.yaml --validate=bogus",
+            "delete cm typo",
             "apply",
             // Generators.
             "create configmap c1 --from-literal=a=b --from-literal=c=d",

@@ -34,7 +34,8 @@ pub struct Args {
     /// Name of the manager used to track field ownership.
     #[arg(long = "field-manager")]
     pub field_manager: Option<String>,
-    /// Validation (accepted; the server validates).
+    /// How the server treats unknown or duplicate fields: strict (or true, the default),
+    /// warn, or ignore (or false); sent as `fieldValidation`.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "strict")]
     pub validate: Option<String>,
     /// Accepted for compatibility (ignored).
@@ -86,13 +87,14 @@ async fn server_side(
         return write::print_result(output, &obj, &r.res, "serverside-applied", dry);
     }
     let force = if args.force_conflicts { "true" } else { "" };
+    let validation = write::field_validation(args.validate.as_deref())?;
     let result = write::patch(
         client,
         &r.url(),
         "application/apply-patch+yaml",
         &obj,
         dry,
-        &[("fieldManager", manager), ("force", force)],
+        &[("fieldManager", manager), ("force", force), ("fieldValidation", validation)],
     )
     .await;
     match result {
@@ -142,6 +144,7 @@ async fn client_side(
         .field_manager
         .as_deref()
         .unwrap_or("kubectl-client-side-apply");
+    let validation = write::field_validation(args.validate.as_deref())?;
     let modified = with_last_applied(&r.obj, r.namespace.as_deref());
     let current = match write::get(client, &r.url()).await {
         Ok(c) if !r.name.is_empty() => Some(c),
@@ -171,7 +174,7 @@ async fn client_side(
             &r.collection_url(),
             &modified,
             dry,
-            &[("fieldManager", manager)],
+            &[("fieldManager", manager), ("fieldValidation", validation)],
         )
         .await
         .map_err(|e| {
@@ -210,7 +213,7 @@ async fn client_side(
         content_type,
         &patch,
         dry,
-        &[("fieldManager", manager)],
+        &[("fieldManager", manager), ("fieldValidation", validation)],
     )
     .await
     .map_err(|e| {

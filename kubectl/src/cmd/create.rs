@@ -41,7 +41,8 @@ pub struct Common {
     /// Name of the manager used to track field ownership.
     #[arg(long = "field-manager", default_value = "kubectl-create")]
     pub field_manager: String,
-    /// Validation (accepted; the server validates).
+    /// How the server treats unknown or duplicate fields: strict (or true, the default),
+    /// warn, or ignore (or false); sent as `fieldValidation`.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "strict")]
     pub validate: Option<String>,
 }
@@ -272,7 +273,7 @@ pub async fn create_generated(
         &res.collection_url(Some(&ns)),
         &strip_nulls(obj),
         dry,
-        &[("fieldManager", &common.field_manager)],
+        &[("fieldManager", &common.field_manager), ("fieldValidation", write::field_validation(common.validate.as_deref())?)],
     )
     .await
     .map_err(|e| match errors::api_status(&e) {
@@ -328,7 +329,7 @@ async fn from_files(
             &r.collection_url(),
             &obj,
             dry,
-            &[("fieldManager", &common.field_manager)],
+            &[("fieldManager", &common.field_manager), ("fieldValidation", write::field_validation(common.validate.as_deref())?)],
         )
         .await
         {
