@@ -54,7 +54,13 @@ async fn etcd_cluster_survives_member_loss() -> anyhow::Result<()> {
             .create(&format!("{base}/before-{i}"), b"x".to_vec())
             .await?;
     }
+    // `kubectl get cs` lists each member as etcd-0, etcd-1…: all three answer.
+    let health = store.member_health().await;
+    ensure!(health.iter().all(Result::is_ok), "every member healthy: {health:?}");
+    ensure!(health.len() == 3, "one entry per member: {health:?}");
     cluster.members[0].kill();
+    let health = store.member_health().await;
+    ensure!(health[0].is_err() && health[1..].iter().all(Result::is_ok), "only the killed member unhealthy: {health:?}");
     // Writes go on through the other members (after a new election, if the leader died).
     for i in 0..20 {
         let key = format!("{base}/after-{i}");

@@ -61,6 +61,20 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
+/// A failed health check in a line: the gRPC status message and the innermost cause
+/// ("tcp connect error: Connection refused (os error 111)"), not tonic's whole chain.
+fn health_error(e: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = e else { return e.to_string() };
+    let mut root: Option<&dyn std::error::Error> = std::error::Error::source(status);
+    while let Some(next) = root.and_then(std::error::Error::source) {
+        root = Some(next);
+    }
+    match root {
+        Some(cause) => format!("{}: {cause}", status.message()),
+        None => status.message().to_string(),
+    }
+}
+
 fn grpc_message(e: &etcd_client::Error) -> Option<&str> {
     match e {
         etcd_client::Error::GRpcStatus(status) => Some(status.message()),
@@ -626,7 +640,7 @@ impl Store for EtcdStore {
             async move {
                 match tokio::time::timeout(Duration::from_secs(3), c.get("health", None)).await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Err(e)) => Err(health_error(&e)),
                     Err(_) => Err("no answer within 3s".to_string()),
                 }
             }
