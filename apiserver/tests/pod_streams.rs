@@ -65,6 +65,13 @@ async fn cluster() -> anyhow::Result<Option<Cluster>> {
             ..Default::default()
         },
     );
+    // A pod whose containers have not started: the fake resolver knows their names and
+    // has no run of them (as for init containers still to come).
+    pods.insert(
+        "default",
+        "starting",
+        TestPod { sandbox_id: "sandbox-starting".into(), init_containers: vec!["web".into(), "sidecar".into()], default_container: Some("web".into()), ..Default::default() },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let kubelet_port = listener.local_addr()?.port();
     let kubelet_shutdown = CancellationToken::new();
@@ -93,6 +100,7 @@ async fn cluster() -> anyhow::Result<Option<Cluster>> {
     c.create(&pod_yaml("web", Some("node-1"))).await?;
     c.status("pod", "web", RUNNING).await?;
     c.create(&pod_yaml("pending", None)).await?;
+    c.create(&pod_yaml("starting", Some("node-1"))).await?;
     c.create(&pod_yaml("orphan", Some("node-2"))).await?;
     c.status("pod", "orphan", RUNNING).await?;
     Ok(Some(c))
@@ -230,6 +238,11 @@ async fn exec() -> anyhow::Result<()> {
     ensure!(err.contains("pod pending does not have a host assigned"), "{err}");
     let err = c.fails(&["exec", "orphan", "--", "ls"]).await?;
     ensure!(err.contains("error dialing backend"), "{err}");
+    // As from Kubernetes' kubelet (a plain-text body kubectl cannot mistake for a Status).
+    let err = c.fails(&["exec", "starting", "--", "ls"]).await?;
+    ensure!(err.contains(r#"error: unable to upgrade connection: container not found ("web")"#), "{err}");
+    let err = c.fails(&["logs", "starting"]).await?;
+    ensure!(err.contains(r#"container "web" in pod "starting" is waiting to start: PodInitializing"#), "{err}");
     let err = c.fails(&["exec", "web", "-c", "nope", "--", "ls"]).await?;
     ensure!(err.contains("container nope is not valid for pod web"), "{err}");
     Ok(())

@@ -39,7 +39,7 @@ impl PodResolver for PodManager {
                 .and_then(|s| s.container_statuses.iter().chain(s.init_container_statuses.iter()).flatten().find(|c| c.name == name).cloned())
                 .and_then(|c| c.state.and_then(|s| s.waiting).and_then(|w| w.reason))
                 .unwrap_or_else(|| "ContainerCreating".into());
-            return Err(ServerError::BadRequest(format!("container {name:?} in pod {pod:?} is waiting to start: {reason}")));
+            return Err(ServerError::NotStarted(format!("container {name:?} in pod {pod:?} is waiting to start: {reason}")));
         };
         Ok(ContainerTarget {
             container_id: latest.id.clone(),

@@ -100,6 +100,10 @@ pub enum ServerError {
     /// not running (400).
     #[error("{0}")]
     BadRequest(String),
+    /// A container with no run yet (`container "x" in pod "y" is waiting to start:
+    /// ContainerCreating`, what `kubectl logs` prints) (400).
+    #[error("{0}")]
+    NotStarted(String),
     /// The runtime cannot do this (400).
     #[error("{0}")]
     NotSupported(String),
@@ -122,7 +126,7 @@ impl ServerError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ServerError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServerError::BadRequest(_) | ServerError::NotSupported(_) => StatusCode::BAD_REQUEST,
+            ServerError::BadRequest(_) | ServerError::NotStarted(_) | ServerError::NotSupported(_) => StatusCode::BAD_REQUEST,
             ServerError::NegotiateProtocol { .. } => StatusCode::FORBIDDEN,
             ServerError::Runtime { .. } | ServerError::Accept(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -367,10 +371,14 @@ impl KubeletApi {
     async fn exec(&self, mut req: Request<Incoming>, ns: &str, pod: &str, container: &str, attach: bool) -> Result<Response<Body>, ServerError> {
         let params = query(&req)?;
         let opts = StreamOptions::from_query(&params, !attach).map_err(ServerError::BadRequest)?;
-        let target = self.pods.container(ns, pod, Some(container)).await?;
-        if !target.running {
-            return Err(ServerError::BadRequest(format!("container not found ({container:?})")));
-        }
+        // A container not running (or not started yet) is not found, in the words of
+        // Kubernetes' kubelet: kubectl prints "unable to upgrade connection: container
+        // not found ("x")".
+        let target = match self.pods.container(ns, pod, Some(container)).await {
+            Ok(target) if target.running => target,
+            Ok(_) | Err(ServerError::NotStarted(_)) => return Err(ServerError::BadRequest(format!("container not found ({container:?})"))),
+            Err(e) => return Err(e),
+        };
         let what = if attach { "attach" } else { "exec" };
         let start = {
             let runtime = self.runtime.clone();

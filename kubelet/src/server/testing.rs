@@ -293,7 +293,7 @@ impl PodResolver for StaticPods {
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, t)| t.clone())
-            .ok_or_else(|| ServerError::BadRequest(format!("container {name:?} in pod {pod:?} is waiting to start: PodInitializing")))
+            .ok_or_else(|| ServerError::NotStarted(format!("container {name:?} in pod {pod:?} is waiting to start: PodInitializing")))
     }
 
     async fn sandbox(&self, namespace: &str, pod: &str) -> Result<String, ServerError> {
