@@ -161,8 +161,11 @@ impl ApiError {
         ApiError::new(405, "MethodNotAllowed", message)
     }
 
+    /// A path nothing is served at. As Kubernetes' mux answers it, with empty `details`:
+    /// clients tell it from a missing object by the empty name (kubectl debug reads it
+    /// as "ephemeral containers are disabled", and dereferences the details to do so).
     pub fn path_not_found(path: &str) -> ApiError {
-        ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({path})")).with_details(json!({}))
     }
 
     pub fn gone(message: impl Into<String>) -> ApiError {

@@ -203,6 +203,12 @@ async fn errors_read_like_kubernetes(s: &TestServer) -> anyhow::Result<()> {
     let out = s.kubectl_stdin(&["create", "-n", "missing", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")).await?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && err.contains(r#"namespaces "missing" not found"#), "{err}");
+    // Ephemeral containers are not served yet: kubectl debug says so (it dereferences a
+    // 404's details to tell a missing subresource from a missing pod, and crashed on
+    // none).
+    s.ok(&["run", "target", "--image=busybox"]).await?;
+    let err = s.fails(&["debug", "target", "--image=busybox"]).await?;
+    ensure!(err.contains("ephemeral containers are disabled for this cluster") && !err.contains("panic"), "{err}");
     Ok(())
 }
 
