@@ -1,11 +1,12 @@
 //! The resource quota controller against an in-process cluster: it counts what was in a
 //! namespace before its quota existed (pods, ConfigMaps, other kinds by `count/…`),
 //! gives room back when objects are deleted or pods finish, follows `spec.hard`, and
-//! agrees with the charges quota admission makes meanwhile.
+//! agrees with the charges quota admission makes meanwhile; a controller refused by a
+//! quota says so in its events.
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ResourceQuota};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use rkube_tests::cluster::{eventually, Cluster};
@@ -90,5 +91,36 @@ async fn quota_controller_counts_and_replenishes() -> anyhow::Result<()> {
     .await?;
     let status = status_of(&quotas).await?;
     anyhow::ensure!(status["hard"]["pods"] == "10", "hard: {status}");
+    Ok(())
+}
+
+/// A ReplicaSet over its namespace's pod quota gets the pods the quota allows, and
+/// `kubectl describe rs` says why the rest are missing, as on Kubernetes.
+#[tokio::test]
+async fn a_replicaset_over_quota_says_why_in_its_events() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let c = &cluster.client;
+    let pp = PostParams::default();
+    Api::<Namespace>::all(c.clone()).create(&pp, &from_json(json!({"metadata": {"name": "q"}}))?).await?;
+    let quotas: Api<ResourceQuota> = Api::namespaced(c.clone(), "q");
+    quotas.create(&pp, &from_json(json!({"metadata": {"name": "compute"}, "spec": {"hard": {"pods": "2"}}}))?).await?;
+    let _cm = cluster.start_controller_manager(&["resourcequota", "replicaset"], false);
+    used_becomes(&quotas, json!({"pods": "0"}), "the quota counted").await?;
+    let rs = json!({
+        "metadata": {"name": "r"},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "r"}}, "template": {"metadata": {"labels": {"app": "r"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    });
+    Api::<ReplicaSet>::namespaced(c.clone(), "q").create(&pp, &from_json(rs)?).await?;
+    cluster
+        .describe_shows(
+            &["rs", "r", "-n", "q"],
+            &[
+                ("SuccessfulCreate", "replicaset-controller", "Created pod: r-"),
+                ("FailedCreate", "replicaset-controller", "is forbidden: exceeded quota: compute, requested: pods=1, used: pods=2, limited: pods=2"),
+            ],
+        )
+        .await?;
+    let pods = Api::<Pod>::namespaced(c.clone(), "q").list(&Default::default()).await?;
+    anyhow::ensure!(pods.items.len() == 2, "the quota's two pods: {}", pods.items.len());
     Ok(())
 }
