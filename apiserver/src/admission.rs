@@ -1032,6 +1032,9 @@ fn pod_spec_update_allowed(new: &Value, old: &Value) -> bool {
     let mut b = old.clone();
     for s in [&mut a, &mut b] {
         if let Some(o) = s.as_object_mut() {
+            // Changed only through pods/ephemeralcontainers (checked there); a pod update
+            // carries them over.
+            o.remove("ephemeralContainers");
             o.remove("activeDeadlineSeconds");
             o.remove("tolerations");
             o.remove("terminationGracePeriodSeconds");
@@ -1051,6 +1054,58 @@ fn pod_spec_update_allowed(new: &Value, old: &Value) -> bool {
         }
     }
     a == b
+}
+
+/// What Kubernetes checks of a write to `pods/{name}/ephemeralcontainers` (`kubectl
+/// debug`): ephemeral containers are only added, never changed or removed; each new one
+/// has a unique DNS-1123 name and an image, none of what a debugging container may not
+/// have (ports, probes, lifecycle hooks, resources), and a target that is one of the
+/// pod's containers.
+pub fn validate_ephemeral_containers(new: &Value, old: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let list = |pod: &Value, field: &str| pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let (ephemeral, before) = (list(new, "ephemeralContainers"), list(old, "ephemeralContainers"));
+    let name_of = |c: &Value| c.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    for was in &before {
+        if !ephemeral.iter().any(|c| c == was) {
+            causes.push(Cause::forbidden("spec.ephemeralContainers", format!("existing ephemeral containers {:?} may not be changed", name_of(was))));
+        }
+    }
+    let regular: Vec<String> = list(new, "containers").iter().chain(list(new, "initContainers").iter()).map(name_of).collect();
+    let mut seen: Vec<String> = regular.clone();
+    for (i, c) in ephemeral.iter().enumerate() {
+        if before.contains(c) {
+            seen.push(name_of(c));
+            continue;
+        }
+        let at = |field: &str| format!("spec.ephemeralContainers[{i}].{field}");
+        let name = name_of(c);
+        if name.is_empty() {
+            causes.push(Cause::required(at("name")));
+        } else {
+            for e in validation::is_dns1123_label(&name) {
+                causes.push(Cause::invalid(at("name"), &name, e));
+            }
+            if seen.contains(&name) {
+                causes.push(Cause::duplicate(at("name"), &name));
+            }
+            seen.push(name);
+        }
+        if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+            causes.push(Cause::required(at("image")));
+        }
+        for field in ["ports", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "resources"] {
+            if c.get(field).is_some_and(|v| !v.is_null() && v != &json!({}) && v != &json!([])) {
+                causes.push(Cause::forbidden(at(field), "cannot be set for an Ephemeral Container"));
+            }
+        }
+        if let Some(target) = c.get("targetContainerName").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            if !regular.iter().any(|n| n == target) {
+                causes.push(Cause { reason: "FieldValueNotFound", field: at("targetContainerName"), message: format!("Not found: {target:?}") });
+            }
+        }
+    }
+    causes
 }
 
 /// Whether an update left an object with a deletionTimestamp, no grace period and no

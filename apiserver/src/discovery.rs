@@ -77,7 +77,7 @@ pub fn group(group: &str) -> Option<Value> {
 
 fn sub_verbs(sub: &Subresource) -> Vec<&'static str> {
     match sub {
-        Subresource::Status | Subresource::Scale | Subresource::Approval => vec!["get", "patch", "update"],
+        Subresource::Status | Subresource::Scale | Subresource::Approval | Subresource::EphemeralContainers => vec!["get", "patch", "update"],
         Subresource::Binding | Subresource::Eviction | Subresource::Token => vec!["create"],
         Subresource::Finalize => vec!["update"],
         Subresource::NodeStream("log") => vec!["get"],
@@ -88,7 +88,7 @@ fn sub_verbs(sub: &Subresource) -> Vec<&'static str> {
 
 fn sub_kind(r: &ResourceInfo, sub: &Subresource) -> (&'static str, &'static str, &'static str) {
     match sub {
-        Subresource::Status | Subresource::Finalize | Subresource::Approval => (r.group, r.version, r.kind),
+        Subresource::Status | Subresource::Finalize | Subresource::Approval | Subresource::EphemeralContainers => (r.group, r.version, r.kind),
         Subresource::Scale => ("autoscaling", "v1", "Scale"),
         Subresource::Binding => ("", "v1", "Binding"),
         Subresource::Eviction => ("policy", "v1", "Eviction"),

@@ -298,6 +298,10 @@ mod tests {
         assert_eq!(status["code"], 404);
         assert_eq!(status["reason"], "NotFound");
         assert_eq!(status["details"]["kind"], "deployments");
+        // A path not served: empty details, which kubectl debug reads as a missing
+        // subresource (and dereferences).
+        let status = ApiError::path_not_found("/api/v1/nope").status();
+        assert_eq!((&status["reason"], &status["details"]), (&json!("NotFound"), &json!({})));
     }
 
     #[test]

@@ -137,7 +137,7 @@ impl ApiServer {
             if !target.res.has_subresource(s) {
                 return Err(ApiError::path_not_found(&format!("{}/{}", target.res.plural, s)));
             }
-            if !matches!(s, "status" | "scale" | "binding" | "eviction" | "finalize" | "approval") {
+            if !matches!(s, "status" | "scale" | "binding" | "eviction" | "finalize" | "approval" | "ephemeralcontainers") {
                 return Err(ApiError::service_unavailable(format!(
                     "the {s} subresource is served by the kubelet, and no kubelet API is connected to this apiserver yet"
                 )));
@@ -788,6 +788,12 @@ impl ApiServer {
             check_type(res, &updated)?;
             preserve_system_meta(&mut updated, &current, res);
             let status_only = target.sub.as_deref() == Some("status");
+            if target.sub.as_deref() == Some("ephemeralcontainers") {
+                let causes = admission::validate_ephemeral_containers(&updated, &current);
+                if !causes.is_empty() {
+                    return Err(ApiError::invalid(res, &name, causes));
+                }
+            }
             // Held until the write: node ports allocated here are not handed out twice.
             let _allocation = admission::admit_update(self, res, &mut updated, &current, status_only).await?;
             if let Some((manager, subresource)) = manager {
@@ -1253,10 +1259,34 @@ impl WithCurrent for Value {
                 }
                 out
             }
+            Some("ephemeralcontainers") => {
+                let mut out = current.clone();
+                match (self.pointer("/spec/ephemeralContainers"), out.get_mut("spec").and_then(Value::as_object_mut)) {
+                    (Some(list), Some(spec)) => {
+                        spec.insert("ephemeralContainers".into(), list.clone());
+                    }
+                    (None, Some(spec)) => {
+                        spec.remove("ephemeralContainers");
+                    }
+                    _ => {}
+                }
+                out
+            }
             _ => {
                 if let Some(status) = current.get("status") {
                     if let Some(o) = self.as_object_mut() {
                         o.insert("status".into(), status.clone());
+                    }
+                }
+                // A pod's ephemeral containers change only through their subresource.
+                if let Some(spec) = self.get_mut("spec").and_then(Value::as_object_mut) {
+                    match current.pointer("/spec/ephemeralContainers") {
+                        Some(list) => {
+                            spec.insert("ephemeralContainers".into(), list.clone());
+                        }
+                        None => {
+                            spec.remove("ephemeralContainers");
+                        }
                     }
                 }
                 self

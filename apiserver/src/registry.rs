@@ -34,6 +34,8 @@ pub enum Subresource {
     Token,
     /// `certificatesigningrequests/{name}/approval`: a CSR's Approved/Denied conditions.
     Approval,
+    /// `pods/{name}/ephemeralcontainers`: adds a pod's ephemeral containers (`kubectl debug`).
+    EphemeralContainers,
     /// Routed to the kubelet once it exists (log, exec, attach, portforward, proxy).
     NodeStream(&'static str),
 }
@@ -48,6 +50,7 @@ impl Subresource {
             Subresource::Finalize => "finalize",
             Subresource::Token => "token",
             Subresource::Approval => "approval",
+            Subresource::EphemeralContainers => "ephemeralcontainers",
             Subresource::NodeStream(n) => n,
         }
     }
@@ -120,6 +123,7 @@ const STATUS_SCALE: &[Subresource] = &[Status, Scale];
 const NONE: &[Subresource] = &[];
 const POD_SUBS: &[Subresource] = &[
     Status,
+    EphemeralContainers,
     Binding,
     Eviction,
     NodeStream("log"),

@@ -203,12 +203,21 @@ async fn errors_read_like_kubernetes(s: &TestServer) -> anyhow::Result<()> {
     let out = s.kubectl_stdin(&["create", "-n", "missing", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")).await?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && err.contains(r#"namespaces "missing" not found"#), "{err}");
-    // Ephemeral containers are not served yet: kubectl debug says so (it dereferences a
-    // 404's details to tell a missing subresource from a missing pod, and crashed on
-    // none).
+    // kubectl debug adds an ephemeral container through pods/ephemeralcontainers; they
+    // are only ever added, and may not have what a debugging container may not.
     s.ok(&["run", "target", "--image=busybox"]).await?;
-    let err = s.fails(&["debug", "target", "--image=busybox"]).await?;
-    ensure!(err.contains("ephemeral containers are disabled for this cluster") && !err.contains("panic"), "{err}");
+    s.ok(&["debug", "target", "--image=busybox", "-c", "dbg", "--", "true"]).await?;
+    let names = s.ok(&["get", "pod", "target", "-o", "jsonpath={.spec.ephemeralContainers[*].name}"]).await?;
+    ensure!(names == "dbg", "{names}");
+    let err = s.fails(&["patch", "pod", "target", "--subresource=ephemeralcontainers", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/ephemeralContainers/0"}]"#]).await?;
+    ensure!(err.contains(r#"spec.ephemeralContainers: Forbidden: existing ephemeral containers "dbg" may not be changed"#), "{err}");
+    let with_ports = r#"{"spec":{"ephemeralContainers":[{"name":"p","image":"busybox","ports":[{"containerPort":80}]}]}}"#;
+    let err = s.fails(&["patch", "pod", "target", "--subresource=ephemeralcontainers", "-p", with_ports]).await?;
+    ensure!(err.contains("spec.ephemeralContainers[0].ports: Forbidden: cannot be set for an Ephemeral Container"), "{err}");
+    // A pod update leaves them alone.
+    s.ok(&["patch", "pod", "target", "-p", r#"{"spec":{"ephemeralContainers":[{"name":"sneaky","image":"busybox"}]}}"#]).await?;
+    let names = s.ok(&["get", "pod", "target", "-o", "jsonpath={.spec.ephemeralContainers[*].name}"]).await?;
+    ensure!(names == "dbg", "{names}");
     Ok(())
 }
 
