@@ -256,6 +256,18 @@ fn deployment_serves_http(lab: &Lab) -> anyhow::Result<()> {
     assert_eq!(exec.trim(), format!("hello from {pod}"));
     let hostname = lab.kubectl(&["exec", pod, "--", "hostname"])?;
     assert_eq!(hostname.trim(), pod);
+    // kubectl debug: an ephemeral container joins the pod's network namespace (it reaches
+    // the web server on localhost), runs once, and shows in the pod's status.
+    let debug = lab.kubectl(&["debug", pod, "--image=busybox", "-c", "probe", "-i", "--", "wget", "-qO-", "http://localhost:8080/"])?;
+    assert!(debug.contains(&format!("hello from {pod}")), "kubectl debug: {debug}");
+    lab.wait_for(
+        Duration::from_secs(10),
+        "the ephemeral container's exit in the pod's status",
+        &["get", "pod", pod, "-o", "jsonpath={.status.ephemeralContainerStatuses[0].name} {.status.ephemeralContainerStatuses[0].state.terminated.exitCode}"],
+        |o| o.trim() == "probe 0",
+    )?;
+    let logs = lab.kubectl(&["logs", pod, "-c", "probe"])?;
+    assert!(logs.contains(&format!("hello from {pod}")), "kubectl logs -c probe: {logs}");
 
     // A shim shares the binary's pages with the lab and the other shims: as a PIE, each
     // one held a private relocated copy of its read-only data (~1.6 MiB); see

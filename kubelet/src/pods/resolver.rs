@@ -20,7 +20,12 @@ impl PodResolver for PodManager {
         let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
         let init: Vec<&str> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
         let annotation = p.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CONTAINER_ANNOTATION)).map(String::as_str);
-        let name = choose_container(pod, container, &names, &init, annotation)?.to_string();
+        // An ephemeral container (`kubectl debug`) is there only when asked for by name.
+        let ephemeral: Vec<&str> = spec.ephemeral_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+        let name = match container.filter(|n| ephemeral.contains(n)) {
+            Some(n) => n.to_string(),
+            None => choose_container(pod, container, &names, &init, annotation)?.to_string(),
+        };
         let uid = p.metadata.uid.clone().unwrap_or_default();
         let mut runs: Vec<ContainerStatus> = self
             .context()
@@ -36,7 +41,10 @@ impl PodResolver for PodManager {
             let reason = p
                 .status
                 .as_ref()
-                .and_then(|s| s.container_statuses.iter().chain(s.init_container_statuses.iter()).flatten().find(|c| c.name == name).cloned())
+                .and_then(|s| {
+                    let all = s.container_statuses.iter().chain(s.init_container_statuses.iter()).chain(s.ephemeral_container_statuses.iter());
+                    all.flatten().find(|c| c.name == name).cloned()
+                })
                 .and_then(|c| c.state.and_then(|s| s.waiting).and_then(|w| w.reason))
                 .unwrap_or_else(|| "ContainerCreating".into());
             return Err(ServerError::NotStarted(format!("container {name:?} in pod {pod:?} is waiting to start: {reason}")));

@@ -304,6 +304,13 @@ impl Worker {
                     Some(_) => {}
                 }
             }
+            // Ephemeral containers (`kubectl debug`) run once, in the pod's sandbox, and
+            // are never restarted.
+            for c in &ephemeral_containers(&spec) {
+                if view.runs(&c.name).0.is_none() {
+                    self.start(pod, &sandbox, c, 0, &volumes, &service_env, &mut sources, &mut next).await;
+                }
+            }
         }
         if let Ok(v) = self.view().await {
             view = v;
@@ -843,6 +850,14 @@ impl Worker {
             let default_waiting = if init_done { "ContainerCreating" } else { "PodInitializing" };
             statuses.push(status::container_status(c, &cv, default_waiting));
         }
+        let ephemeral_statuses: Vec<Value> = ephemeral_containers(&spec)
+            .iter()
+            .map(|c| {
+                let (latest, previous) = view.runs(&c.name);
+                let cv = ContainerView { latest, previous, waiting: self.waiting.get(&c.name).cloned(), ready: false, started: false };
+                status::container_status(c, &cv, "ContainerCreating")
+            })
+            .collect();
         let existing_phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
         let mut phase = status::phase(&spec, &init_statuses, &statuses).to_string();
         if existing_phase == "Succeeded" || existing_phase == "Failed" {
@@ -911,6 +926,9 @@ impl Worker {
         if !init_statuses.is_empty() {
             new_status["initContainerStatuses"] = json!(init_statuses);
         }
+        if !ephemeral_statuses.is_empty() {
+            new_status["ephemeralContainerStatuses"] = json!(ephemeral_statuses);
+        }
         if let Some(ip) = pod_ip {
             new_status["podIP"] = json!(ip);
             new_status["podIPs"] = json!([{"ip": ip}]);
@@ -927,6 +945,14 @@ impl Worker {
             Err(e) => tracing::debug!(error = %e, "writing pod status failed; will retry"),
         }
     }
+}
+
+/// A pod's ephemeral containers as the containers they run as (the same fields, less
+/// `targetContainerName`: they share the pod's network, IPC and UTS namespaces, not a
+/// target container's processes).
+fn ephemeral_containers(spec: &PodSpec) -> Vec<Container> {
+    let as_container = |e: &k8s_openapi::api::core::v1::EphemeralContainer| serde_json::to_value(e).ok().and_then(|v| serde_json::from_value(v).ok());
+    spec.ephemeral_containers.iter().flatten().filter_map(as_container).collect()
 }
 
 /// What of a pod the kubelet acts on: everything but its status.
@@ -957,8 +983,11 @@ fn strip_times(status: &Value) -> Value {
 fn field_path(pod: &Pod, container: &str) -> String {
     let spec = pod.spec.as_ref();
     let is_init = spec.and_then(|s| s.init_containers.as_ref()).map(|v| v.iter().any(|c| c.name == container)).unwrap_or(false);
+    let is_ephemeral = spec.and_then(|s| s.ephemeral_containers.as_ref()).map(|v| v.iter().any(|c| c.name == container)).unwrap_or(false);
     if is_init {
         format!("spec.initContainers{{{container}}}")
+    } else if is_ephemeral {
+        format!("spec.ephemeralContainers{{{container}}}")
     } else {
         format!("spec.containers{{{container}}}")
     }
