@@ -304,12 +304,13 @@ impl Worker {
                     Some(_) => {}
                 }
             }
-            // Ephemeral containers (`kubectl debug`) run once, in the pod's sandbox, and
-            // are never restarted.
-            for c in &ephemeral_containers(&spec) {
-                if view.runs(&c.name).0.is_none() {
-                    self.start(pod, &sandbox, c, 0, &volumes, &service_env, &mut sources, &mut next).await;
-                }
+        }
+        // Ephemeral containers (`kubectl debug`) run once, in the pod's sandbox, never
+        // restarted; as in Kubernetes, even while init containers have not finished
+        // (debugging a stuck init is what they are for).
+        for c in &ephemeral_containers(&spec) {
+            if view.runs(&c.name).0.is_none() {
+                self.start(pod, &sandbox, c, 0, &volumes, &service_env, &mut sources, &mut next).await;
             }
         }
         if let Ok(v) = self.view().await {
