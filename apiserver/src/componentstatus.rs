@@ -8,8 +8,11 @@
 //! still runs is healthy) or apart, with leader election (a Lease in kube-system renewed
 //! within its duration is a healthy leader).
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use component_base::leaderelection;
 use http::{HeaderMap, Method, StatusCode};
+use k8s_openapi::api::coordination::v1::LeaseSpec;
+use k8s_openapi::jiff::{self, Timestamp};
 use serde_json::{json, Value};
 
 use crate::codec::{self, Shape};
@@ -40,18 +43,22 @@ fn component_status(name: &str, health: Result<&str, String>) -> Value {
     json!({"kind": "ComponentStatus", "apiVersion": "v1", "metadata": {"name": name}, "conditions": [condition]})
 }
 
-/// Whether `lease` (a leader-election Lease) shows a live holder at `now`.
-fn lease_health(component: &str, lease: Option<&Value>, now: DateTime<Utc>) -> Result<&'static str, String> {
+/// Whether `lease` (a leader-election Lease, as stored) shows a live holder at `now`, by
+/// the rule the leader election itself follows.
+fn lease_health(component: &str, lease: Option<&Value>, now: Timestamp) -> Result<&'static str, String> {
     let Some(lease) = lease else {
         return Err(format!("{component} does not run in this process and holds no Lease kube-system/{component}"));
     };
-    let holder = lease.pointer("/spec/holderIdentity").and_then(Value::as_str).unwrap_or_default();
-    let renewed = printers::util::parse_time(lease.pointer("/spec/renewTime"));
-    let duration = lease.pointer("/spec/leaseDurationSeconds").and_then(Value::as_i64).unwrap_or(0);
-    match renewed {
-        _ if holder.is_empty() => Err(format!("no {component} holds Lease kube-system/{component}")),
-        Some(at) if at + chrono::Duration::seconds(duration) >= now => Ok("ok"),
-        Some(at) => Err(format!("{holder} last renewed Lease kube-system/{component} at {}", at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))),
+    let spec: LeaseSpec = lease.get("spec").cloned().and_then(|s| serde_json::from_value(s).ok()).unwrap_or_default();
+    let holder = spec.holder_identity.as_deref().unwrap_or_default();
+    if holder.is_empty() {
+        return Err(format!("no {component} holds Lease kube-system/{component}"));
+    }
+    if !leaderelection::expired(&spec, now) {
+        return Ok("ok");
+    }
+    match &spec.renew_time {
+        Some(at) => Err(format!("{holder} last renewed Lease kube-system/{component} at {}", at.0.round(jiff::Unit::Second).unwrap_or(at.0))),
         None => Err(format!("Lease kube-system/{component} has no renewTime")),
     }
 }
@@ -61,7 +68,7 @@ impl ApiServer {
     async fn component_statuses(&self) -> Result<Vec<Value>, ApiError> {
         let leases = registry::lookup("coordination.k8s.io", "v1", "leases").ok_or_else(|| ApiError::internal("leases not registered"))?;
         let cache = self.cache(leases)?;
-        let now = Utc::now();
+        let now = Timestamp::now();
         let mut out = Vec::new();
         for (name, lease_name) in LEASED {
             let health = match self.config.local_components.iter().find(|(n, _)| n == name) {
@@ -126,16 +133,16 @@ impl ApiServer {
 mod tests {
     use super::*;
 
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).unwrap_or_default()
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap_or_default()
     }
 
     #[test]
     fn a_lease_renewed_within_its_duration_is_healthy() {
         let lease = json!({"spec": {"holderIdentity": "vm_1", "renewTime": "2025-01-01T12:00:00.000000Z", "leaseDurationSeconds": 15}});
         assert_eq!(lease_health("kube-scheduler", Some(&lease), at("2025-01-01T12:00:10Z")), Ok("ok"));
-        let stale = lease_health("kube-scheduler", Some(&lease), at("2025-01-01T12:00:16Z")).unwrap_err();
-        assert_eq!(stale, "vm_1 last renewed Lease kube-system/kube-scheduler at 2025-01-01T12:00:00Z");
+        let stale = lease_health("kube-scheduler", Some(&lease), at("2025-01-01T12:00:16Z"));
+        assert_eq!(stale, Err("vm_1 last renewed Lease kube-system/kube-scheduler at 2025-01-01T12:00:00Z".to_string()));
         let released = json!({"spec": {"holderIdentity": "", "renewTime": "2025-01-01T12:00:00.000000Z", "leaseDurationSeconds": 15}});
         assert!(lease_health("kube-scheduler", Some(&released), at("2025-01-01T12:00:01Z")).is_err(), "a released lease has no leader");
         assert!(lease_health("kube-scheduler", None, at("2025-01-01T12:00:01Z")).is_err());

@@ -165,7 +165,9 @@ impl LeaderElection {
     }
 }
 
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
+/// Whether a lease's holder has let it run out at `now` (not renewed within its duration,
+/// 15 s when unset): a standby may take it, and `kubectl get cs` calls its holder unhealthy.
+pub fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
     let Some(renew) = spec.renew_time.as_ref().map(|t| t.0) else { return true };
     let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
     renew.checked_add(duration).ok().is_none_or(|until| until < now)
