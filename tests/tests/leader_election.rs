@@ -34,6 +34,20 @@ async fn pod_count(client: &kube::Client, app: &str) -> anyhow::Result<usize> {
     Ok(pods.items.len())
 }
 
+/// A controller-manager running only the ReplicaSet controller under leader election,
+/// with a lease shorter than Kubernetes' default 15 s (renewed every second).
+fn elected_replicaset_controller(cluster: &Cluster, lease: Duration, renew_deadline: Duration) -> controller_manager::Config {
+    controller_manager::Config {
+        kubeconfig: Some(cluster.kubeconfig.clone()),
+        controllers: vec!["replicaset".into()],
+        leader_elect: true,
+        leader_elect_lease_duration: lease,
+        leader_elect_renew_deadline: renew_deadline,
+        leader_elect_retry_period: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_controller_manager_takes_over_from_a_crashed_leader() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
@@ -42,15 +56,7 @@ async fn the_standby_controller_manager_takes_over_from_a_crashed_leader() -> an
     // The first copy runs in a task of its own, so that aborting it is a crash: no
     // release of the lease.
     // Shorter than Kubernetes' default 15 s lease, so a takeover is well within 15 s.
-    let config = controller_manager::Config {
-        kubeconfig: Some(cluster.kubeconfig.clone()),
-        controllers: vec!["replicaset".into()],
-        leader_elect: true,
-        leader_elect_lease_duration: Duration::from_secs(8),
-        leader_elect_renew_deadline: Duration::from_secs(6),
-        leader_elect_retry_period: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let config = elected_replicaset_controller(&cluster, Duration::from_secs(8), Duration::from_secs(6));
     let standby = config.clone();
     let token = cluster.shutdown.child_token();
     let leader_task = tokio::spawn(async move { controller_manager::run(config, token).await });
@@ -119,15 +125,7 @@ async fn kubectl_get_cs_follows_the_controller_managers_lease() -> anyhow::Resul
     assert_eq!(status, "False", "no controller-manager: {said}");
     assert!(said.contains("kube-controller-manager"), "{said}");
 
-    let config = controller_manager::Config {
-        kubeconfig: Some(cluster.kubeconfig.clone()),
-        controllers: vec!["replicaset".into()],
-        leader_elect: true,
-        leader_elect_lease_duration: Duration::from_secs(4),
-        leader_elect_renew_deadline: Duration::from_secs(3),
-        leader_elect_retry_period: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let config = elected_replicaset_controller(&cluster, Duration::from_secs(4), Duration::from_secs(3));
     let token = cluster.shutdown.child_token();
     let task = tokio::spawn(async move { controller_manager::run(config, token).await });
     eventually(Duration::from_secs(15), "controller-manager Healthy", || async {
