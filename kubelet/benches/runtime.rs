@@ -116,6 +116,7 @@ impl Bench {
             tty: false,
             stdin: false,
             stdin_once: false,
+            pid_namespace: Default::default(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }
@@ -261,6 +262,7 @@ async fn measure(bench: &Bench) -> anyhow::Result<()> {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             cgroup_parent: String::new(),
+            share_process_namespace: false,
         })
         .await
         .context("creating the host-network sandbox")?;

@@ -89,6 +89,7 @@ mod tests {
                 labels: Default::default(),
                 annotations: Default::default(),
                 cgroup_parent: String::new(),
+                share_process_namespace: false,
             })
             .await
             .expect("sandbox");
@@ -109,6 +110,7 @@ mod tests {
             tty: false,
             stdin: false,
             stdin_once: false,
+            pid_namespace: Default::default(),
             labels: Default::default(),
             annotations: Default::default(),
         };

@@ -20,8 +20,8 @@ use kubelet::runtime::image::{build_busybox_image, ImageStore};
 use kubelet::runtime::linux::LinuxRuntime;
 use kubelet::runtime::sandbox::{SandboxManager, SandboxOptions};
 use kubelet::runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, ExecSession, DnsConfig, ExecRequest, Mount, PodMeta,
-    Resources, Runtime, SandboxConfig, SandboxStatus,
+    ContainerConfig, ContainerState, ContainerStatus, ExecSession, DnsConfig, ExecRequest, Mount, PidNamespace,
+    PodMeta, Resources, Runtime, SandboxConfig, SandboxState, SandboxStatus,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -114,6 +114,10 @@ impl Lab {
     }
 
     async fn sandbox(&self, name: &str) -> anyhow::Result<SandboxStatus> {
+        self.sandbox_sharing_pids(name, false).await
+    }
+
+    async fn sandbox_sharing_pids(&self, name: &str, share: bool) -> anyhow::Result<SandboxStatus> {
         let config = SandboxConfig {
             pod: PodMeta {
                 name: name.into(),
@@ -128,6 +132,7 @@ impl Lab {
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
             cgroup_parent: String::new(),
+            share_process_namespace: share,
         };
         Ok(self.runtime.run_pod_sandbox(&config).await?)
     }
@@ -152,6 +157,7 @@ impl Lab {
             tty: false,
             stdin: false,
             stdin_once: false,
+            pid_namespace: Default::default(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }
@@ -199,11 +205,10 @@ where
     let bridge = format!("rkr{}", &tag[..8]);
     let images = Arc::new(ImageStore::open(&root.join("image-store"))?);
     build_busybox_image(&images, BUSYBOX_REF).context("building busybox")?;
-    let sandboxes = Arc::new(SandboxManager::new(SandboxOptions::new(
-        &root,
-        &bridge,
-        Ipv4Addr::new(192, 0, 2, 2),
-    ))?);
+    let sandboxes = Arc::new(SandboxManager::new(
+        SandboxOptions::new(&root, &bridge, Ipv4Addr::new(192, 0, 2, 2))
+            .with_helper_binary(env!("CARGO_BIN_EXE_kubelet")),
+    )?);
     let runtime = LinuxRuntime::new(
         root.clone(),
         images.clone(),
@@ -653,6 +658,80 @@ async fn containers_of_a_pod_share_localhost() -> anyhow::Result<()> {
         lab.runtime.remove_pod_sandbox(&sandbox.id).await?;
         ensure!(lab.runtime.list_containers().await?.is_empty());
         ensure!(pod_cgroups() == 0, "the pod's cgroup outlived its sandbox");
+        Ok(())
+    })
+    .await
+}
+
+/// `ps` output lines of a container that ran it, without the header.
+async fn ps_lines(lab: &Lab, sandbox: &SandboxStatus, name: &str, pid_namespace: PidNamespace) -> anyhow::Result<Vec<String>> {
+    let mut ps = lab.container(name, &["ps", "-o", "pid,args"]);
+    ps.pid_namespace = pid_namespace;
+    let id = lab.run(sandbox, &ps).await?;
+    let status = lab.wait_exited(&id, Duration::from_secs(20)).await?;
+    let log = read_log(&ps.log_path);
+    ensure!(status.exit_code == Some(0), "{status:?} log: {log}");
+    Ok(log_lines(&log, "stdout")?.into_iter().skip(1).map(|l| l.trim().to_string()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_share_the_pods_or_a_targets_processes() -> anyhow::Result<()> {
+    if !have_root() {
+        return Ok(());
+    }
+    with_lab(10, |lab| async move {
+        // shareProcessNamespace: a pause process is PID 1, every container sees the others.
+        let shared = lab.sandbox_sharing_pids("shared", true).await?;
+        let pause = shared.pid_holder.context("no pause process for a shared PID namespace")?;
+        ensure!(pid_alive(pause.pid), "pause {pause:?} not running");
+        let mut sleeper = lab.container("sleeper", &["sleep", "1001"]);
+        sleeper.pid_namespace = PidNamespace::Pod;
+        lab.run(&shared, &sleeper).await?;
+        let seen = ps_lines(&lab, &shared, "ps", PidNamespace::Pod).await?;
+        ensure!(seen.first().is_some_and(|l| l.starts_with("1 ") && l.contains("pause")), "PID 1 is not the pause process: {seen:?}");
+        ensure!(seen.iter().any(|l| l.ends_with("sleep 1001") && !l.starts_with("1 ")), "{seen:?}");
+
+        // A container of its own (the default) sees only itself, even in that pod.
+        let alone = ps_lines(&lab, &shared, "ps-alone", PidNamespace::Container).await?;
+        ensure!(alone.len() == 1 && alone[0] == "1 ps -o pid,args", "{alone:?}");
+
+        // kubectl debug --target: joins the target container's namespace, in a pod that
+        // shares none.
+        let private = lab.sandbox("private").await?;
+        ensure!(private.pid_holder.is_none() && !private.namespaces.contains_key("pid"));
+        let target = lab.run(&private, &lab.container("target", &["sleep", "1002"])).await?;
+        let seen = ps_lines(&lab, &private, "debugger", PidNamespace::Target(target.clone())).await?;
+        ensure!(seen.first().is_some_and(|l| l == "1 sleep 1002"), "{seen:?}");
+        // A target that is not running is refused when the container is created.
+        lab.runtime.stop_container(&target, Duration::ZERO).await?;
+        let mut late = lab.container("late", &["true"]);
+        late.pid_namespace = PidNamespace::Target(target);
+        let err = lab.runtime.create_container(&private.id, &late).await.err().context("joined a stopped target")?;
+        ensure!(err.to_string().contains("target container \"target\" is not running"), "{err}");
+
+        // Stopping the sandbox ends the pause process, and with it the namespace.
+        lab.runtime.stop_pod_sandbox(&shared.id).await?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pid_alive(pause.pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ensure!(!pid_alive(pause.pid), "pause {pause:?} outlived its sandbox's stop");
+
+        // A pause process killed behind the runtime's back makes the sandbox NotReady (the
+        // kubelet then makes a new one), as a dead pause container does.
+        let other = lab.sandbox_sharing_pids("other", true).await?;
+        let other_pause = other.pid_holder.context("no pause process")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(other_pause.pid as i32), nix::sys::signal::Signal::SIGKILL)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let listed = lab.runtime.list_pod_sandboxes().await?;
+            let state = listed.iter().find(|s| s.id == other.id).context("sandbox gone")?.state;
+            if state == SandboxState::NotReady {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "sandbox still {state:?} with its pause process killed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Ok(())
     })
     .await

@@ -48,6 +48,7 @@ fn config(name: &str, host_network: bool) -> SandboxConfig {
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
         cgroup_parent: String::new(),
+        share_process_namespace: false,
     }
 }
 

@@ -59,6 +59,7 @@ mod tests {
             labels: Default::default(),
             annotations: Default::default(),
             cgroup_parent: String::new(),
+            share_process_namespace: false,
         };
         runtime.run_pod_sandbox(&config).await.expect("sandbox");
         // Asked after the write: the cached listing from before is not reused.

@@ -21,7 +21,7 @@ use super::status::{self, ContainerView};
 use super::volumes::{self, VolumePaths};
 use super::Context;
 use crate::runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, DnsConfig, ExecRequest, Mount, PodMeta, RegistryAuth, SandboxConfig,
+    ContainerConfig, ContainerState, ContainerStatus, DnsConfig, ExecRequest, Mount, PidNamespace, PodMeta, RegistryAuth, SandboxConfig,
     SandboxState, SandboxStatus, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
 };
 
@@ -441,6 +441,7 @@ impl Worker {
             labels,
             annotations: pod.metadata.annotations.clone().unwrap_or_default(),
             cgroup_parent: format!("{}/kubepods/pod{}", self.ctx.config.cgroup_root, self.uid),
+            share_process_namespace: spec.share_process_namespace.unwrap_or(false),
         }
     }
 
@@ -673,9 +674,27 @@ impl Worker {
             tty: c.tty.unwrap_or(false),
             stdin: c.stdin.unwrap_or(false),
             stdin_once: c.stdin_once.unwrap_or(false),
+            pid_namespace: self.pid_namespace(pod, &c.name).await?,
             labels,
             annotations: BTreeMap::new(),
         })
+    }
+
+    /// The PID namespace a container joins: the pod's with `shareProcessNamespace`; for
+    /// an ephemeral container with `targetContainerName` (`kubectl debug --target`), the
+    /// running target's; else one of its own.
+    async fn pid_namespace(&self, pod: &Pod, container: &str) -> Result<PidNamespace, String> {
+        let Some(spec) = pod.spec.as_ref() else { return Ok(PidNamespace::Container) };
+        if spec.share_process_namespace == Some(true) {
+            return Ok(PidNamespace::Pod);
+        }
+        let target = spec.ephemeral_containers.iter().flatten().find(|e| e.name == container).and_then(|e| e.target_container_name.as_deref()).filter(|t| !t.is_empty());
+        let Some(target) = target else { return Ok(PidNamespace::Container) };
+        let view = self.view().await.map_err(|e| e.to_string())?;
+        match view.runs(target).0 {
+            Some(run) if run.state == ContainerState::Running => Ok(PidNamespace::Target(run.id.clone())),
+            _ => Err(format!("target container \"{target}\" is not running")),
+        }
     }
 
     /// Runs the container's due probes; a failed liveness probe restarts it.
@@ -949,8 +968,7 @@ impl Worker {
 }
 
 /// A pod's ephemeral containers as the containers they run as (the same fields, less
-/// `targetContainerName`: they share the pod's network, IPC and UTS namespaces, not a
-/// target container's processes).
+/// `targetContainerName`, which [`Worker::pid_namespace`] reads from the pod).
 fn ephemeral_containers(spec: &PodSpec) -> Vec<Container> {
     let as_container = |e: &k8s_openapi::api::core::v1::EphemeralContainer| serde_json::to_value(e).ok().and_then(|v| serde_json::from_value(v).ok());
     spec.ephemeral_containers.iter().flatten().filter_map(as_container).collect()

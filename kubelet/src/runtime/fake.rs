@@ -78,6 +78,7 @@ impl Runtime for FakeRuntime {
             labels: config.labels.clone(),
             namespaces: BTreeMap::new(),
             etc_files: BTreeMap::new(),
+            pid_holder: None,
         };
         state.sandboxes.insert(id, status.clone());
         Ok(status)

@@ -109,6 +109,10 @@ pub struct SandboxConfig {
     pub annotations: BTreeMap<String, String>,
     /// The pod-level cgroup (relative name, e.g. `kubepods/burstable/pod<uid>`).
     pub cgroup_parent: String,
+    /// `spec.shareProcessNamespace`: the sandbox gets a PID namespace of its own, with a
+    /// pause process as its PID 1, that every container of the pod joins.
+    #[serde(default)]
+    pub share_process_namespace: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +135,32 @@ pub struct SandboxStatus {
     pub namespaces: BTreeMap<String, PathBuf>,
     /// Files to bind into every container: `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`.
     pub etc_files: BTreeMap<String, PathBuf>,
+    /// The PID 1 of the pod's shared PID namespace (`namespaces["pid"]`), with
+    /// `shareProcessNamespace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_holder: Option<ProcessRef>,
+}
+
+/// A process known by its pid and its start time, so that a recycled pid is not mistaken
+/// for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot).
+    pub start_ticks: u64,
+}
+
+/// The PID namespace a container runs in (CRI's `NamespaceMode` for pids).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PidNamespace {
+    /// A new one: the container's process is its PID 1 and sees only its own processes.
+    #[default]
+    Container,
+    /// The sandbox's (`shareProcessNamespace`): every container sees the pod's processes.
+    Pod,
+    /// Another running container's, by id: an ephemeral container with
+    /// `targetContainerName` (`kubectl debug --target`).
+    Target(String),
 }
 
 /// A bind mount into a container (volumes, `/etc/hosts`, service account files).
@@ -182,6 +212,8 @@ pub struct ContainerConfig {
     /// session that wrote to it closes its stdin or ends (the process sees end of input).
     #[serde(default)]
     pub stdin_once: bool,
+    #[serde(default)]
+    pub pid_namespace: PidNamespace,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
 }

@@ -20,6 +20,7 @@ pub mod cgroups;
 pub mod exec;
 pub mod executor;
 pub mod logs;
+pub mod pause;
 pub mod rootfs;
 pub mod shim;
 pub mod spec;
@@ -44,10 +45,10 @@ use self::store::{
     StartedRecord, EXIT_FILE, META_FILE, ROOTFS_DIR, SHIM_LOG, SPEC_FILE, STATE_FILE,
 };
 use super::image::{ImageStore, ResolvedImage};
-use super::sandbox::SandboxManager;
+use super::sandbox::{self, SandboxManager};
 use super::{
     ContainerConfig, ContainerState, ContainerStats, ContainerStatus, ExecRequest, ExecSession,
-    PodMeta, Result, Runtime, RuntimeError, SandboxConfig, SandboxState, SandboxStatus,
+    PidNamespace, PodMeta, Result, Runtime, RuntimeError, SandboxConfig, SandboxState, SandboxStatus,
 };
 
 pub use self::shim::SHIM_SUBCOMMAND;
@@ -334,10 +335,12 @@ impl Inner {
         } else {
             0
         };
+        let pid_namespace = self.pid_namespace(sandbox, config)?;
         let inputs = spec::SpecInputs {
             config,
             image: image_config,
             sandbox,
+            pid_namespace: pid_namespace.as_deref(),
             hostname,
             passwd: &passwd,
             group: &group,
@@ -369,6 +372,43 @@ impl Inner {
         };
         write_json_atomic(&dir.join(META_FILE), &record, Durability::Durable)
             .map_err(|e| format!("writing {META_FILE}: {e}"))
+    }
+
+    /// The PID namespace file a container joins; `None` for a new one of its own.
+    fn pid_namespace(
+        &self,
+        sandbox: &SandboxStatus,
+        config: &ContainerConfig,
+    ) -> Result<Option<PathBuf>, String> {
+        match &config.pid_namespace {
+            PidNamespace::Container => Ok(None),
+            PidNamespace::Pod => sandbox
+                .namespaces
+                .get(sandbox::netns::PID_NS)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| "the pod sandbox has no shared PID namespace".to_string()),
+            PidNamespace::Target(target) => {
+                let record = self.load(target).map_err(|e| e.to_string())?;
+                if record.sandbox_id != sandbox.id {
+                    return Err(format!(
+                        "target container {:?} is not in this pod's sandbox",
+                        record.config.name
+                    ));
+                }
+                match self.status(&record).map_err(|e| e.to_string())? {
+                    ContainerStatus {
+                        state: ContainerState::Running,
+                        pid: Some(pid),
+                        ..
+                    } => Ok(Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))),
+                    _ => Err(format!(
+                        "target container {:?} is not running",
+                        record.config.name
+                    )),
+                }
+            }
+        }
     }
 
     /// The records the shim keeps, read consistently: exit.json wins. They are not
@@ -749,6 +789,7 @@ impl Inner {
                 labels: status.labels.clone(),
                 annotations: BTreeMap::new(),
                 cgroup_parent: String::new(),
+                share_process_namespace: status.pid_holder.is_some(),
             },
         }
     }

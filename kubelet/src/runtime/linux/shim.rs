@@ -70,8 +70,9 @@ pub fn run_if_requested(args: Vec<OsString>) {
     let code = match (mode, args.get(3)) {
         ("start", Some(dir)) => start_main(Path::new(dir)),
         ("exec", Some(dir)) => super::exec::helper_main(Path::new(dir), &args[4..]),
+        ("pause", Some(target)) => super::pause::launcher_main(Path::new(target)),
         _ => {
-            eprintln!("usage: {SHIM_SUBCOMMAND} start|exec <container dir> …");
+            eprintln!("usage: {SHIM_SUBCOMMAND} start|exec <container dir> … | pause <namespace file>");
             2
         }
     };

@@ -341,6 +341,9 @@ pub struct SpecInputs<'a> {
     pub config: &'a ContainerConfig,
     pub image: Option<&'a ImageConfig>,
     pub sandbox: &'a SandboxStatus,
+    /// The PID namespace to join (the pod's shared one, or a target container's); a new
+    /// one when `None`.
+    pub pid_namespace: Option<&'a Path>,
     /// The pod's hostname, for the `HOSTNAME` variable.
     pub hostname: Option<&'a str>,
     /// `/etc/passwd` and `/etc/group` of the container's rootfs (empty when absent).
@@ -552,9 +555,10 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, String> {
         )?);
     }
 
-    // Namespaces: own pid and mount (and cgroup on v2); net, ipc, uts of the pod.
+    // Namespaces: own mount (and cgroup on v2); net, ipc, uts of the pod; pid of its
+    // own, or the one it was given.
     let mut namespaces = vec![
-        namespace(LinuxNamespaceType::Pid, None)?,
+        namespace(LinuxNamespaceType::Pid, inputs.pid_namespace)?,
         namespace(LinuxNamespaceType::Mount, None)?,
     ];
     if inputs.cgroup_namespace {
@@ -806,6 +810,7 @@ pub(super) mod tests {
             tty: false,
             stdin: false,
             stdin_once: false,
+            pid_namespace: Default::default(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }
@@ -833,6 +838,7 @@ pub(super) mod tests {
             etc_files: [("/etc/hosts".to_string(), PathBuf::from("/run/sb/hosts"))]
                 .into_iter()
                 .collect(),
+            pid_holder: None,
         }
     }
 
@@ -855,6 +861,7 @@ pub(super) mod tests {
             passwd: PASSWD,
             group: GROUP,
             cgroups_path: "/rkube/podu1/abc".into(),
+            pid_namespace: None,
             cgroup_namespace: false,
             current_caps: 0x1ff_feff_ffff,
         };
@@ -990,6 +997,7 @@ pub(super) mod tests {
             passwd: "",
             group: "",
             cgroups_path: "/x".into(),
+            pid_namespace: None,
             cgroup_namespace: false,
             current_caps: 0x1ff_feff_ffff,
         };

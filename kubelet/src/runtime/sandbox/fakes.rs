@@ -8,7 +8,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::netns::{NamespaceOps, NsError, NsKind};
+use super::netns::{NamespaceOps, NsError, NsKind, PID_NS};
+use crate::runtime::ProcessRef;
 use super::network::{NetError, NetOps};
 
 /// The shared call log of both fakes, in order.
@@ -44,10 +45,13 @@ impl CallLog {
     }
 }
 
-/// Namespaces as plain files: "alive" while the file exists.
+/// Namespaces as plain files: "alive" while the file exists; pause processes are alive
+/// until killed.
 #[derive(Debug, Default, Clone)]
 pub struct FakeNamespaces {
     pub log: CallLog,
+    /// Pause processes killed so far.
+    pub killed: Arc<Mutex<Vec<u32>>>,
 }
 
 impl NamespaceOps for FakeNamespaces {
@@ -82,8 +86,8 @@ impl NamespaceOps for FakeNamespaces {
 
     fn release(&self, dir: &Path) -> Result<(), NsError> {
         self.log.record("ns release".to_string());
-        for kind in NsKind::ALL {
-            let _ = fs::remove_file(dir.join(kind.name()));
+        for name in NsKind::ALL.map(NsKind::name).into_iter().chain([PID_NS]) {
+            let _ = fs::remove_file(dir.join(name));
         }
         Ok(())
     }
@@ -91,7 +95,41 @@ impl NamespaceOps for FakeNamespaces {
     fn is_alive(&self, path: &Path) -> bool {
         path.exists()
     }
+
+    fn create_pid(&self, helper: &Path, dir: &Path) -> Result<(PathBuf, ProcessRef), NsError> {
+        if self.log.record(format!("ns pause {}", helper.display())) {
+            return Err(NsError::Pause("failed (fake)".into()));
+        }
+        let path = dir.join(PID_NS);
+        fs::write(&path, "").map_err(|source| NsError::Io {
+            context: "fake".into(),
+            source,
+        })?;
+        Ok((path, FAKE_PAUSE))
+    }
+
+    fn kill_pid_holder(&self, holder: ProcessRef) {
+        self.log.record(format!("ns kill {}", holder.pid));
+        self.killed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(holder.pid);
+    }
+
+    fn pid_holder_alive(&self, holder: ProcessRef) -> bool {
+        !self
+            .killed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&holder.pid)
+    }
 }
+
+/// The pause process the fake "starts".
+pub const FAKE_PAUSE: ProcessRef = ProcessRef {
+    pid: 4242,
+    start_ticks: 1,
+};
 
 /// A network that only records what it was asked to do.
 #[derive(Debug, Default, Clone)]

@@ -8,6 +8,8 @@
 //!   without it is an unfinished sandbox, cleaned up by `remove`/`teardown`);
 //! - `ROOT/sandboxes/<id>/config.json`: the [`SandboxConfig`] it was made from;
 //! - `ROOT/sandboxes/<id>/ns/{net,ipc,uts}`: bind mounts of the namespaces;
+//! - `ROOT/sandboxes/<id>/ns/pid` and `pause.json`, with `shareProcessNamespace`: the
+//!   pod's PID namespace and the pause process that is its PID 1 (see [`netns`]);
 //! - `ROOT/sandboxes/<id>/{hosts,hostname,resolv.conf}`: bound into every container;
 //! - `ROOT/network/ipam/<ip>`: one file per allocated pod IP naming its sandbox id.
 //!
@@ -41,6 +43,9 @@ const SANDBOXES_DIR: &str = "sandboxes";
 const META_FILE: &str = "meta.json";
 const CONFIG_FILE: &str = "config.json";
 const NS_DIR: &str = "ns";
+/// The pause process of a sandbox with a shared PID namespace, written as soon as it runs
+/// (before `meta.json`), so that undoing an unfinished sandbox kills it too.
+const PAUSE_FILE: &str = "pause.json";
 const NODE_HOSTS: &str = "/etc/hosts";
 const NODE_RESOLV_CONF: &str = "/etc/resolv.conf";
 /// Where systemd-resolved keeps the real upstream servers when `/etc/resolv.conf` only
@@ -58,6 +63,9 @@ pub struct SandboxOptions {
     pub bridge_name: String,
     /// The node's address: host-network pods report it as their IP.
     pub node_ip: Ipv4Addr,
+    /// The binary that starts pause processes (`<binary> __rkube-shim pause …`, for pods
+    /// with `shareProcessNamespace`); the running binary when unset.
+    pub helper_binary: Option<PathBuf>,
 }
 
 impl SandboxOptions {
@@ -70,7 +78,14 @@ impl SandboxOptions {
             root: root.into(),
             bridge_name: bridge_name.into(),
             node_ip,
+            helper_binary: None,
         }
+    }
+
+    /// Starts pause processes with `path` (its `main` must call the shim's entry point).
+    pub fn with_helper_binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.helper_binary = Some(path.into());
+        self
     }
 }
 
@@ -435,13 +450,17 @@ impl Inner {
         )))
     }
 
-    /// Marks a Ready sandbox whose namespaces are gone (after a reboot) as NotReady.
+    /// Marks a Ready sandbox whose namespaces are gone (after a reboot) or whose pause
+    /// process died as NotReady.
     fn refresh(&self, mut status: SandboxStatus) -> SandboxStatus {
         if status.state == SandboxState::Ready
-            && !status
+            && (!status
                 .namespaces
                 .values()
                 .all(|p| self.namespaces.is_alive(p))
+                || status
+                    .pid_holder
+                    .is_some_and(|h| !self.namespaces.pid_holder_alive(h)))
         {
             status.state = SandboxState::NotReady;
         }
@@ -532,6 +551,26 @@ impl Inner {
         };
 
         let etc_files = self.write_etc_files(&dir, config, &ip.to_string(), &hostname)?;
+        let mut namespaces: BTreeMap<String, PathBuf> = namespaces
+            .into_iter()
+            .map(|(kind, path)| (kind.name().to_string(), path))
+            .collect();
+        let pid_holder = if config.share_process_namespace {
+            let helper = match &self.options.helper_binary {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()
+                    .map_err(io_err("locating the binary that starts pause processes"))?,
+            };
+            let (path, holder) = self.namespaces.create_pid(&helper, &dir.join(NS_DIR))?;
+            if let Err(e) = Self::write_json(&dir, PAUSE_FILE, &holder) {
+                self.namespaces.kill_pid_holder(holder);
+                return Err(e);
+            }
+            namespaces.insert(netns::PID_NS.to_string(), path);
+            Some(holder)
+        } else {
+            None
+        };
         let status = SandboxStatus {
             id: id.to_string(),
             pod: config.pod.clone(),
@@ -539,11 +578,9 @@ impl Inner {
             ip: Some(ip.to_string()),
             created_at: Utc::now(),
             labels: config.labels.clone(),
-            namespaces: namespaces
-                .into_iter()
-                .map(|(kind, path)| (kind.name().to_string(), path))
-                .collect(),
+            namespaces,
             etc_files,
+            pid_holder,
         };
         Self::write_json(&dir, META_FILE, &status)?;
         Ok(status)
@@ -606,6 +643,7 @@ impl Inner {
             // A directory holding a mount cannot be deleted: no directory, no mounts.
             return steps.into_iter().collect();
         }
+        self.kill_pause(id);
         steps.push(
             self.namespaces
                 .release(&dir.join(NS_DIR))
@@ -648,6 +686,8 @@ impl Inner {
             self.net.delete_link(&self.veth_name(id))?;
         }
         let released = self.ipam.release_owner(id)?;
+        // As a stopped pod sandbox's pause container: the shared PID namespace ends.
+        self.kill_pause(id);
         if let Some(mut status) = meta {
             if status.state != SandboxState::NotReady {
                 status.state = SandboxState::NotReady;
@@ -656,6 +696,19 @@ impl Inner {
         }
         tracing::info!(sandbox = id, released = ?released, "sandbox stopped");
         Ok(())
+    }
+
+    /// Kills the sandbox's pause process, if it has one that still runs.
+    fn kill_pause(&self, id: &str) {
+        let path = self.sandbox_dir(id).join(PAUSE_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(holder) => self.namespaces.kill_pid_holder(holder),
+                Err(e) => tracing::warn!(sandbox = id, error = %e, "unreadable {PAUSE_FILE}"),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(sandbox = id, error = %e, "reading {PAUSE_FILE}"),
+        }
     }
 
     fn remove(&self, id: &str) -> Result<()> {
@@ -801,7 +854,10 @@ mod tests {
 
         fn manager_over(root: &Path, log: &CallLog) -> anyhow::Result<SandboxManager> {
             let options = SandboxOptions::new(root, "rkube0", Ipv4Addr::new(192, 0, 2, 2));
-            let namespaces = Arc::new(FakeNamespaces { log: log.clone() });
+            let namespaces = Arc::new(FakeNamespaces {
+                log: log.clone(),
+                ..Default::default()
+            });
             let net = Arc::new(FakeNet { log: log.clone() });
             Ok(SandboxManager::with_ops(options, namespaces, net)?)
         }
@@ -826,6 +882,7 @@ mod tests {
             labels: BTreeMap::from([("app".to_string(), name.to_string())]),
             annotations: BTreeMap::new(),
             cgroup_parent: String::new(),
+            share_process_namespace: false,
         }
     }
 
@@ -920,6 +977,42 @@ mod tests {
             lab.manager.config("sb-zz").await,
             Err(RuntimeError::NotFound(_))
         ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_shared_pid_namespace_has_a_pause_process_until_stop() -> anyhow::Result<()> {
+        let lab = Lab::new()?;
+        lab.manager.set_pod_cidr("10.42.0.0/24").await?;
+        let mut cfg = config("web");
+        cfg.share_process_namespace = true;
+
+        // The pause process failing to start undoes the rest.
+        lab.log.fail_on("ns pause");
+        let err = lab.manager.create("sb-a", &cfg).await.err().ok_or_else(|| anyhow::anyhow!("created"))?;
+        assert_eq!(
+            err.to_string(),
+            "creating sandbox sb-a: namespaces: starting the pause process: failed (fake)"
+        );
+        assert!(!lab.root.join("sandboxes/sb-a").exists());
+        assert!(!lab.root.join("network/ipam/10.42.0.2").exists());
+        lab.log.take();
+
+        let status = lab.manager.create("sb-a", &cfg).await?;
+        let calls = lab.log.take();
+        assert!(calls.last().is_some_and(|c| c.starts_with("ns pause ")), "{calls:?}");
+        let dir = lab.root.join("sandboxes/sb-a");
+        assert_eq!(status.namespaces["pid"], dir.join("ns/pid"));
+        assert_eq!(status.pid_holder, Some(fakes::FAKE_PAUSE));
+        assert!(dir.join("pause.json").exists());
+        assert_eq!(lab.manager.get("sb-a").await?.state, SandboxState::Ready);
+
+        lab.manager.stop("sb-a").await?;
+        let calls = lab.log.take();
+        assert!(calls.contains(&"ns kill 4242".to_string()), "{calls:?}");
+        assert_eq!(lab.manager.get("sb-a").await?.state, SandboxState::NotReady);
+        lab.manager.remove("sb-a").await?;
+        assert!(!dir.exists());
         Ok(())
     }
 

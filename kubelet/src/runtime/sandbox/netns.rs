@@ -3,17 +3,28 @@
 //! bind-mounts its `/proc/thread-self/ns/*` files onto files in the sandbox directory, as
 //! `ip netns add` does. Containers later join them by path; [`in_netns`] runs code on a
 //! fresh thread inside a network namespace. No tokio worker ever changes namespaces.
+//!
+//! A PID namespace cannot be kept that way (one whose PID 1 has exited takes no new
+//! process), so a pod that shares one gets a pause process as its PID 1, started from the
+//! shim binary (see [`crate::runtime::linux::pause`]) and bound at `DIR/pid` the same way.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::runtime::linux::shim::SHIM_SUBCOMMAND;
+use crate::runtime::linux::store::{process_alive, process_start_ticks};
+use crate::runtime::ProcessRef;
 
 /// A namespace a sandbox owns; its file is `DIR/<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,6 +74,8 @@ pub enum NsError {
     InvalidHostname(String),
     #[error("the namespace thread {0}")]
     Thread(&'static str),
+    #[error("starting the pause process: {0}")]
+    Pause(String),
 }
 
 fn sys(op: &'static str, path: impl AsRef<Path>) -> impl FnOnce(Errno) -> NsError {
@@ -84,7 +97,17 @@ pub trait NamespaceOps: Send + Sync {
     fn release(&self, dir: &Path) -> Result<(), NsError>;
     /// Whether the file still holds a namespace (false after a reboot, say).
     fn is_alive(&self, path: &Path) -> bool;
+    /// Starts a pause process as PID 1 of a new PID namespace kept at `dir/pid`, with
+    /// `helper` (a binary whose `main` runs the shim: `helper __rkube-shim pause <file>`).
+    fn create_pid(&self, helper: &Path, dir: &Path) -> Result<(PathBuf, ProcessRef), NsError>;
+    /// Kills that pause process, and so every process of its namespace, if it still runs.
+    fn kill_pid_holder(&self, holder: ProcessRef);
+    /// Whether the pause process still runs.
+    fn pid_holder_alive(&self, holder: ProcessRef) -> bool;
 }
+
+/// The file under a sandbox's namespace directory that keeps its shared PID namespace.
+pub const PID_NS: &str = "pid";
 
 /// The real thing: unshare on a dedicated thread, bind mounts, umount2.
 #[derive(Debug, Default, Clone, Copy)]
@@ -141,8 +164,8 @@ impl NamespaceOps for LinuxNamespaces {
     }
 
     fn release(&self, dir: &Path) -> Result<(), NsError> {
-        for kind in NsKind::ALL {
-            unmount_all(&dir.join(kind.name()))?;
+        for name in NsKind::ALL.map(NsKind::name).into_iter().chain([PID_NS]) {
+            unmount_all(&dir.join(name))?;
         }
         Ok(())
     }
@@ -150,6 +173,66 @@ impl NamespaceOps for LinuxNamespaces {
     fn is_alive(&self, path: &Path) -> bool {
         nix::sys::statfs::statfs(path)
             .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+    }
+
+    fn create_pid(&self, helper: &Path, dir: &Path) -> Result<(PathBuf, ProcessRef), NsError> {
+        let target = dir.join(PID_NS);
+        fs::create_dir_all(dir)
+            .and_then(|()| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&target)
+            })
+            .map_err(|source| NsError::Io {
+                context: format!("creating {}", target.display()),
+                source,
+            })?;
+        let output = Command::new(helper)
+            .args([SHIM_SUBCOMMAND, "pause"])
+            .arg(&target)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|source| NsError::Io {
+                context: format!("running {}", helper.display()),
+                source,
+            })?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let line = stdout.lines().next().unwrap_or_default();
+        let holder = line
+            .strip_prefix("ok ")
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .and_then(|pid| {
+                let start_ticks = process_start_ticks(pid)?;
+                Some(ProcessRef { pid, start_ticks })
+            });
+        match holder {
+            Some(holder) if output.status.success() => Ok((target, holder)),
+            _ => {
+                let _ = unmount_all(&target);
+                let _ = fs::remove_file(&target);
+                let message = line.strip_prefix("error ").unwrap_or(line);
+                Err(NsError::Pause(if message.is_empty() {
+                    format!("the pause launcher {}", output.status)
+                } else {
+                    message.to_string()
+                }))
+            }
+        }
+    }
+
+    fn kill_pid_holder(&self, holder: ProcessRef) {
+        if process_alive(holder.pid, holder.start_ticks) {
+            if let Ok(pid) = i32::try_from(holder.pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn pid_holder_alive(&self, holder: ProcessRef) -> bool {
+        process_alive(holder.pid, holder.start_ticks)
     }
 }
 
