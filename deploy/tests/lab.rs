@@ -211,7 +211,7 @@ fn run_steps(lab: &Lab) -> anyhow::Result<()> {
     job_completes(lab)?;
     run_and_attach(lab)?;
     config_and_secrets(lab)?;
-    two_containers_share_localhost(lab)?;
+    two_containers_share_localhost_and_processes(lab)?;
     pvc_outlives_its_pod(lab)?;
     containers_survive_a_lab_restart(lab)?;
     Ok(())
@@ -268,6 +268,10 @@ fn deployment_serves_http(lab: &Lab) -> anyhow::Result<()> {
     )?;
     let logs = lab.kubectl(&["logs", pod, "-c", "probe"])?;
     assert!(logs.contains(&format!("hello from {pod}")), "kubectl logs -c probe: {logs}");
+    // --target: the debug container joins the web container's PID namespace and sees its
+    // server as PID 1.
+    let ps = lab.kubectl(&["debug", pod, "--image=busybox", "-c", "ps", "--target=web", "-i", "--", "ps", "-o", "pid,args"])?;
+    assert!(ps.lines().any(|l| l.trim().starts_with("1 ") && l.contains("httpd -f -v -p 8080")), "kubectl debug --target=web: {ps}");
 
     // A shim shares the binary's pages with the lab and the other shims: as a PIE, each
     // one held a private relocated copy of its read-only data (~1.6 MiB); see
@@ -889,6 +893,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: duo}
 spec:
+  shareProcessNamespace: true
   containers:
   - name: server
     image: busybox
@@ -898,11 +903,19 @@ spec:
     command: ["sh", "-c", "while true; do wget -qO- http://127.0.0.1:9090/ && sleep 600; sleep 0.2; done"]
 "#;
 
-fn two_containers_share_localhost(lab: &Lab) -> anyhow::Result<()> {
+fn two_containers_share_localhost_and_processes(lab: &Lab) -> anyhow::Result<()> {
     lab.apply(SIDECAR)?;
     lab.wait_for(Duration::from_secs(30), "the client container read from the server over localhost", &["logs", "duo", "-c", "client"], |o| {
         o.contains("from-the-server")
     })?;
+    // shareProcessNamespace, as in Kubernetes' tutorial: the pause process is PID 1, the
+    // client sees the server's processes and reaches its files through /proc.
+    let ps = lab.kubectl(&["exec", "duo", "-c", "client", "--", "ps", "-o", "pid,args"])?;
+    let lines: Vec<&str> = ps.lines().map(str::trim).collect();
+    assert!(lines.get(1).is_some_and(|l| l.starts_with("1 ") && l.contains("pause")), "PID 1 is not the pause process: {ps}");
+    let httpd = lines.iter().find(|l| l.ends_with("httpd -f -p 9090 -h /www")).and_then(|l| l.split_whitespace().next()).with_context(|| format!("no server process in the client's ps: {ps}"))?;
+    let page = lab.kubectl(&["exec", "duo", "-c", "client", "--", "cat", &format!("/proc/{httpd}/root/www/index.html")])?;
+    assert_eq!(page.trim(), "from-the-server");
     lab.kubectl(&["delete", "pod", "duo", "--grace-period=1"])?;
     Ok(())
 }
