@@ -209,6 +209,7 @@ fn run_steps(lab: &Lab) -> anyhow::Result<()> {
     restarts_and_oom(lab)?;
     statuses_read_like_a_real_cluster(lab)?;
     job_completes(lab)?;
+    security_contexts(lab)?;
     run_and_attach(lab)?;
     config_and_secrets(lab)?;
     two_containers_share_localhost_and_processes(lab)?;
@@ -713,6 +714,63 @@ fn job_completes(lab: &Lab) -> anyhow::Result<()> {
     assert!(pods.contains("Completed"), "{pods}");
     let logs = lab.kubectl(&["logs", "job/hello"])?;
     assert_eq!(logs.trim(), "hello from a job");
+    Ok(())
+}
+
+/// Kubernetes' "Configure a Security Context" tutorial, and capabilities both ways.
+const SECURITY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: security-context-demo}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsUser: 1000, runAsGroup: 3000, fsGroup: 2000, supplementalGroups: [4000]}
+  volumes: [{name: sec-ctx-vol, emptyDir: {}}]
+  containers:
+  - name: demo
+    image: busybox
+    command: ["sh", "-c", "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); stat -c 'dir %g %A' /data/demo; echo hi > /data/demo/f && stat -c 'file %u %g' /data/demo/f; touch /rootfs-file 2>/dev/null || echo rootfs read-only; grep NoNewPrivs /proc/self/status"]
+    volumeMounts: [{name: sec-ctx-vol, mountPath: /data/demo}]
+    securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true}
+  - name: net-admin
+    image: busybox
+    command: ["sh", "-c", "ip link set lo mtu 1400 && echo mtu set"]
+    securityContext: {runAsUser: 0, capabilities: {add: [NET_ADMIN]}}
+  - name: no-net-admin
+    image: busybox
+    command: ["sh", "-c", "ip link set lo mtu 1300 || echo refused"]
+    securityContext: {runAsUser: 0}
+  - name: no-caps
+    image: busybox
+    command: ["sh", "-c", "grep CapEff /proc/self/status"]
+    securityContext: {runAsUser: 0, capabilities: {drop: [ALL]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nonroot}
+spec:
+  containers:
+  - name: app
+    image: busybox
+    command: ["sleep", "3600"]
+    securityContext: {runAsNonRoot: true}
+"#;
+
+fn security_contexts(lab: &Lab) -> anyhow::Result<()> {
+    lab.apply(SECURITY)?;
+    lab.wait_for(Duration::from_secs(30), "the security context demo to finish", &["get", "pod", "security-context-demo", "-o", "jsonpath={.status.phase}"], |o| o == "Succeeded")?;
+    let logs = lab.kubectl(&["logs", "security-context-demo", "-c", "demo"])?;
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.starts_with("uid=1000 gid=3000 groups=") && l.contains(" 2000") && l.contains(" 4000")), "{logs}");
+    // fsGroup: the emptyDir belongs to the group, and what is written there too.
+    assert_eq!(lines.get(1..).unwrap_or_default(), ["dir 2000 drwxrwsrwx", "file 1000 2000", "rootfs read-only", "NoNewPrivs:\t1"], "{logs}");
+    assert_eq!(lab.kubectl(&["logs", "security-context-demo", "-c", "net-admin"])?.trim(), "mtu set");
+    assert!(lab.kubectl(&["logs", "security-context-demo", "-c", "no-net-admin"])?.contains("refused"));
+    assert_eq!(lab.kubectl(&["logs", "security-context-demo", "-c", "no-caps"])?.trim(), "CapEff:\t0000000000000000");
+    // runAsNonRoot with an image that runs as root: refused before it starts.
+    let waiting = lab.wait_for(Duration::from_secs(30), "nonroot's CreateContainerConfigError", &["get", "pod", "nonroot", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"], |o| o.starts_with("CreateContainerConfigError"))?;
+    assert!(waiting.contains("container has runAsNonRoot and image will run as root (pod: \"nonroot_default("), "{waiting}");
+    lab.kubectl(&["delete", "pod", "security-context-demo", "nonroot", "--grace-period=1"])?;
     Ok(())
 }
 

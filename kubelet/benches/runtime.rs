@@ -117,6 +117,7 @@ impl Bench {
             stdin: false,
             stdin_once: false,
             pid_namespace: Default::default(),
+            security: Default::default(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }

@@ -111,6 +111,7 @@ mod tests {
             stdin: false,
             stdin_once: false,
             pid_namespace: Default::default(),
+            security: Default::default(),
             labels: Default::default(),
             annotations: Default::default(),
         };

@@ -158,6 +158,7 @@ impl Lab {
             stdin: false,
             stdin_once: false,
             pid_namespace: Default::default(),
+            security: Default::default(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }

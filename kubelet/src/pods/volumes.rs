@@ -119,12 +119,15 @@ pub async fn prepare(pods_dir: &Path, memory: MemoryBacking, pod: &Pod, sources:
 
 async fn prepare_one(base: &Path, memory: MemoryBacking, pod: &Pod, v: &Volume, sources: &mut Sources, tokens: &mut ServiceAccountTokens) -> Result<PathBuf, VolumeError> {
     let name = v.name.as_str();
+    let fs_group = pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|c| c.fs_group).and_then(|g| u32::try_from(g).ok());
     if let Some(e) = &v.empty_dir {
         let dir = base.join("kubernetes.io~empty-dir").join(name);
+        let new = !dir.exists();
         std::fs::create_dir_all(&dir).map_err(io(format!("creating emptyDir {}", dir.display())))?;
         // 0777 as the kubelet makes it, so non-root containers can write.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(io("chmod emptyDir"))?;
-        if e.medium.as_deref() == Some("Memory") && memory == MemoryBacking::Tmpfs && !is_mount_root(&dir) {
+        let mounted = e.medium.as_deref() == Some("Memory") && memory == MemoryBacking::Tmpfs && !is_mount_root(&dir);
+        if mounted {
             let size = e.size_limit.as_ref().and_then(|q| apimachinery::quantity::Quantity::parse(&q.0).ok()).map(|q| q.to_bytes());
             // No mode: tmpfs's own 1777, as the kubelet's tmpfs emptyDir has.
             let data = match size {
@@ -132,6 +135,9 @@ async fn prepare_one(base: &Path, memory: MemoryBacking, pod: &Pod, v: &Volume, 
                 _ => String::new(),
             };
             mount_tmpfs(name, &dir, &data)?;
+        }
+        if let Some(gid) = fs_group.filter(|_| new || mounted) {
+            give_to_fs_group(&dir, gid)?;
         }
         return Ok(dir);
     }
@@ -149,7 +155,7 @@ async fn prepare_one(base: &Path, memory: MemoryBacking, pod: &Pod, v: &Volume, 
             None => return Err(setup(name, format!("configmap \"{cm_name}\" not found"))),
         };
         let files = project_keys(name, &entries, c.items.as_deref(), c.default_mode, "configmap", &cm_name)?;
-        write_atomic(&dir, &files)?;
+        write_atomic(&dir, &files, fs_group)?;
         return Ok(dir);
     }
     if let Some(s) = &v.secret {
@@ -162,13 +168,13 @@ async fn prepare_one(base: &Path, memory: MemoryBacking, pod: &Pod, v: &Volume, 
         };
         let files = project_keys(name, &entries, s.items.as_deref(), s.default_mode, "secret", &secret_name)?;
         memory_backed(name, &dir, memory)?;
-        write_atomic(&dir, &files)?;
+        write_atomic(&dir, &files, fs_group)?;
         return Ok(dir);
     }
     if let Some(d) = &v.downward_api {
         let dir = base.join("kubernetes.io~downward-api").join(name);
         let files = downward_files(name, pod, d.items.as_deref().unwrap_or_default(), d.default_mode)?;
-        write_atomic(&dir, &files)?;
+        write_atomic(&dir, &files, fs_group)?;
         return Ok(dir);
     }
     if let Some(p) = &v.projected {
@@ -201,7 +207,7 @@ async fn prepare_one(base: &Path, memory: MemoryBacking, pod: &Pod, v: &Volume, 
             }
         }
         memory_backed(name, &dir, memory)?;
-        write_atomic(&dir, &files)?;
+        write_atomic(&dir, &files, fs_group)?;
         return Ok(dir);
     }
     if let Some(claim) = &v.persistent_volume_claim {
@@ -355,7 +361,7 @@ fn check_relative(volume: &str, path: &str) -> Result<(), VolumeError> {
 /// Writes `files` as a new timestamped directory, points `..data` at it with one rename,
 /// links each top-level name through `..data`, and removes the previous generation —
 /// the kubelet's AtomicWriter. Unchanged content is left alone.
-fn write_atomic(dir: &Path, files: &[ProjectedFile]) -> Result<(), VolumeError> {
+fn write_atomic(dir: &Path, files: &[ProjectedFile], fs_group: Option<u32>) -> Result<(), VolumeError> {
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let data_link = dir.join("..data");
     if let Ok(current) = std::fs::read_link(&data_link) {
@@ -375,7 +381,13 @@ fn write_atomic(dir: &Path, files: &[ProjectedFile]) -> Result<(), VolumeError> 
             std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
         }
         std::fs::write(&target, data).map_err(io(format!("writing {}", target.display())))?;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(*mode)).map_err(io("chmod projected file"))?;
+        // With an fsGroup, the group owns the files and may read them, as the kubelet
+        // sets a volume's ownership.
+        let mode = if fs_group.is_some() { mode | 0o040 } else { *mode };
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(io("chmod projected file"))?;
+    }
+    if let Some(gid) = fs_group {
+        chown_tree(&gen_dir, gid)?;
     }
     let tmp_link = dir.join("..data_tmp");
     let _ = std::fs::remove_file(&tmp_link);
@@ -401,6 +413,25 @@ fn write_atomic(dir: &Path, files: &[ProjectedFile]) -> Result<(), VolumeError> 
     }
     if let Some(prev) = previous {
         let _ = std::fs::remove_dir_all(dir.join(prev));
+    }
+    Ok(())
+}
+
+/// `fsGroup` on a writable volume: the group owns its top directory, may write in it, and
+/// new files inherit the group (setgid), as the kubelet's SetVolumeOwnership leaves it.
+fn give_to_fs_group(dir: &Path, gid: u32) -> Result<(), VolumeError> {
+    std::os::unix::fs::chown(dir, None, Some(gid)).map_err(io(format!("chown {} to group {gid}", dir.display())))?;
+    let mode = std::fs::metadata(dir).map_err(io(format!("stat {}", dir.display())))?.permissions().mode();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode((mode & 0o7777) | 0o2070)).map_err(io(format!("chmod {}", dir.display())))
+}
+
+/// Gives every file and directory under `dir` (itself included) to group `gid`.
+fn chown_tree(dir: &Path, gid: u32) -> Result<(), VolumeError> {
+    std::os::unix::fs::lchown(dir, None, Some(gid)).map_err(io(format!("chown {} to group {gid}", dir.display())))?;
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        for entry in std::fs::read_dir(dir).map_err(io(format!("reading {}", dir.display())))?.flatten() {
+            chown_tree(&entry.path(), gid)?;
+        }
     }
     Ok(())
 }
@@ -481,13 +512,13 @@ mod tests {
     fn atomic_writer_swaps_generations() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("vol");
-        write_atomic(&dir, &[("a".into(), b"1".to_vec(), 0o644), ("sub/b".into(), b"2".to_vec(), 0o600)]).expect("write");
+        write_atomic(&dir, &[("a".into(), b"1".to_vec(), 0o644), ("sub/b".into(), b"2".to_vec(), 0o600)], None).expect("write");
         assert_eq!(std::fs::read(dir.join("a")).expect("a"), b"1");
         assert_eq!(std::fs::read(dir.join("sub/b")).expect("b"), b"2");
         let first = std::fs::read_link(dir.join("..data")).expect("link");
-        write_atomic(&dir, &[("a".into(), b"1".to_vec(), 0o644), ("sub/b".into(), b"2".to_vec(), 0o600)]).expect("same");
+        write_atomic(&dir, &[("a".into(), b"1".to_vec(), 0o644), ("sub/b".into(), b"2".to_vec(), 0o600)], None).expect("same");
         assert_eq!(std::fs::read_link(dir.join("..data")).expect("link"), first, "unchanged content keeps its generation");
-        write_atomic(&dir, &[("a".into(), b"3".to_vec(), 0o644)]).expect("update");
+        write_atomic(&dir, &[("a".into(), b"3".to_vec(), 0o644)], None).expect("update");
         assert_eq!(std::fs::read(dir.join("a")).expect("a"), b"3");
         assert!(!dir.join("sub").exists(), "a key that disappeared is gone");
         assert!(!dir.join(&first).exists(), "the old generation is removed");

@@ -21,7 +21,7 @@ use super::status::{self, ContainerView};
 use super::volumes::{self, VolumePaths};
 use super::Context;
 use crate::runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, DnsConfig, ExecRequest, Mount, PidNamespace, PodMeta, RegistryAuth, SandboxConfig,
+    ContainerConfig, ContainerState, ContainerStatus, DnsConfig, ExecRequest, Mount, PidNamespace, PodMeta, RuntimeError, SecurityConfig, RegistryAuth, SandboxConfig,
     SandboxState, SandboxStatus, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
 };
 
@@ -477,9 +477,13 @@ impl Worker {
         let id = match self.ctx.runtime.create_container(&sandbox.id, &config).await {
             Ok(id) => id,
             Err(e) => {
-                let message = e.to_string();
+                // A config the runtime refuses (runAsNonRoot, say) reads as the kubelet's own.
+                let (reason, message) = match e {
+                    RuntimeError::InvalidConfig(message) => ("CreateContainerConfigError", message),
+                    e => ("CreateContainerError", e.to_string()),
+                };
                 self.event_for(pod, &c.name, "Warning", "Failed", &format!("Error: {message}")).await;
-                self.waiting.insert(c.name.clone(), ("CreateContainerError".into(), message));
+                self.waiting.insert(c.name.clone(), (reason.into(), message));
                 *next = (*next).min(RETRY);
                 return;
             }
@@ -675,6 +679,7 @@ impl Worker {
             stdin: c.stdin.unwrap_or(false),
             stdin_once: c.stdin_once.unwrap_or(false),
             pid_namespace: self.pid_namespace(pod, &c.name).await?,
+            security: security_config(&security, &pod_security),
             labels,
             annotations: BTreeMap::new(),
         })
@@ -964,6 +969,21 @@ impl Worker {
             Ok(_) => self.last_status = Some(comparable),
             Err(e) => tracing::debug!(error = %e, "writing pod status failed; will retry"),
         }
+    }
+}
+
+/// What of a container's and its pod's `securityContext` the runtime applies (the
+/// container's fields win over the pod's).
+fn security_config(container: &k8s_openapi::api::core::v1::SecurityContext, pod: &k8s_openapi::api::core::v1::PodSecurityContext) -> SecurityConfig {
+    let caps = container.capabilities.clone().unwrap_or_default();
+    let gid = |g: &i64| u32::try_from(*g).ok();
+    SecurityConfig {
+        add_capabilities: caps.add.unwrap_or_default(),
+        drop_capabilities: caps.drop.unwrap_or_default(),
+        readonly_rootfs: container.read_only_root_filesystem.unwrap_or(false),
+        no_new_privileges: container.allow_privilege_escalation == Some(false),
+        run_as_non_root: container.run_as_non_root.or(pod.run_as_non_root).unwrap_or(false),
+        supplemental_groups: pod.fs_group.iter().chain(pod.supplemental_groups.iter().flatten()).filter_map(gid).collect(),
     }
 }
 

@@ -150,6 +150,25 @@ pub struct ProcessRef {
     pub start_ticks: u64,
 }
 
+/// The rest of a container's `securityContext` (and its pod's) that the runtime applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityConfig {
+    /// `capabilities.add` and `capabilities.drop` as written (`NET_ADMIN`, `ALL`); the
+    /// default set, less `ALL` dropped, plus `ALL` or each added, less each dropped.
+    /// Ignored for privileged containers, which get every capability.
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    /// `readOnlyRootFilesystem`.
+    pub readonly_rootfs: bool,
+    /// `allowPrivilegeEscalation: false`: the process and its children cannot gain
+    /// privileges (setuid binaries, file capabilities).
+    pub no_new_privileges: bool,
+    /// `runAsNonRoot`: the container is refused if it would run as uid 0.
+    pub run_as_non_root: bool,
+    /// The pod's `fsGroup` and `supplementalGroups`, added to the process's groups.
+    pub supplemental_groups: Vec<u32>,
+}
+
 /// The PID namespace a container runs in (CRI's `NamespaceMode` for pids).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PidNamespace {
@@ -214,6 +233,8 @@ pub struct ContainerConfig {
     pub stdin_once: bool,
     #[serde(default)]
     pub pid_namespace: PidNamespace,
+    #[serde(default)]
+    pub security: SecurityConfig,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
 }

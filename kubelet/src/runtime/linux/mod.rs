@@ -284,6 +284,8 @@ impl Inner {
         image: &ResolvedImage,
         config: &ContainerConfig,
     ) -> Result<String> {
+        let image_user = image.config.config().as_ref().and_then(|c| c.user().as_deref());
+        spec::verify_non_root(config, image_user).map_err(RuntimeError::InvalidConfig)?;
         let id = store::new_id();
         let dir = self.dir(&id);
         fs::create_dir(&dir)

@@ -13,7 +13,7 @@ use oci_spec::runtime::{
     Spec, UserBuilder,
 };
 
-use crate::runtime::{ContainerConfig, SandboxStatus};
+use crate::runtime::{ContainerConfig, SandboxStatus, SecurityConfig};
 
 /// `PATH` when neither the image nor the pod sets one (containerd's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -358,14 +358,78 @@ pub struct SpecInputs<'a> {
     pub current_caps: u64,
 }
 
-fn capability_set(names: &[&str]) -> Result<HashSet<Capability>, String> {
+fn capability_set(names: &[String]) -> Result<HashSet<Capability>, String> {
     names
         .iter()
         .map(|name| {
-            serde_json::from_value::<Capability>(serde_json::Value::String((*name).to_string()))
-                .map_err(|e| format!("capability {name}: {e}"))
+            serde_json::from_value::<Capability>(serde_json::Value::String(name.clone()))
+                .map_err(|_| format!("unknown capability {name:?}"))
         })
         .collect()
+}
+
+/// A non-privileged container's capabilities, as containerd derives them from
+/// `securityContext.capabilities`: the default set; all of `all` if `ALL` is added; none
+/// if `ALL` is dropped; then each one added, then each one dropped. Kubernetes names
+/// them without the `CAP_` prefix (one written with it is taken as meant).
+pub fn container_capabilities(security: &SecurityConfig, all: &[&str]) -> Vec<String> {
+    let is_all = |c: &&String| c.eq_ignore_ascii_case("ALL");
+    let named = |c: &String| {
+        let c = c.to_ascii_uppercase();
+        format!("CAP_{}", c.strip_prefix("CAP_").unwrap_or(&c))
+    };
+    let mut caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+    if security.add_capabilities.iter().any(|c| is_all(&c)) {
+        caps = all.iter().map(|c| c.to_string()).collect();
+    }
+    if security.drop_capabilities.iter().any(|c| is_all(&c)) {
+        caps.clear();
+    }
+    for cap in security.add_capabilities.iter().filter(|c| !is_all(c)).map(named) {
+        if !caps.contains(&cap) {
+            caps.push(cap);
+        }
+    }
+    let dropped: Vec<String> = security
+        .drop_capabilities
+        .iter()
+        .filter(|c| !is_all(c))
+        .map(named)
+        .collect();
+    caps.retain(|c| !dropped.contains(c));
+    caps
+}
+
+/// `runAsNonRoot`, checked as the kubelet does before creating the container: from
+/// `runAsUser` if set, else from the image's user, which must then be numeric.
+pub fn verify_non_root(config: &ContainerConfig, image_user: Option<&str>) -> Result<(), String> {
+    if !config.security.run_as_non_root {
+        return Ok(());
+    }
+    let label = |key: &str| config.labels.get(key).map(String::as_str).unwrap_or("");
+    let pod = format!(
+        "\"{}_{}({})\"",
+        label(crate::runtime::LABEL_POD_NAME),
+        label(crate::runtime::LABEL_POD_NAMESPACE),
+        label(crate::runtime::LABEL_POD_UID)
+    );
+    let whose = format!("(pod: {pod}, container: {})", config.name);
+    if let Some(uid) = config.run_as_user {
+        return match uid {
+            0 => Err(format!("container's runAsUser breaks non-root policy {whose}")),
+            _ => Ok(()),
+        };
+    }
+    let user = image_user.map(str::trim).unwrap_or("");
+    let user = user.split_once(':').map_or(user, |(u, _)| u);
+    match user.parse::<u32>() {
+        Ok(0) => Err(format!("container has runAsNonRoot and image will run as root {whose}")),
+        Ok(_) => Ok(()),
+        Err(_) if user.is_empty() => Err(format!("container has runAsNonRoot and image will run as root {whose}")),
+        Err(_) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root {whose}"
+        )),
+    }
 }
 
 fn mount(
@@ -437,20 +501,27 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, String> {
     )?;
 
     let mut user_builder = UserBuilder::default().uid(user.uid).gid(user.gid);
-    if !user.additional_gids.is_empty() {
-        user_builder = user_builder.additional_gids(user.additional_gids.clone());
+    let mut additional_gids = user.additional_gids.clone();
+    for gid in &cfg.security.supplemental_groups {
+        if !additional_gids.contains(gid) {
+            additional_gids.push(*gid);
+        }
+    }
+    if !additional_gids.is_empty() {
+        user_builder = user_builder.additional_gids(additional_gids);
     }
     let oci_user = user_builder.build().map_err(|e| format!("user: {e}"))?;
 
-    let cap_names: Vec<&str> = if cfg.privileged {
-        ALL_CAPABILITIES
-            .iter()
-            .enumerate()
-            .filter(|(bit, _)| inputs.current_caps & (1u64 << bit) != 0)
-            .map(|(_, name)| *name)
-            .collect()
+    let current: Vec<&str> = ALL_CAPABILITIES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| inputs.current_caps & (1u64 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect();
+    let cap_names = if cfg.privileged {
+        current.iter().map(|c| c.to_string()).collect()
     } else {
-        DEFAULT_CAPABILITIES.to_vec()
+        container_capabilities(&cfg.security, &current)
     };
     let caps = capability_set(&cap_names)?;
     let capabilities = LinuxCapabilitiesBuilder::default()
@@ -470,7 +541,7 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, String> {
         .set_env(Some(env))
         .set_cwd(PathBuf::from(cwd))
         .set_capabilities(Some(capabilities))
-        .set_no_new_privileges(Some(false))
+        .set_no_new_privileges(Some(cfg.security.no_new_privileges && !cfg.privileged))
         .set_rlimits(None)
         .set_oom_score_adj(None);
 
@@ -629,7 +700,7 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, String> {
 
     let root = RootBuilder::default()
         .path(PathBuf::from("rootfs"))
-        .readonly(false)
+        .readonly(cfg.security.readonly_rootfs)
         .build()
         .map_err(|e| format!("root: {e}"))?;
 
@@ -811,6 +882,7 @@ pub(super) mod tests {
             stdin: false,
             stdin_once: false,
             pid_namespace: Default::default(),
+            security: Default::default(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
         }
@@ -840,6 +912,87 @@ pub(super) mod tests {
                 .collect(),
             pid_holder: None,
         }
+    }
+
+    #[test]
+    fn capabilities_follow_add_and_drop_as_containerd_does() {
+        let all = ["CAP_CHOWN", "CAP_NET_ADMIN", "CAP_SYS_TIME", "CAP_KILL"];
+        let security = |add: &[&str], drop: &[&str]| SecurityConfig {
+            add_capabilities: strings(add),
+            drop_capabilities: strings(drop),
+            ..Default::default()
+        };
+        let defaults: Vec<String> = strings(DEFAULT_CAPABILITIES);
+        assert_eq!(container_capabilities(&security(&[], &[]), &all), defaults);
+        let added = container_capabilities(&security(&["NET_ADMIN", "sys_time"], &["KILL"]), &all);
+        assert!(added.contains(&"CAP_NET_ADMIN".to_string()) && added.contains(&"CAP_SYS_TIME".to_string()));
+        assert!(!added.contains(&"CAP_KILL".to_string()));
+        assert_eq!(added.len(), defaults.len() + 1);
+        assert_eq!(container_capabilities(&security(&["NET_BIND_SERVICE"], &["ALL"]), &all), ["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(container_capabilities(&security(&["ALL"], &["CHOWN"]), &all), ["CAP_NET_ADMIN", "CAP_SYS_TIME", "CAP_KILL"]);
+        let prefixed = container_capabilities(&security(&["CAP_NET_ADMIN"], &[]), &all);
+        assert_eq!(prefixed.len(), defaults.len() + 1);
+        assert!(prefixed.contains(&"CAP_NET_ADMIN".to_string()));
+        let unknown = container_capabilities(&security(&["NOT_A_CAPABILITY"], &[]), &all);
+        let err = capability_set(&unknown).expect_err("unknown capability");
+        assert_eq!(err, "unknown capability \"CAP_NOT_A_CAPABILITY\"");
+    }
+
+    #[test]
+    fn run_as_non_root_is_checked_from_the_user_or_the_image() {
+        let mut cfg = sample_config();
+        cfg.labels = [("io.kubernetes.pod.name", "p"), ("io.kubernetes.pod.namespace", "default"), ("io.kubernetes.pod.uid", "u1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        cfg.run_as_user = None;
+        assert_eq!(verify_non_root(&cfg, None), Ok(()), "not asked for");
+        cfg.security.run_as_non_root = true;
+        let whose = "(pod: \"p_default(u1)\", container: web)";
+        assert_eq!(verify_non_root(&cfg, None), Err(format!("container has runAsNonRoot and image will run as root {whose}")));
+        assert_eq!(verify_non_root(&cfg, Some("0:0")), Err(format!("container has runAsNonRoot and image will run as root {whose}")));
+        assert_eq!(verify_non_root(&cfg, Some("1000:1000")), Ok(()));
+        assert_eq!(
+            verify_non_root(&cfg, Some("nobody")),
+            Err(format!("container has runAsNonRoot and image has non-numeric user (nobody), cannot verify user is non-root {whose}"))
+        );
+        cfg.run_as_user = Some(65534);
+        assert_eq!(verify_non_root(&cfg, Some("root")), Ok(()));
+        cfg.run_as_user = Some(0);
+        assert_eq!(verify_non_root(&cfg, Some("1000")), Err(format!("container's runAsUser breaks non-root policy {whose}")));
+    }
+
+    #[test]
+    fn security_context_reaches_the_spec() {
+        let mut cfg = sample_config();
+        cfg.security = SecurityConfig {
+            readonly_rootfs: true,
+            no_new_privileges: true,
+            supplemental_groups: vec![2000, 33, 4000],
+            ..Default::default()
+        };
+        let sandbox = sample_sandbox();
+        let inputs = SpecInputs {
+            config: &cfg,
+            image: None,
+            sandbox: &sandbox,
+            hostname: None,
+            passwd: PASSWD,
+            group: GROUP,
+            cgroups_path: "/x".into(),
+            pid_namespace: Some(Path::new("/proc/42/ns/pid")),
+            cgroup_namespace: false,
+            current_caps: 0,
+        };
+        let spec = build_spec(&inputs).expect("spec");
+        assert_eq!(spec.root().as_ref().and_then(|r| r.readonly()), Some(true));
+        let process = spec.process().as_ref().expect("process");
+        assert_eq!(process.no_new_privileges(), Some(true));
+        let gids = process.user().additional_gids().clone().unwrap_or_default();
+        assert!(gids.contains(&2000) && gids.contains(&4000), "{gids:?}");
+        assert!(gids.iter().all(|g| gids.iter().filter(|h| *h == g).count() == 1), "{gids:?}");
+        let pid = spec.linux().as_ref().and_then(|l| l.namespaces().clone()).unwrap_or_default().into_iter().find(|n| n.typ() == LinuxNamespaceType::Pid).expect("pid namespace");
+        assert_eq!(pid.path().as_deref(), Some(Path::new("/proc/42/ns/pid")));
     }
 
     #[test]
