@@ -246,6 +246,12 @@ impl ApiError {
         ApiError::new(429, "TooManyRequests", message).with_details(ApiError::retry_after(retry_after_seconds))
     }
 
+    /// 429 TooManyRequests with one cause (`reason`: `message`), as an eviction refused by
+    /// a PodDisruptionBudget is.
+    pub fn too_many_requests_because(message: impl Into<String>, reason: &str, cause: impl Into<String>) -> ApiError {
+        ApiError::new(429, "TooManyRequests", message).with_details(json!({"causes": [{"reason": reason, "message": cause.into()}]}))
+    }
+
     /// 504 Timeout (apimachinery's `NewTimeoutError`): `Timeout: <message>`.
     pub fn timeout(message: impl std::fmt::Display, retry_after_seconds: u64) -> ApiError {
         ApiError::new(504, "Timeout", format!("Timeout: {message}")).with_details(ApiError::retry_after(retry_after_seconds))

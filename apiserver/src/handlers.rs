@@ -253,8 +253,8 @@ impl ApiServer {
                 self.bind(&target, obj, &params, negotiated).await
             }
             (Method::POST, true) if sub == Some("eviction") => {
-                let _ = object()?;
-                self.evict(&target, &params, negotiated).await
+                let obj = object()?;
+                self.evict(&target, &obj, &params, negotiated).await
             }
             (Method::PUT, true) if sub == Some("finalize") => {
                 let obj = object()?;
@@ -1182,10 +1182,17 @@ impl ApiServer {
         Ok(respond(StatusCode::CREATED, negotiated, &status))
     }
 
-    async fn evict(&self, target: &Target, params: &Params, negotiated: Negotiated) -> Result<Response, ApiError> {
-        // PodDisruptionBudgets are not served yet, so every eviction is allowed.
+    async fn evict(&self, target: &Target, eviction: &Value, params: &Params, negotiated: Negotiated) -> Result<Response, ApiError> {
+        let name = self.name_of(target);
+        if eviction.pointer("/metadata/name").and_then(Value::as_str).is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request("name in URL does not match name in Eviction object"));
+        }
         let pod_target = Target { sub: None, ..target.clone() };
-        self.delete(&pod_target, &json!({}), params).await?;
+        let options = eviction.get("deleteOptions").filter(|o| o.is_object()).cloned().unwrap_or_else(|| json!({}));
+        let dry_run = params.dry_run()? || options.get("dryRun").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+        let (pod, _) = self.read(&pod_target).await?;
+        crate::eviction::admit(self, &pod, dry_run).await?;
+        self.delete(&pod_target, &options, params).await?;
         let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
         Ok(respond(StatusCode::CREATED, negotiated, &status))
     }

@@ -10,6 +10,7 @@ pub mod componentstatus;
 pub mod conversion;
 pub mod discovery;
 pub mod errors;
+pub mod eviction;
 pub mod filter;
 pub mod handlers;
 pub mod limits;

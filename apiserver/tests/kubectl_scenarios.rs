@@ -221,6 +221,56 @@ async fn errors_read_like_kubernetes(s: &TestServer) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The eviction API (what `kubectl drain` calls) under a PodDisruptionBudget whose
+/// status is written by hand here, as the disruption controller would.
+async fn evictions_respect_disruption_budgets(s: &TestServer) -> anyhow::Result<()> {
+    let eviction = |pod: &str| -> anyhow::Result<String> {
+        write_manifest(s, &format!("evict-{pod}.json"), &format!(r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{pod}"}}}}"#))
+    };
+    let evict = |pod: &str, file: &str| -> Vec<String> {
+        vec!["create".into(), "--raw".into(), format!("/api/v1/namespaces/default/pods/{pod}/eviction"), "-f".into(), file.to_string()]
+    };
+    let running = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#;
+    for pod in ["guarded-a", "guarded-b"] {
+        s.ok(&["run", pod, "--image=busybox", "--labels=app=guarded"]).await?;
+        s.ok(&["patch", "pod", pod, "--subresource=status", "--type=merge", "-p", running]).await?;
+    }
+    s.ok(&["create", "pdb", "guard", "--selector=app=guarded", "--min-available=2"]).await?;
+    let budget = |allowed: u32| format!(r#"{{"status":{{"observedGeneration":1,"disruptionsAllowed":{allowed},"currentHealthy":2,"desiredHealthy":2,"expectedPods":2}}}}"#);
+    s.ok(&["patch", "pdb", "guard", "--subresource=status", "--type=merge", "-p", &budget(0)]).await?;
+    let file = eviction("guarded-a")?;
+    let args = evict("guarded-a", &file);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = s.fails(&args).await?;
+    ensure!(err.contains("Error from server (TooManyRequests): Cannot evict pod as it would violate the pod's disruption budget."), "{err}");
+    s.ok(&["get", "pod", "guarded-a"]).await.context("a refused eviction deleted the pod")?;
+
+    // One disruption allowed: the eviction goes through, is recorded, and uses it up.
+    s.ok(&["patch", "pdb", "guard", "--subresource=status", "--type=merge", "-p", &budget(1)]).await?;
+    s.ok(&args).await?;
+    let status = s.ok(&["get", "pdb", "guard", "-o", "jsonpath={.status.disruptionsAllowed} {.status.disruptedPods.guarded-a}"]).await?;
+    ensure!(status.starts_with("0 ") && status.len() > 2, "{status}");
+    let gone = s.kubectl(&["get", "pod", "guarded-a", "-o", "jsonpath={.metadata.deletionTimestamp}"]).await?;
+    ensure!(!gone.status.success() || !gone.stdout.is_empty(), "the evicted pod is neither gone nor terminating");
+    let file_b = eviction("guarded-b")?;
+    let args_b = evict("guarded-b", &file_b);
+    let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
+    let err = s.fails(&args_b).await?;
+    ensure!(err.contains("TooManyRequests"), "the budget was not used up: {err}");
+
+    // A pod that has not started counts against no budget.
+    s.ok(&["run", "guarded-pending", "--image=busybox", "--labels=app=guarded"]).await?;
+    let file_p = eviction("guarded-pending")?;
+    let args_p = evict("guarded-pending", &file_p);
+    s.ok(&args_p.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    // Two budgets over one pod: Kubernetes' eviction refuses to choose.
+    s.ok(&["create", "pdb", "guard-too", "--selector=app=guarded", "--max-unavailable=1"]).await?;
+    let err = s.fails(&args_b).await?;
+    ensure!(err.contains("This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."), "{err}");
+    s.ok(&["get", "pod", "guarded-b"]).await?;
+    Ok(())
+}
+
 async fn delete_cascades(s: &TestServer) -> anyhow::Result<()> {
     let file = write_manifest(s, "app.yaml", APP)?;
     s.ok(&["apply", "-f", &file]).await?;
@@ -496,4 +546,4 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(lists_page_and_filter, versions_share_storage, priority_classes, apply_and_reapply, edit_commands, watch_sees_changes, errors_read_like_kubernetes, delete_cascades, generators, server_side_apply);
+on_both_backends!(evictions_respect_disruption_budgets, lists_page_and_filter, versions_share_storage, priority_classes, apply_and_reapply, edit_commands, watch_sees_changes, errors_read_like_kubernetes, delete_cascades, generators, server_side_apply);
