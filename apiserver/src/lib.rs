@@ -13,6 +13,7 @@ pub mod errors;
 pub mod eviction;
 pub mod filter;
 pub mod handlers;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;

@@ -337,7 +337,8 @@ async fn route(api: Arc<ApiServer>, method: Method, uri: &Uri, headers: HeaderMa
     let path = uri.path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
-        ["healthz" | "livez" | "readyz", ..] => return Ok((StatusCode::OK, "ok").into_response()),
+        [endpoint @ ("healthz" | "livez" | "readyz")] => return Ok(crate::health::serve(&api, endpoint, None, uri.query()).await),
+        [endpoint @ ("healthz" | "livez" | "readyz"), check] => return Ok(crate::health::serve(&api, endpoint, Some(check), uri.query()).await),
         ["version"] => return Ok(json_response(&discovery::version())),
         [".well-known", "openid-configuration"] | ["openid", "v1", "jwks"] => {
             let tokens = api.security.tokens.as_ref().ok_or_else(|| ApiError::path_not_found(path))?;

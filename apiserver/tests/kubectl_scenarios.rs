@@ -271,6 +271,27 @@ async fn evictions_respect_disruption_budgets(s: &TestServer) -> anyhow::Result<
     Ok(())
 }
 
+/// `kubectl get --raw /readyz?verbose`, as Kubernetes' docs on the API health
+/// endpoints show it, and its answer once etcd is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_follow_the_store() -> anyhow::Result<()> {
+    let Some(mut s) = server(Backend::Etcd).await? else { return Ok(()) };
+    ensure!(s.ok(&["get", "--raw", "/readyz"]).await? == "ok");
+    let verbose = s.ok(&["get", "--raw", "/readyz?verbose"]).await?;
+    ensure!(verbose == "[+]ping ok\n[+]log ok\n[+]etcd ok\nreadyz check passed\n", "{verbose:?}");
+    let excluded = s.ok(&["get", "--raw", "/livez?verbose&exclude=etcd"]).await?;
+    ensure!(excluded.contains("[+]etcd excluded: ok\n") && excluded.ends_with("livez check passed\n"), "{excluded:?}");
+    ensure!(s.ok(&["get", "--raw", "/healthz/etcd"]).await? == "ok");
+    let err = s.fails(&["get", "--raw", "/readyz/nonsense"]).await?;
+    ensure!(err.contains("NotFound") || err.contains("not found"), "{err}");
+    s.kill_etcd();
+    let err = s.fails(&["get", "--raw", "/readyz?verbose"]).await?;
+    ensure!(err.contains("[-]etcd failed: reason withheld") && err.contains("readyz check failed") && err.contains("[+]ping ok"), "{err}");
+    let err = s.fails(&["get", "--raw", "/livez/etcd"]).await?;
+    ensure!(err.contains("internal server error"), "{err}");
+    Ok(())
+}
+
 async fn delete_cascades(s: &TestServer) -> anyhow::Result<()> {
     let file = write_manifest(s, "app.yaml", APP)?;
     s.ok(&["apply", "-f", &file]).await?;

@@ -73,6 +73,14 @@ impl TestServer {
         }))
     }
 
+    /// Kills every member of the server's etcd (none on the embedded store).
+    #[allow(dead_code)] // not every test binary that shares this module calls it
+    pub fn kill_etcd(&mut self) {
+        for member in self._etcd.iter_mut().flat_map(|c| c.members.iter_mut()) {
+            member.kill();
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
