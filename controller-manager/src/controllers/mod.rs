@@ -21,6 +21,7 @@ pub mod cronjob;
 pub mod csr;
 pub mod csrapproving;
 pub mod csrsigning;
+pub mod disruption;
 pub mod endpoint;
 pub mod endpointslice;
 pub mod garbagecollector;
@@ -131,6 +132,7 @@ pub static CONTROLLERS: &[Registered] = &[
     Registered { name: "clusterrole-aggregation", enabled_by_default: true, start: clusterroleaggregation::start },
     Registered { name: "root-ca-cert-publisher", enabled_by_default: true, start: rootcacert::start },
     Registered { name: "resourcequota", enabled_by_default: true, start: resourcequota::start },
+    Registered { name: "disruption", enabled_by_default: true, start: disruption::start },
     Registered { name: "csrapproving", enabled_by_default: true, start: csrapproving::start },
     Registered { name: "csrsigning", enabled_by_default: true, start: csrsigning::start },
 ];
