@@ -214,6 +214,7 @@ fn run_steps(lab: &Lab) -> anyhow::Result<()> {
     config_and_secrets(lab)?;
     two_containers_share_localhost_and_processes(lab)?;
     pvc_outlives_its_pod(lab)?;
+    drain_respects_a_disruption_budget(lab)?;
     containers_survive_a_lab_restart(lab)?;
     Ok(())
 }
@@ -1022,6 +1023,35 @@ fn pvc_outlives_its_pod(lab: &Lab) -> anyhow::Result<()> {
     lab.wait_for(Duration::from_secs(30), "reader Succeeded", &["get", "pod", "reader", "-o", "jsonpath={.status.phase}"], |o| o == "Succeeded")?;
     assert_eq!(lab.kubectl(&["logs", "reader"])?.trim(), "kept-across-pods");
     lab.kubectl(&["delete", "pod", "reader"])?;
+    Ok(())
+}
+
+/// `kubectl drain` under a PodDisruptionBudget: on a one-node lab the evicted pod's
+/// replacement has nowhere to go, so the budget stops the drain after one eviction.
+fn drain_respects_a_disruption_budget(lab: &Lab) -> anyhow::Result<()> {
+    let node = lab.kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])?;
+    lab.kubectl(&["create", "pdb", "web", "--selector=app=web", "--min-available=2"])?;
+    lab.wait_for(Duration::from_secs(20), "the web budget to allow one disruption", &["get", "pdb", "web", "-o", "jsonpath={.status.disruptionsAllowed}"], |o| o == "1")?;
+    let before = lab.pod_names("app=web")?;
+    let out = lab.kubectl_cmd(&["drain", &node, "--pod-selector=app=web", "--ignore-daemonsets", "--grace-period=1", "--timeout=12s"]).output()?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "the drain got past the budget:\n{stdout}{stderr}");
+    assert!(stdout.contains(&format!("node/{node} cordoned")), "{stdout}");
+    // One eviction admitted (with the drain's grace period), then the budget refuses the
+    // others.
+    let kept = lab.kubectl(&["get", "pods", "-l", "app=web", "-o", "jsonpath={range .items[?(@.status.phase==\"Running\")]}{.metadata.name} {.metadata.deletionTimestamp}{\"\\n\"}{end}"])?;
+    let kept: Vec<&str> = kept.lines().filter(|l| before.iter().any(|p| l.trim() == p.as_str())).collect();
+    assert_eq!(kept.len(), 2, "one eviction, then the budget: {kept:?}\n{stdout}{stderr}");
+    assert!(stderr.contains("Cannot evict pod as it would violate the pod's disruption budget."), "{stderr}");
+    let budget = lab.kubectl(&["get", "pdb", "web", "-o", "jsonpath={.status.currentHealthy} {.status.desiredHealthy} {.status.disruptionsAllowed}"])?;
+    assert_eq!(budget, "2 2 0");
+    let pending = lab.kubectl(&["get", "pods", "-l", "app=web", "--field-selector=status.phase=Pending", "-o", "name"])?;
+    assert_eq!(pending.lines().count(), 1, "the replacement waits for a schedulable node: {pending}");
+    lab.kubectl(&["uncordon", &node])?;
+    lab.wait_for(Duration::from_secs(20), "3 ready web replicas after uncordon", &["get", "deploy", "web", "-o", "jsonpath={.status.readyReplicas}"], |o| o.trim() == "3")?;
+    lab.wait_for(Duration::from_secs(20), "the budget to allow one disruption again", &["get", "pdb", "web", "-o", "jsonpath={.status.disruptionsAllowed}"], |o| o == "1")?;
+    lab.wait_for(Duration::from_secs(20), "the evicted pod gone", &["get", "pods", "-l", "app=web", "-o", "name"], |o| o.lines().count() == 3)?;
+    lab.kubectl(&["delete", "pdb", "web"])?;
     Ok(())
 }
 
