@@ -1192,6 +1192,16 @@ impl ApiServer {
         let dry_run = params.dry_run()? || options.get("dryRun").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
         let (pod, _) = self.read(&pod_target).await?;
         crate::eviction::admit(self, &pod, dry_run).await?;
+        if !dry_run {
+            // As Kubernetes does: the pod says why it goes (a Job's podFailurePolicy reads it).
+            let status_target = Target { sub: Some("status".into()), ..pod_target.clone() };
+            self.guaranteed_update(&status_target, false, |current, _| {
+                let mut pod = current.clone();
+                admission::set_pod_condition(&mut pod, "DisruptionTarget", "True", Some("EvictionByEvictionAPI"), Some("Eviction API: evicting"));
+                Ok(pod)
+            })
+            .await?;
+        }
         self.delete(&pod_target, &options, params).await?;
         let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
         Ok(respond(StatusCode::CREATED, negotiated, &status))

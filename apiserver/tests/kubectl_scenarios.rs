@@ -232,7 +232,10 @@ async fn evictions_respect_disruption_budgets(s: &TestServer) -> anyhow::Result<
     };
     let running = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#;
     for pod in ["guarded-a", "guarded-b"] {
-        s.ok(&["run", pod, "--image=busybox", "--labels=app=guarded"]).await?;
+        // Bound to a node (no kubelet here), so a delete leaves them terminating.
+        let manifest = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, labels: {{app: guarded}}}}\nspec: {{nodeName: node-x, containers: [{{name: c, image: busybox}}]}}\n");
+        let out = s.kubectl_stdin(&["create", "-f", "-"], Some(&manifest)).await?;
+        ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         s.ok(&["patch", "pod", pod, "--subresource=status", "--type=merge", "-p", running]).await?;
     }
     s.ok(&["create", "pdb", "guard", "--selector=app=guarded", "--min-available=2"]).await?;
@@ -250,8 +253,8 @@ async fn evictions_respect_disruption_budgets(s: &TestServer) -> anyhow::Result<
     s.ok(&args).await?;
     let status = s.ok(&["get", "pdb", "guard", "-o", "jsonpath={.status.disruptionsAllowed} {.status.disruptedPods.guarded-a}"]).await?;
     ensure!(status.starts_with("0 ") && status.len() > 2, "{status}");
-    let gone = s.kubectl(&["get", "pod", "guarded-a", "-o", "jsonpath={.metadata.deletionTimestamp}"]).await?;
-    ensure!(!gone.status.success() || !gone.stdout.is_empty(), "the evicted pod is neither gone nor terminating");
+    let evicted = s.ok(&["get", "pod", "guarded-a", "-o", r#"jsonpath={.metadata.deletionTimestamp} {.status.conditions[?(@.type=="DisruptionTarget")].reason}"#]).await?;
+    ensure!(evicted.ends_with(" EvictionByEvictionAPI") && evicted.len() > " EvictionByEvictionAPI".len(), "the evicted pod terminating, saying why: {evicted}");
     let file_b = eviction("guarded-b")?;
     let args_b = evict("guarded-b", &file_b);
     let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
