@@ -1018,7 +1018,7 @@ fn validate_immutable(res: &ResourceInfo, obj: &Value, old: &Value) -> Vec<Cause
         ("", "Pod") => {
             if let (Some(new_spec), Some(old_spec)) = (obj.get("spec"), old.get("spec")) {
                 if !pod_spec_update_allowed(new_spec, old_spec) {
-                    causes.push(Cause::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)"));
+                    causes.push(pod_update_forbidden());
                 }
             }
         }
@@ -1027,13 +1027,26 @@ fn validate_immutable(res: &ResourceInfo, obj: &Value, old: &Value) -> Vec<Cause
     causes
 }
 
+/// Kubernetes' refusal of a pod update that changes more than it may.
+pub fn pod_update_forbidden() -> Cause {
+    Cause::forbidden("spec", "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)")
+}
+
+/// Whether an update of the pod itself (not its subresource) changes its ephemeral
+/// containers, which only `pods/ephemeralcontainers` may.
+pub fn changes_ephemeral_containers(new: &Value, old: &Value) -> bool {
+    let list = |v: &Value| v.pointer("/spec/ephemeralContainers").filter(|l| l.as_array().is_some_and(|a| !a.is_empty())).cloned();
+    list(new) != list(old)
+}
+
 fn pod_spec_update_allowed(new: &Value, old: &Value) -> bool {
     let mut a = new.clone();
     let mut b = old.clone();
     for s in [&mut a, &mut b] {
         if let Some(o) = s.as_object_mut() {
-            // Changed only through pods/ephemeralcontainers (checked there); a pod update
-            // carries them over.
+            // Changed only through pods/ephemeralcontainers (checked there); a main pod
+            // update that changes them is refused by the handler (see
+            // `pod_update_forbidden`).
             o.remove("ephemeralContainers");
             o.remove("activeDeadlineSeconds");
             o.remove("tolerations");

@@ -787,6 +787,9 @@ impl ApiServer {
             let mut updated = change(&current, rev)?;
             check_type(res, &updated)?;
             preserve_system_meta(&mut updated, &current, res);
+            if target.sub.is_none() && res.group.is_empty() && res.plural == "pods" && admission::changes_ephemeral_containers(&updated, &current) {
+                return Err(ApiError::invalid(res, &name, vec![admission::pod_update_forbidden()]));
+            }
             let status_only = target.sub.as_deref() == Some("status");
             if target.sub.as_deref() == Some("ephemeralcontainers") {
                 let causes = admission::validate_ephemeral_containers(&updated, &current);
@@ -1295,17 +1298,8 @@ impl WithCurrent for Value {
                         o.insert("status".into(), status.clone());
                     }
                 }
-                // A pod's ephemeral containers change only through their subresource.
-                if let Some(spec) = self.get_mut("spec").and_then(Value::as_object_mut) {
-                    match current.pointer("/spec/ephemeralContainers") {
-                        Some(list) => {
-                            spec.insert("ephemeralContainers".into(), list.clone());
-                        }
-                        None => {
-                            spec.remove("ephemeralContainers");
-                        }
-                    }
-                }
+                // A pod's ephemeral containers change only through their subresource: an
+                // update that changes them is refused by the pod's update validation.
                 self
             }
         }

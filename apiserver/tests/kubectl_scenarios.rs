@@ -214,8 +214,10 @@ async fn errors_read_like_kubernetes(s: &TestServer) -> anyhow::Result<()> {
     let with_ports = r#"{"spec":{"ephemeralContainers":[{"name":"p","image":"busybox","ports":[{"containerPort":80}]}]}}"#;
     let err = s.fails(&["patch", "pod", "target", "--subresource=ephemeralcontainers", "-p", with_ports]).await?;
     ensure!(err.contains("spec.ephemeralContainers[0].ports: Forbidden: cannot be set for an Ephemeral Container"), "{err}");
-    // A pod update leaves them alone.
-    s.ok(&["patch", "pod", "target", "-p", r#"{"spec":{"ephemeralContainers":[{"name":"sneaky","image":"busybox"}]}}"#]).await?;
+    // A pod update may not change them (Kubernetes' pod update validation).
+    let err = s.fails(&["patch", "pod", "target", "-p", r#"{"spec":{"ephemeralContainers":[{"name":"sneaky","image":"busybox"}]}}"#]).await?;
+    ensure!(err.contains("spec: Forbidden: pod updates may not change fields other than"), "{err}");
+    s.ok(&["label", "pod", "target", "debugged=yes"]).await?;
     let names = s.ok(&["get", "pod", "target", "-o", "jsonpath={.spec.ephemeralContainers[*].name}"]).await?;
     ensure!(names == "dbg", "{names}");
     Ok(())
