@@ -49,7 +49,6 @@ pub async fn admit(api: &ApiServer, pod: &Value, dry_run: bool) -> Result<(), Ap
     let res = registry::lookup("policy", "v1", "poddisruptionbudgets").ok_or_else(|| ApiError::internal("poddisruptionbudgets not registered"))?;
     let budget_name = budget.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
     let target = Target { res, namespace: Some(namespace.to_string()), name: Some(budget_name.clone()), sub: Some("status".into()) };
-    let mut admitted_unhealthy = false;
     api.guaranteed_update(&target, dry_run, |current, _| {
         let status = |field: &str| current.pointer(&format!("/status/{field}")).and_then(Value::as_i64).unwrap_or(0);
         if !ready {
@@ -57,16 +56,12 @@ pub async fn admit(api: &ApiServer, pod: &Value, dry_run: bool) -> Result<(), Ap
             // any with `unhealthyPodEvictionPolicy: AlwaysAllow`).
             let always = current.pointer("/spec/unhealthyPodEvictionPolicy").and_then(Value::as_str) == Some("AlwaysAllow");
             if always || (status("currentHealthy") >= status("desiredHealthy") && status("desiredHealthy") > 0) {
-                admitted_unhealthy = true;
                 return Ok(current.clone());
             }
         }
         take_disruption(res, current, &budget_name, &pod_name)
     })
     .await?;
-    if admitted_unhealthy {
-        tracing::debug!(pod = %pod_name, budget = %budget_name, "evicting a pod that is not Ready");
-    }
     Ok(())
 }
 

@@ -263,6 +263,17 @@ async fn evictions_respect_disruption_budgets(s: &TestServer) -> anyhow::Result<
     let err = s.fails(&args_b).await?;
     ensure!(err.contains("TooManyRequests"), "the budget was not used up: {err}");
 
+    // A running pod that is not Ready takes nothing from a budget that is met.
+    let unready = "apiVersion: v1\nkind: Pod\nmetadata: {name: guarded-c, labels: {app: guarded}}\nspec: {nodeName: node-x, containers: [{name: c, image: busybox}]}\n";
+    let out = s.kubectl_stdin(&["create", "-f", "-"], Some(unready)).await?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.ok(&["patch", "pod", "guarded-c", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"False"}]}}"#]).await?;
+    let file_c = eviction("guarded-c")?;
+    let args_c = evict("guarded-c", &file_c);
+    s.ok(&args_c.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    let status = s.ok(&["get", "pdb", "guard", "-o", "jsonpath={.status.disruptionsAllowed} {.status.disruptedPods.guarded-c}"]).await?;
+    ensure!(status.trim() == "0", "an unready pod's eviction took from the budget: {status}");
+
     // A pod that has not started counts against no budget.
     s.ok(&["run", "guarded-pending", "--image=busybox", "--labels=app=guarded"]).await?;
     let file_p = eviction("guarded-pending")?;

@@ -213,7 +213,7 @@ pub fn scaled_value(v: &IntOrString, total: i32, round_up: bool) -> Result<i32, 
         IntOrString::Int(i) => Ok(*i),
         IntOrString::String(s) => {
             let p: i64 = s.strip_suffix('%').and_then(|p| p.parse().ok()).ok_or_else(|| format!("invalid value for IntOrString: {s:?}"))?;
-            let x = p * i64::from(total);
+            let x = p.saturating_mul(i64::from(total));
             let r = if round_up { (x + 99).div_euclid(100) } else { x.div_euclid(100) };
             i32::try_from(r).map_err(|e| e.to_string())
         }

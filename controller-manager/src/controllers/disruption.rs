@@ -106,8 +106,8 @@ pub enum ExpectedPodsError {
     NoController(String),
     #[error("{0} does not implement the scale subresource")]
     NoScale(String),
-    #[error("invalid value for IntOrString: invalid value {value:?}: {why}")]
-    InvalidIntOrPercent { value: String, why: String },
+    #[error("{0}")]
+    InvalidIntOrPercent(String),
     #[error("looking up {what} failed")]
     Lookup {
         what: String,
@@ -151,27 +151,6 @@ pub fn start(ctx: Context, shutdown: CancellationToken) -> futures::future::BoxF
     run(ctx, shutdown).boxed()
 }
 
-/// Keeps a reflector's store filled (nothing is queued from it).
-fn keep_filled<K, S>(events: S, stop: CancellationToken)
-where
-    K: Send + 'static,
-    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(events);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                next = events.next() => match next {
-                    None => return,
-                    Some(Err(e)) => debug!(controller = "disruption", error = %e, "watch"),
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
-    });
-}
-
 async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), ControllerError> {
     let client = ctx.client.clone();
     let cfg = watcher::Config::default;
@@ -182,13 +161,13 @@ async fn run(ctx: Context, shutdown: CancellationToken) -> Result<(), Controller
     let (rc_reader, rc_writer) = reflector::store::<ReplicationController>();
     let (ss_reader, ss_writer) = reflector::store::<StatefulSet>();
 
-    keep_filled(reflector::reflector(rs_writer, watcher(Api::<ReplicaSet>::all(client.clone()), cfg()).default_backoff()), shutdown.clone());
-    keep_filled(reflector::reflector(d_writer, watcher(Api::<Deployment>::all(client.clone()), cfg()).default_backoff()), shutdown.clone());
-    keep_filled(
+    super::keep_filled("disruption", reflector::reflector(rs_writer, watcher(Api::<ReplicaSet>::all(client.clone()), cfg()).default_backoff()), shutdown.clone());
+    super::keep_filled("disruption", reflector::reflector(d_writer, watcher(Api::<Deployment>::all(client.clone()), cfg()).default_backoff()), shutdown.clone());
+    super::keep_filled("disruption", 
         reflector::reflector(rc_writer, watcher(Api::<ReplicationController>::all(client.clone()), cfg()).default_backoff()),
         shutdown.clone(),
     );
-    keep_filled(reflector::reflector(ss_writer, watcher(Api::<StatefulSet>::all(client.clone()), cfg()).default_backoff()), shutdown.clone());
+    super::keep_filled("disruption", reflector::reflector(ss_writer, watcher(Api::<StatefulSet>::all(client.clone()), cfg()).default_backoff()), shutdown.clone());
 
     let (budget_tx, budget_rx) = mpsc::unbounded::<ObjectRef<PodDisruptionBudget>>();
     let (stale_tx, stale_rx) = mpsc::unbounded::<ObjectRef<Pod>>();
@@ -413,16 +392,7 @@ impl Budget {
 /// An integer as it is, a percentage of `total` rounded up (`GetScaledValueFromIntOrPercent`
 /// with `roundUp`).
 pub fn scaled_value(value: &IntOrString, total: i32) -> Result<i32, ExpectedPodsError> {
-    let s = match value {
-        IntOrString::Int(n) => return Ok(*n),
-        IntOrString::String(s) => s,
-    };
-    let invalid = |why: String| ExpectedPodsError::InvalidIntOrPercent { value: s.clone(), why };
-    let number = s.strip_suffix('%').ok_or_else(|| invalid("string is not a percentage".into()))?;
-    let percent: i64 = number.parse().map_err(|e: std::num::ParseIntError| invalid(e.to_string()))?;
-    let scaled = percent.saturating_mul(i64::from(total));
-    let rounded_up = scaled.div_euclid(100) + i64::from(scaled.rem_euclid(100) != 0);
-    Ok(i32::try_from(rounded_up.clamp(i64::from(i32::MIN), i64::from(i32::MAX))).unwrap_or(0))
+    super::deployment::scaled_value(value, total, true).map_err(ExpectedPodsError::InvalidIntOrPercent)
 }
 
 /// The expected pod count and the healthy count needed, and the selected pods that have

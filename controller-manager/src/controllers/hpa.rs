@@ -84,16 +84,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken, source: Arc<dyn Metr
     let client = ctx.client.clone();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let pod_stream = reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff());
-    let token = shutdown.clone();
-    tokio::spawn(async move {
-        let mut s = std::pin::pin!(pod_stream);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return,
-                ev = s.next() => if ev.is_none() { return },
-            }
-        }
-    });
+    super::keep_filled("horizontal-pod-autoscaler", pod_stream, shutdown.clone());
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         r = pods.wait_until_ready() => r.map_err(|e| ControllerError::Config(e.to_string()))?,

@@ -93,6 +93,29 @@ where
     }
 }
 
+/// Keeps a reflector's store filled until `stop` (nothing is queued from its events);
+/// watch errors are traced for `controller` and the reflector retries.
+pub fn keep_filled<K, S>(controller: &'static str, events: S, stop: CancellationToken)
+where
+    K: Send + 'static,
+    S: futures::Stream<Item = Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>> + Send + 'static,
+{
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                next = events.next() => match next {
+                    None => return,
+                    Some(Err(e)) => tracing::debug!(controller, error = %e, "watch"),
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    });
+}
+
 /// The label selector of a workload's spec, as a matcher.
 pub fn selector_of(selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Result<apimachinery::Selector, String> {
     let v = serde_json::to_value(selector).map_err(|e| e.to_string())?;
