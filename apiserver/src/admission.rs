@@ -860,12 +860,46 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
                     causes.push(Cause::not_supported(format!("{p}.imagePullPolicy"), policy, &["Always", "IfNotPresent", "Never"]));
                 }
             }
+            validate_seccomp_profile(c.pointer("/securityContext/seccompProfile"), &format!("{p}.securityContext.seccompProfile"), causes);
         }
     }
+    validate_seccomp_profile(spec.pointer("/securityContext/seccompProfile"), &format!("{path}.securityContext.seccompProfile"), causes);
     if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str) {
         if !["Always", "OnFailure", "Never"].contains(&policy) {
             causes.push(Cause::not_supported(format!("{path}.restartPolicy"), policy, &["Always", "OnFailure", "Never"]));
         }
+    }
+}
+
+/// A `seccompProfile`: a known type, and a `localhostProfile` (a relative path under the
+/// kubelet's seccomp directory) exactly when the type is `Localhost`.
+fn validate_seccomp_profile(profile: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
+    let Some(profile) = profile.filter(|p| !p.is_null()) else { return };
+    let localhost = profile.get("localhostProfile").and_then(Value::as_str);
+    let ty = profile.get("type").and_then(Value::as_str).unwrap_or_default();
+    match ty {
+        "Localhost" => match localhost {
+            None => causes.push(Cause {
+                reason: "FieldValueRequired",
+                field: format!("{path}.localhostProfile"),
+                message: "Required value: must be set when seccomp type is Localhost".into(),
+            }),
+            Some(file) => {
+                let field = format!("{path}.localhostProfile");
+                if file.starts_with('/') {
+                    causes.push(Cause::invalid(&field, file, "must be a relative path"));
+                }
+                if file.split('/').any(|part| part == "..") {
+                    causes.push(Cause::invalid(&field, file, "must not contain '..'"));
+                }
+            }
+        },
+        "RuntimeDefault" | "Unconfined" => {
+            if let Some(file) = localhost {
+                causes.push(Cause::invalid(format!("{path}.localhostProfile"), file, "can only be set when seccomp type is Localhost"));
+            }
+        }
+        other => causes.push(Cause::not_supported(format!("{path}.type"), other, &["Localhost", "RuntimeDefault", "Unconfined"])),
     }
 }
 
@@ -1112,6 +1146,7 @@ pub fn validate_ephemeral_containers(new: &Value, old: &Value) -> Vec<Cause> {
                 causes.push(Cause::forbidden(at(field), "cannot be set for an Ephemeral Container"));
             }
         }
+        validate_seccomp_profile(c.pointer("/securityContext/seccompProfile"), &at("securityContext.seccompProfile"), &mut causes);
         if let Some(target) = c.get("targetContainerName").and_then(Value::as_str).filter(|t| !t.is_empty()) {
             if !regular.iter().any(|n| n == target) {
                 causes.push(Cause { reason: "FieldValueNotFound", field: at("targetContainerName"), message: format!("Not found: {target:?}") });

@@ -200,6 +200,21 @@ async fn errors_read_like_kubernetes(s: &TestServer) -> anyhow::Result<()> {
     let out = s.kubectl_stdin(&["create", "-f", "-"], Some(recreate)).await?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && err.contains("spec.strategy.rollingUpdate: Forbidden: may not be specified when strategy `type` is 'Recreate'"), "{err}");
+    // seccompProfile: a known type, localhostProfile exactly with Localhost, relative.
+    let seccomp = |pod: &str, container: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: sc}}\nspec:\n  securityContext: {{seccompProfile: {pod}}}\n  containers: [{{name: c, image: busybox, securityContext: {{seccompProfile: {container}}}}}]\n");
+    for (pod, container, expected) in [
+        ("{type: Localhost}", "{type: RuntimeDefault}", "spec.securityContext.seccompProfile.localhostProfile: Required value: must be set when seccomp type is Localhost"),
+        ("{type: RuntimeDefault}", "{type: Strict}", r#"spec.containers[0].securityContext.seccompProfile.type: Unsupported value: "Strict": supported values: "Localhost", "RuntimeDefault", "Unconfined""#),
+        ("{type: Unconfined, localhostProfile: a.json}", "{type: RuntimeDefault}", r#"spec.securityContext.seccompProfile.localhostProfile: Invalid value: "a.json": can only be set when seccomp type is Localhost"#),
+        ("{type: RuntimeDefault}", "{type: Localhost, localhostProfile: ../../etc/x.json}", r#"spec.containers[0].securityContext.seccompProfile.localhostProfile: Invalid value: "../../etc/x.json": must not contain '..'"#),
+    ] {
+        let out = s.kubectl_stdin(&["create", "-f", "-"], Some(&seccomp(pod, container))).await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && err.contains(expected), "{pod} {container}: {err}");
+    }
+    ensure!(s.fails(&["get", "pod", "sc"]).await?.contains("NotFound"), "a pod with a bad seccompProfile was stored");
+    let out = s.kubectl_stdin(&["create", "-f", "-"], Some(&seccomp("{type: RuntimeDefault}", "{type: Localhost, localhostProfile: profiles/audit.json}"))).await?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = s.kubectl_stdin(&["create", "-n", "missing", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")).await?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && err.contains(r#"namespaces "missing" not found"#), "{err}");

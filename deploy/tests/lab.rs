@@ -210,6 +210,7 @@ fn run_steps(lab: &Lab) -> anyhow::Result<()> {
     statuses_read_like_a_real_cluster(lab)?;
     job_completes(lab)?;
     security_contexts(lab)?;
+    seccomp_profiles(lab)?;
     run_and_attach(lab)?;
     config_and_secrets(lab)?;
     two_containers_share_localhost_and_processes(lab)?;
@@ -772,6 +773,64 @@ fn security_contexts(lab: &Lab) -> anyhow::Result<()> {
     let waiting = lab.wait_for(Duration::from_secs(30), "nonroot's CreateContainerConfigError", &["get", "pod", "nonroot", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"], |o| o.starts_with("CreateContainerConfigError"))?;
     assert!(waiting.contains("container has runAsNonRoot and image will run as root (pod: \"nonroot_default("), "{waiting}");
     lab.kubectl(&["delete", "pod", "security-context-demo", "nonroot", "--grace-period=1"])?;
+    Ok(())
+}
+
+/// Kubernetes' seccomp tutorial, on rkube: profiles under the kubelet's
+/// `<root-dir>/seccomp` (`<data-dir>/agent/seccomp` in a lab).
+const SECCOMP: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: seccomp-default}
+spec:
+  securityContext: {seccompProfile: {type: RuntimeDefault}}
+  containers:
+  - {name: app, image: busybox, command: ["sleep", "3600"]}
+  - name: audited
+    image: busybox
+    command: ["sleep", "3600"]
+    securityContext: {seccompProfile: {type: Localhost, localhostProfile: profiles/audit.json}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: violation-pod}
+spec:
+  restartPolicy: Never
+  securityContext: {seccompProfile: {type: Localhost, localhostProfile: profiles/violation.json}}
+  containers:
+  - {name: app, image: busybox, command: ["echo", "never printed"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: missing-profile}
+spec:
+  securityContext: {seccompProfile: {type: Localhost, localhostProfile: profiles/missing.json}}
+  containers:
+  - {name: app, image: busybox, command: ["sleep", "3600"]}
+"#;
+
+fn seccomp_profiles(lab: &Lab) -> anyhow::Result<()> {
+    let profiles = lab.dir.path().join("agent/seccomp/profiles");
+    std::fs::create_dir_all(&profiles)?;
+    std::fs::write(profiles.join("audit.json"), r#"{"defaultAction": "SCMP_ACT_LOG"}"#)?;
+    std::fs::write(profiles.join("violation.json"), r#"{"defaultAction": "SCMP_ACT_ERRNO"}"#)?;
+    lab.apply(SECCOMP)?;
+    lab.wait_for(Duration::from_secs(30), "seccomp-default Running", &["get", "pod", "seccomp-default", "-o", "jsonpath={.status.phase}"], |o| o == "Running")?;
+    // The container and what kubectl exec runs in it are filtered; a new namespace
+    // without CAP_SYS_ADMIN is refused. The audit profile filters and refuses nothing.
+    let probe = "awk '/^Seccomp:/ {print \"mode\", $2}' /proc/1/status /proc/self/status; unshare -U true && echo unshared || echo refused";
+    let out = lab.kubectl(&["exec", "seccomp-default", "-c", "app", "--", "sh", "-c", probe])?;
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["mode 2", "mode 2", "refused"], "{out}");
+    let out = lab.kubectl(&["exec", "seccomp-default", "-c", "audited", "--", "sh", "-c", probe])?;
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["mode 2", "mode 2", "unshared"], "{out}");
+    // A profile that refuses every call: the container never runs its command.
+    let ended = lab.wait_for(Duration::from_secs(30), "violation-pod to fail", &["get", "pod", "violation-pod", "-o", "jsonpath={.status.phase} {.status.containerStatuses[0].state.terminated.reason}"], |o| o.starts_with("Failed"))?;
+    assert_eq!(ended, "Failed StartError", "{ended}");
+    assert!(!lab.kubectl(&["logs", "violation-pod"]).unwrap_or_default().contains("never printed"));
+    // A profile that is not on the node: the container is not created, and says why.
+    let waiting = lab.wait_for(Duration::from_secs(30), "missing-profile's CreateContainerError", &["get", "pod", "missing-profile", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"], |o| o.starts_with("CreateContainerError"))?;
+    assert!(waiting.contains("cannot load seccomp profile") && waiting.contains("agent/seccomp/profiles/missing.json"), "{waiting}");
+    lab.kubectl(&["delete", "pod", "seccomp-default", "violation-pod", "missing-profile", "--grace-period=1"])?;
     Ok(())
 }
 

@@ -164,6 +164,12 @@ impl KubeletConfig {
         self.root_dir.join("pods")
     }
 
+    /// Where `Localhost` seccomp profiles are looked up (`localhostProfile` is relative
+    /// to it), as the kubelet's `<root-dir>/seccomp`.
+    pub fn seccomp_dir(&self) -> PathBuf {
+        self.root_dir.join("seccomp")
+    }
+
     /// Memory-backed volumes get a tmpfs on a node that runs containers; a hollow node's
     /// are plain directories.
     pub fn memory_backing(&self) -> crate::pods::volumes::MemoryBacking {

@@ -3,7 +3,8 @@
 //! kills, pod-local networking, kubelet restarts, exec (with and without a TTY), and a
 //! teardown that leaves no process, mount or cgroup behind; and attach (`kubectl attach`,
 //! `kubectl run -it`): a shell on a terminal through sequential sessions, `cat` fed by a
-//! `stdinOnce` session with stdout and stderr kept apart, output-only attaches. Needs root.
+//! `stdinOnce` session with stdout and stderr kept apart, output-only attaches; seccomp
+//! profiles. Needs root.
 //!
 //! Each test has its own root directory, cgroup root, bridge and podCIDR, and tears all of
 //! it down even when it fails.
@@ -21,7 +22,7 @@ use kubelet::runtime::linux::LinuxRuntime;
 use kubelet::runtime::sandbox::{SandboxManager, SandboxOptions};
 use kubelet::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, ExecSession, DnsConfig, ExecRequest, Mount, PidNamespace,
-    PodMeta, Resources, Runtime, SandboxConfig, SandboxState, SandboxStatus,
+    PodMeta, Resources, Runtime, SandboxConfig, SandboxState, SandboxStatus, SeccompProfile,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -733,6 +734,92 @@ async fn containers_share_the_pods_or_a_targets_processes() -> anyhow::Result<()
             ensure!(Instant::now() < deadline, "sandbox still {state:?} with its pause process killed");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Ok(())
+    })
+    .await
+}
+
+/// What a container that reports its seccomp mode and tries a new user namespace (which
+/// needs no capability, only a filter that allows `unshare`) printed, and how it ended.
+async fn seccomp_probe(lab: &Lab, sandbox: &SandboxStatus, name: &str, profile: SeccompProfile, privileged: bool) -> anyhow::Result<(ContainerStatus, Vec<String>)> {
+    let mut probe = lab.container(name, &["sh", "-c", "grep '^Seccomp:' /proc/self/status; unshare -U true && echo unshared || echo refused"]);
+    probe.security.seccomp = profile;
+    probe.privileged = privileged;
+    let id = lab.run(sandbox, &probe).await?;
+    let status = lab.wait_exited(&id, Duration::from_secs(20)).await?;
+    let lines = log_lines(&read_log(&probe.log_path), "stdout")?.into_iter().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    Ok((status, lines))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_profiles_filter_system_calls() -> anyhow::Result<()> {
+    if !have_root() {
+        return Ok(());
+    }
+    with_lab(11, |lab| async move {
+        let sandbox = lab.sandbox("seccomp").await?;
+        let (status, out) = seccomp_probe(&lab, &sandbox, "unconfined", SeccompProfile::Unconfined, false).await?;
+        ensure!(status.exit_code == Some(0) && out == ["Seccomp: 0", "unshared"], "{status:?} {out:?}");
+        // RuntimeDefault: filtered, and a new namespace without CAP_SYS_ADMIN is refused.
+        let (status, out) = seccomp_probe(&lab, &sandbox, "default", SeccompProfile::RuntimeDefault, false).await?;
+        ensure!(status.exit_code == Some(0) && out == ["Seccomp: 2", "refused"], "{status:?} {out:?}");
+        // Privileged containers are never filtered.
+        let (status, out) = seccomp_probe(&lab, &sandbox, "privileged", SeccompProfile::RuntimeDefault, true).await?;
+        ensure!(status.exit_code == Some(0) && out == ["Seccomp: 0", "unshared"], "{status:?} {out:?}");
+        // A non-root user under RuntimeDefault: the filter is loaded before the
+        // capabilities go (no no_new_privs needed).
+        let mut user = lab.container("user", &["sh", "-c", "id -u; grep '^Seccomp:' /proc/self/status"]);
+        user.security.seccomp = SeccompProfile::RuntimeDefault;
+        user.run_as_user = Some(1000);
+        let id = lab.run(&sandbox, &user).await?;
+        let status = lab.wait_exited(&id, Duration::from_secs(20)).await?;
+        let out: Vec<String> = log_lines(&read_log(&user.log_path), "stdout")?.into_iter().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+        ensure!(status.exit_code == Some(0) && out == ["1000", "Seccomp: 2"], "{status:?} {out:?}");
+
+        // kubectl exec into a filtered container is filtered too (libcontainer's tenant
+        // processes get it from the executor), for root and for another user.
+        for (name, uid) in [("exec-root", None), ("exec-user", Some(1000))] {
+            let mut target = lab.container(name, &["sleep", "1000"]);
+            target.security.seccomp = SeccompProfile::RuntimeDefault;
+            target.run_as_user = uid;
+            let id = lab.run(&sandbox, &target).await?;
+            let request = ExecRequest {
+                container_id: id.clone(),
+                command: ["sh", "-c", "grep '^Seccomp:' /proc/self/status; unshare -U true && echo unshared || echo refused"].iter().map(|s| s.to_string()).collect(),
+                tty: false,
+                stdin: false,
+            };
+            let mut session = lab.runtime.exec(request).await?;
+            let mut out = String::new();
+            session.stdout.take().context("stdout")?.read_to_string(&mut out).await?;
+            let code = tokio::time::timeout(Duration::from_secs(20), session.exit).await??;
+            let out: Vec<String> = out.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+            ensure!(code == 0 && out == ["Seccomp: 2", "refused"], "{name}: exit {code}, {out:?}");
+            lab.runtime.stop_container(&id, Duration::ZERO).await?;
+        }
+
+        // Localhost profiles from files: one that logs everything and refuses nothing, one
+        // that refuses everything (Kubernetes' seccomp tutorial's audit.json and
+        // violation.json).
+        let profiles = lab.root.join("seccomp/profiles");
+        std::fs::create_dir_all(&profiles)?;
+        std::fs::write(profiles.join("audit.json"), r#"{"defaultAction": "SCMP_ACT_LOG"}"#)?;
+        std::fs::write(profiles.join("violation.json"), r#"{"defaultAction": "SCMP_ACT_ERRNO"}"#)?;
+        let (status, out) = seccomp_probe(&lab, &sandbox, "audit", SeccompProfile::Localhost(profiles.join("audit.json")), false).await?;
+        ensure!(status.exit_code == Some(0) && out == ["Seccomp: 2", "unshared"], "{status:?} {out:?}");
+        let mut violation = lab.container("violation", &["echo", "never"]);
+        violation.security.seccomp = SeccompProfile::Localhost(profiles.join("violation.json"));
+        let id = lab.runtime.create_container(&sandbox.id, &violation).await?;
+        let started = lab.runtime.start_container(&id).await;
+        let status = lab.wait_exited(&id, Duration::from_secs(20)).await?;
+        ensure!(started.is_err() || status.exit_code != Some(0), "a container ran under a profile refusing every call: {status:?}");
+        ensure!(!read_log(&violation.log_path).contains("never"), "the refused echo printed");
+        // A profile that is not there: the create fails and names the file.
+        let mut missing = lab.container("missing", &["true"]);
+        let path = profiles.join("missing.json");
+        missing.security.seccomp = SeccompProfile::Localhost(path.clone());
+        let err = lab.runtime.create_container(&sandbox.id, &missing).await.err().context("created a container with a missing profile")?;
+        ensure!(err.to_string().contains(&format!("cannot load seccomp profile {:?}", path.display().to_string())), "{err}");
         Ok(())
     })
     .await

@@ -4,6 +4,7 @@
 //! writes its status back whenever what `kubectl get pods` would show has changed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use super::status::{self, ContainerView};
 use super::volumes::{self, VolumePaths};
 use super::Context;
 use crate::runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, DnsConfig, ExecRequest, Mount, PidNamespace, PodMeta, RuntimeError, SecurityConfig, RegistryAuth, SandboxConfig,
+    ContainerConfig, ContainerState, ContainerStatus, DnsConfig, ExecRequest, Mount, PidNamespace, PodMeta, RuntimeError, SecurityConfig, RegistryAuth, SandboxConfig, SeccompProfile,
     SandboxState, SandboxStatus, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
 };
 
@@ -679,7 +680,7 @@ impl Worker {
             stdin: c.stdin.unwrap_or(false),
             stdin_once: c.stdin_once.unwrap_or(false),
             pid_namespace: self.pid_namespace(pod, &c.name).await?,
-            security: security_config(&security, &pod_security),
+            security: security_config(&security, &pod_security, &self.ctx.config.seccomp_dir())?,
             labels,
             annotations: BTreeMap::new(),
         })
@@ -973,18 +974,41 @@ impl Worker {
 }
 
 /// What of a container's and its pod's `securityContext` the runtime applies (the
-/// container's fields win over the pod's).
-fn security_config(container: &k8s_openapi::api::core::v1::SecurityContext, pod: &k8s_openapi::api::core::v1::PodSecurityContext) -> SecurityConfig {
+/// container's fields win over the pod's). `seccomp_dir` holds the node's `Localhost`
+/// seccomp profiles.
+fn security_config(
+    container: &k8s_openapi::api::core::v1::SecurityContext,
+    pod: &k8s_openapi::api::core::v1::PodSecurityContext,
+    seccomp_dir: &Path,
+) -> Result<SecurityConfig, String> {
     let caps = container.capabilities.clone().unwrap_or_default();
     let gid = |g: &i64| u32::try_from(*g).ok();
-    SecurityConfig {
+    let seccomp = match container.seccomp_profile.as_ref().or(pod.seccomp_profile.as_ref()) {
+        None => SeccompProfile::Unconfined,
+        Some(profile) => match profile.type_.as_str() {
+            "Unconfined" => SeccompProfile::Unconfined,
+            "RuntimeDefault" => SeccompProfile::RuntimeDefault,
+            "Localhost" => {
+                let file = profile.localhost_profile.as_deref().filter(|f| !f.is_empty());
+                let file = file.ok_or("localhostProfile must be set if seccompProfile type is Localhost.")?;
+                let relative = Path::new(file);
+                if relative.is_absolute() || relative.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                    return Err(format!("localhostProfile {file:?} must be a path under the kubelet's seccomp directory"));
+                }
+                SeccompProfile::Localhost(seccomp_dir.join(relative))
+            }
+            other => return Err(format!("unsupported seccompProfile type {other:?}")),
+        },
+    };
+    Ok(SecurityConfig {
         add_capabilities: caps.add.unwrap_or_default(),
         drop_capabilities: caps.drop.unwrap_or_default(),
         readonly_rootfs: container.read_only_root_filesystem.unwrap_or(false),
         no_new_privileges: container.allow_privilege_escalation == Some(false),
         run_as_non_root: container.run_as_non_root.or(pod.run_as_non_root).unwrap_or(false),
         supplemental_groups: pod.fs_group.iter().chain(pod.supplemental_groups.iter().flatten()).filter_map(gid).collect(),
-    }
+        seccomp,
+    })
 }
 
 /// A pod's ephemeral containers as the containers they run as (the same fields, less
@@ -1084,6 +1108,25 @@ pub fn go_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seccomp_profile_of_the_container_wins_over_the_pods() {
+        use k8s_openapi::api::core::v1::{PodSecurityContext, SeccompProfile as Profile, SecurityContext};
+        let profile = |ty: &str, file: Option<&str>| Some(Profile { type_: ty.into(), localhost_profile: file.map(str::to_string) });
+        let dir = Path::new("/var/lib/rkube/agent/seccomp");
+        let pod = PodSecurityContext { seccomp_profile: profile("RuntimeDefault", None), ..Default::default() };
+        let resolve = |container: &SecurityContext, pod: &PodSecurityContext| security_config(container, pod, dir).map(|s| s.seccomp);
+        assert_eq!(resolve(&SecurityContext::default(), &PodSecurityContext::default()), Ok(SeccompProfile::Unconfined));
+        assert_eq!(resolve(&SecurityContext::default(), &pod), Ok(SeccompProfile::RuntimeDefault));
+        let unconfined = SecurityContext { seccomp_profile: profile("Unconfined", None), ..Default::default() };
+        assert_eq!(resolve(&unconfined, &pod), Ok(SeccompProfile::Unconfined));
+        let local = SecurityContext { seccomp_profile: profile("Localhost", Some("profiles/audit.json")), ..Default::default() };
+        assert_eq!(resolve(&local, &pod), Ok(SeccompProfile::Localhost(dir.join("profiles/audit.json"))));
+        for file in [None, Some("../x.json"), Some("/etc/x.json")] {
+            let bad = SecurityContext { seccomp_profile: profile("Localhost", file), ..Default::default() };
+            assert!(resolve(&bad, &pod).is_err(), "{file:?}");
+        }
+    }
 
     #[test]
     fn go_durations() {

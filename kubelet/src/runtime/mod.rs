@@ -167,6 +167,25 @@ pub struct SecurityConfig {
     pub run_as_non_root: bool,
     /// The pod's `fsGroup` and `supplementalGroups`, added to the process's groups.
     pub supplemental_groups: Vec<u32>,
+    /// `seccompProfile`, the container's or else its pod's. Privileged containers run
+    /// unconfined whatever it says.
+    #[serde(default)]
+    pub seccomp: SeccompProfile,
+}
+
+/// The system call filter a container's processes run under (`seccompProfile.type`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeccompProfile {
+    /// No filter (Kubernetes' default when neither the pod nor the container sets one).
+    #[default]
+    Unconfined,
+    /// The runtime's default filter: what containers commonly need, with the calls that
+    /// reach past the container (kernel keyrings, modules, new namespaces without
+    /// CAP_SYS_ADMIN, clock changes without CAP_SYS_TIME, ...) refused with EPERM.
+    RuntimeDefault,
+    /// A profile file on the node in the OCI runtime spec's format: the kubelet's
+    /// `<root-dir>/seccomp/` joined with `localhostProfile`.
+    Localhost(PathBuf),
 }
 
 /// The PID namespace a container runs in (CRI's `NamespaceMode` for pids).

@@ -73,12 +73,21 @@ fn run_helper(dir: &Path, process_file: &Path, tty: bool) -> i32 {
             return 126;
         }
     };
+    // The container's filter, which the tenant builder would leave out.
+    let seccomp = match Spec::load(dir.join(SPEC_FILE)) {
+        Ok(spec) => spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+        Err(e) => {
+            eprintln!("exec helper: loading {SPEC_FILE}: {e}");
+            return 126;
+        }
+    };
     let built = ContainerBuilder::new(record.id.clone(), SyscallType::Linux)
         .with_root_path(&record.state_root)
         .map(|b| {
             b.with_executor(ContainerExecutor {
                 controlling_tty: tty,
                 die_with_parent: true,
+                seccomp,
             })
             .with_stdin(stdin)
             .with_stdout(stdout)

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 
 use super::spec::DEFAULT_PATH;
 
@@ -22,6 +22,25 @@ pub struct ContainerExecutor {
     /// SIGKILL the process when its parent (the exec helper) dies, so that killing the
     /// helper ends an abandoned `kubectl exec` session.
     pub die_with_parent: bool,
+    /// The container's seccomp filter, for an exec: libcontainer's tenant builder does
+    /// not carry `linux.seccomp` over to the processes it starts in a running container,
+    /// so the executor loads it as the last step before `execve`.
+    pub seccomp: Option<LinuxSeccomp>,
+}
+
+/// Loads `seccomp` on this process. By then libcontainer has dropped the capabilities,
+/// and without CAP_SYS_ADMIN the kernel takes a filter only from a process with
+/// no_new_privs, so that is set first when the load is refused (an exec into a filtered
+/// container whose own process runs without it may then not gain privileges through
+/// setuid binaries).
+fn load_seccomp(seccomp: &LinuxSeccomp) -> Result<(), ExecutorError> {
+    if libcontainer::seccomp::initialize_seccomp(seccomp).is_ok() {
+        return Ok(());
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| ExecutorError::Other(format!("setting no_new_privs for the seccomp filter: {e}")))?;
+    libcontainer::seccomp::initialize_seccomp(seccomp)
+        .map(|_| ())
+        .map_err(|e| ExecutorError::Other(format!("loading the container's seccomp filter: {e}")))
 }
 
 /// Checks one candidate file as `execve` would see it.
@@ -163,6 +182,9 @@ impl Executor for ContainerExecutor {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|e| {
                 ExecutorError::Other(format!("setting the parent-death signal: {e}"))
             })?;
+        }
+        if let Some(seccomp) = &self.seccomp {
+            load_seccomp(seccomp)?;
         }
         let err = nix::unistd::execv(&program, &argv).err();
         Err(ExecutorError::Other(format!(

@@ -22,6 +22,7 @@ pub mod executor;
 pub mod logs;
 pub mod pause;
 pub mod rootfs;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod store;

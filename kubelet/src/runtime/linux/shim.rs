@@ -326,6 +326,8 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
         .with_executor(ContainerExecutor {
             controlling_tty: tty,
             die_with_parent: false,
+            // libcontainer loads the spec's filter itself for a container's own process.
+            seccomp: None,
         })
         .with_stdin(stdin)
         .with_stdout(stdout)

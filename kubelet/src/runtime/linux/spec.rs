@@ -523,6 +523,12 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, String> {
     } else {
         container_capabilities(&cfg.security, &current)
     };
+    // Privileged containers run unconfined, as with containerd and CRI-O.
+    let seccomp = if cfg.privileged {
+        None
+    } else {
+        super::seccomp::linux_seccomp(&cfg.security.seccomp, &cap_names)?
+    };
     let caps = capability_set(&cap_names)?;
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
@@ -541,7 +547,9 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, String> {
         .set_env(Some(env))
         .set_cwd(PathBuf::from(cwd))
         .set_capabilities(Some(capabilities))
-        .set_no_new_privileges(Some(cfg.security.no_new_privileges && !cfg.privileged))
+        // Unset rather than false: libcontainer then loads a seccomp filter while the
+        // process still holds CAP_SYS_ADMIN, which a filter needs without no_new_privs.
+        .set_no_new_privileges((cfg.security.no_new_privileges && !cfg.privileged).then_some(true))
         .set_rlimits(None)
         .set_oom_score_adj(None);
 
@@ -690,6 +698,7 @@ pub fn build_spec(inputs: &SpecInputs<'_>) -> Result<Spec, String> {
         .cgroups_path(PathBuf::from(&inputs.cgroups_path))
         .build()
         .map_err(|e| format!("linux: {e}"))?;
+    linux.set_seccomp(seccomp);
     if cfg.privileged {
         linux.set_masked_paths(None).set_readonly_paths(None);
     } else {
