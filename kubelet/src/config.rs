@@ -113,6 +113,9 @@ pub struct KubeletConfig {
     pub image_gc_low_threshold: u8,
     /// Labels set on the Node at registration (`--node-labels`).
     pub node_labels: Vec<(String, String)>,
+    /// `--seccomp-default`: containers whose pod and container set no `seccompProfile`
+    /// run under `RuntimeDefault` instead of unconfined.
+    pub seccomp_default: bool,
     /// The kubelet API's serving certificate and key (`--tls-cert-file`,
     /// `--tls-private-key-file`); without them the kubelet makes a self-signed one under
     /// `ROOT/pki`, as the real kubelet does.
@@ -150,6 +153,7 @@ impl KubeletConfig {
             image_gc_high_threshold: 85,
             image_gc_low_threshold: 80,
             node_labels: Vec::new(),
+            seccomp_default: false,
             tls_cert_file: None,
             tls_private_key_file: None,
             client_ca_file: None,

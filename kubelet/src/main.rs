@@ -68,6 +68,10 @@ struct Options {
     /// --cgroup-root; then exit.
     #[arg(long)]
     teardown: bool,
+    /// Run containers that set no seccompProfile under RuntimeDefault rather than
+    /// unconfined (Kubernetes' `--seccomp-default`).
+    #[arg(long)]
+    seccomp_default: bool,
     /// The kubelet API's serving certificate (PEM). Without it a self-signed one is made
     /// under --root-dir/pki.
     #[arg(long, requires = "tls_private_key_file")]
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
     config.cluster_dns = options.cluster_dns;
     config.cluster_domain = options.cluster_domain;
     config.max_pods = options.max_pods;
+    config.seccomp_default = options.seccomp_default;
     if let Some(cidr) = &options.cluster_cidr {
         kubelet::network::parse_cluster_cidr(cidr)?;
     }

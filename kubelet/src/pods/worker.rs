@@ -21,6 +21,7 @@ use super::resources::container_resources;
 use super::status::{self, ContainerView};
 use super::volumes::{self, VolumePaths};
 use super::Context;
+use crate::config::KubeletConfig;
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, DnsConfig, ExecRequest, Mount, PidNamespace, PodMeta, RuntimeError, SecurityConfig, RegistryAuth, SandboxConfig, SeccompProfile,
     SandboxState, SandboxStatus, LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
@@ -680,7 +681,7 @@ impl Worker {
             stdin: c.stdin.unwrap_or(false),
             stdin_once: c.stdin_once.unwrap_or(false),
             pid_namespace: self.pid_namespace(pod, &c.name).await?,
-            security: security_config(&security, &pod_security, &self.ctx.config.seccomp_dir())?,
+            security: security_config(&security, &pod_security, &self.ctx.config)?,
             labels,
             annotations: BTreeMap::new(),
         })
@@ -974,16 +975,18 @@ impl Worker {
 }
 
 /// What of a container's and its pod's `securityContext` the runtime applies (the
-/// container's fields win over the pod's). `seccomp_dir` holds the node's `Localhost`
-/// seccomp profiles.
+/// container's fields win over the pod's). Without a `seccompProfile` the container
+/// runs unconfined, or under `RuntimeDefault` with `--seccomp-default`; `Localhost`
+/// profiles are files under the node's seccomp directory.
 fn security_config(
     container: &k8s_openapi::api::core::v1::SecurityContext,
     pod: &k8s_openapi::api::core::v1::PodSecurityContext,
-    seccomp_dir: &Path,
+    node: &KubeletConfig,
 ) -> Result<SecurityConfig, String> {
     let caps = container.capabilities.clone().unwrap_or_default();
     let gid = |g: &i64| u32::try_from(*g).ok();
     let seccomp = match container.seccomp_profile.as_ref().or(pod.seccomp_profile.as_ref()) {
+        None if node.seccomp_default => SeccompProfile::RuntimeDefault,
         None => SeccompProfile::Unconfined,
         Some(profile) => match profile.type_.as_str() {
             "Unconfined" => SeccompProfile::Unconfined,
@@ -995,7 +998,7 @@ fn security_config(
                 if relative.is_absolute() || relative.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
                     return Err(format!("localhostProfile {file:?} must be a path under the kubelet's seccomp directory"));
                 }
-                SeccompProfile::Localhost(seccomp_dir.join(relative))
+                SeccompProfile::Localhost(node.seccomp_dir().join(relative))
             }
             other => return Err(format!("unsupported seccompProfile type {other:?}")),
         },
@@ -1113,10 +1116,16 @@ mod tests {
     fn seccomp_profile_of_the_container_wins_over_the_pods() {
         use k8s_openapi::api::core::v1::{PodSecurityContext, SeccompProfile as Profile, SecurityContext};
         let profile = |ty: &str, file: Option<&str>| Some(Profile { type_: ty.into(), localhost_profile: file.map(str::to_string) });
-        let dir = Path::new("/var/lib/rkube/agent/seccomp");
+        let mut node = KubeletConfig::new("vm", "/var/lib/rkube/agent".into());
+        let dir = node.seccomp_dir();
+        assert_eq!(dir, Path::new("/var/lib/rkube/agent/seccomp"));
         let pod = PodSecurityContext { seccomp_profile: profile("RuntimeDefault", None), ..Default::default() };
-        let resolve = |container: &SecurityContext, pod: &PodSecurityContext| security_config(container, pod, dir).map(|s| s.seccomp);
-        assert_eq!(resolve(&SecurityContext::default(), &PodSecurityContext::default()), Ok(SeccompProfile::Unconfined));
+        let resolve = |container: &SecurityContext, pod: &PodSecurityContext, node: &KubeletConfig| security_config(container, pod, node).map(|s| s.seccomp);
+        assert_eq!(resolve(&SecurityContext::default(), &PodSecurityContext::default(), &node), Ok(SeccompProfile::Unconfined));
+        node.seccomp_default = true;
+        assert_eq!(resolve(&SecurityContext::default(), &PodSecurityContext::default(), &node), Ok(SeccompProfile::RuntimeDefault));
+        node.seccomp_default = false;
+        let resolve = |container: &SecurityContext, pod: &PodSecurityContext| resolve(container, pod, &node);
         assert_eq!(resolve(&SecurityContext::default(), &pod), Ok(SeccompProfile::RuntimeDefault));
         let unconfined = SecurityContext { seccomp_profile: profile("Unconfined", None), ..Default::default() };
         assert_eq!(resolve(&unconfined, &pod), Ok(SeccompProfile::Unconfined));
