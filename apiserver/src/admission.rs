@@ -89,6 +89,9 @@ pub async fn admit_create(api: &ApiServer, res: &ResourceInfo, obj: &mut Value, 
     if res.group.is_empty() && res.kind == "PersistentVolumeClaim" {
         default_storage_class(api, obj).await?;
     }
+    if res.group == "networking.k8s.io" && res.kind == "Ingress" {
+        default_ingress_class(api, obj).await?;
+    }
     default(res, obj);
     crate::quota::limit_ranger(api, res, obj, None).await?;
     let mut causes = validate(res, obj, None);
@@ -247,22 +250,42 @@ async fn default_storage_class(api: &ApiServer, pvc: &mut Value) -> Result<(), A
     if pvc.pointer("/spec/storageClassName").is_some_and(|v| !v.is_null()) {
         return Ok(());
     }
-    let listed = api.store.range("/registry/storageclasses/", RangeOptions::default()).await.map_err(ApiError::internal)?;
+    let default = default_class(api, "/registry/storageclasses/", "/metadata/annotations/storageclass.kubernetes.io~1is-default-class").await?;
+    if let (Some(name), Some(spec)) = (default, pvc.get_mut("spec").and_then(Value::as_object_mut)) {
+        spec.insert("storageClassName".into(), name);
+    }
+    Ok(())
+}
+
+/// The DefaultIngressClass admission plugin: an Ingress that names no class (neither
+/// `spec.ingressClassName` nor the older annotation) gets the default IngressClass's.
+async fn default_ingress_class(api: &ApiServer, ingress: &mut Value) -> Result<(), ApiError> {
+    let named = ingress.pointer("/spec/ingressClassName").is_some_and(|v| !v.is_null())
+        || ingress.pointer("/metadata/annotations/kubernetes.io~1ingress.class").is_some();
+    if named {
+        return Ok(());
+    }
+    let default = default_class(api, "/registry/ingressclasses/", "/metadata/annotations/ingressclass.kubernetes.io~1is-default-class").await?;
+    if let (Some(name), Some(spec)) = (default, ingress.get_mut("spec").and_then(Value::as_object_mut)) {
+        spec.insert("ingressClassName".into(), name);
+    }
+    Ok(())
+}
+
+/// The name of the class under `prefix` that `annotation` marks `"true"`; of several,
+/// the newest, as Kubernetes picks.
+async fn default_class(api: &ApiServer, prefix: &str, annotation: &str) -> Result<Option<Value>, ApiError> {
+    let listed = api.store.range(prefix, RangeOptions::default()).await.map_err(ApiError::internal)?;
     let default = listed
         .kvs
         .iter()
         .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
-        .filter(|c| c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(Value::as_str) == Some("true"))
+        .filter(|c| c.pointer(annotation).and_then(Value::as_str) == Some("true"))
         .max_by(|a, b| {
             let t = |c: &Value| c.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or("").to_string();
             t(a).cmp(&t(b))
         });
-    if let (Some(class), Some(spec)) = (default, pvc.get_mut("spec").and_then(Value::as_object_mut)) {
-        if let Some(name) = class.pointer("/metadata/name").cloned() {
-            spec.insert("storageClassName".into(), name);
-        }
-    }
-    Ok(())
+    Ok(default.and_then(|class| class.pointer("/metadata/name").cloned()))
 }
 
 /// The Priority admission plugin: a pod's `priorityClassName` (or the global default

@@ -35,10 +35,17 @@ pub enum LabError {
 #[serde(rename_all = "camelCase")]
 pub struct LabSettings {
     pub port: u16,
+    /// Where the ingress controller serves HTTP on the node (80, as k3s's Traefik).
+    #[serde(default = "default_ingress_port")]
+    pub ingress_port: u16,
     pub cluster_cidr: String,
     pub service_cidr: String,
     pub bridge_name: String,
     pub cgroup_root: String,
+}
+
+fn default_ingress_port() -> u16 {
+    80
 }
 
 pub struct Lab {
@@ -89,10 +96,11 @@ impl Lab {
     }
 
     /// The lab's settings: as saved, or chosen now (a free pod network) and saved.
-    pub fn settings(&self, port: Option<u16>) -> Result<LabSettings, LabError> {
+    pub fn settings(&self, port: Option<u16>, ingress_port: Option<u16>) -> Result<LabSettings, LabError> {
         if let Some(mut s) = self.load_settings()? {
-            if let Some(p) = port {
-                s.port = p;
+            if port.is_some_and(|p| p != s.port) || ingress_port.is_some_and(|p| p != s.ingress_port) {
+                s.port = port.unwrap_or(s.port);
+                s.ingress_port = ingress_port.unwrap_or(s.ingress_port);
                 self.save(&s)?;
             }
             return Ok(s);
@@ -101,6 +109,7 @@ impl Lab {
         let tag = self.tag();
         let settings = LabSettings {
             port: port.unwrap_or(6443),
+            ingress_port: ingress_port.unwrap_or_else(default_ingress_port),
             cluster_cidr: format!("10.{octet}.0.0/16"),
             // Services take the next /16 (10.43 beside k3s's 10.42, and so on).
             service_cidr: format!("10.{}.0.0/16", octet + 1),
@@ -117,6 +126,7 @@ impl Lab {
         let tag = self.tag();
         let settings = LabSettings {
             port,
+            ingress_port: default_ingress_port(),
             cluster_cidr: cluster_cidr.to_string(),
             service_cidr: service_cidr.to_string(),
             bridge_name: format!("rkube-{tag}"),

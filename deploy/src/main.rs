@@ -45,6 +45,10 @@ enum Command {
         /// Run in the background and return once the node is Ready.
         #[arg(long)]
         detach: bool,
+        /// The port the ingress controller serves HTTP on (default 80, or the lab's
+        /// previous one).
+        #[arg(long)]
+        ingress_port: Option<u16>,
     },
     /// Run a control plane and its node that other nodes can join (in the foreground,
     /// as systemd runs it).
@@ -217,10 +221,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Up { lab, port, detach } => {
+            Command::Up { lab, port, detach, ingress_port } => {
                 require_root("up")?;
                 let lab = lab::Lab::new(&lab.data_dir);
-                let settings = lab.settings(port)?;
+                let settings = lab.settings(port, ingress_port)?;
                 if detach {
                     up::run_detached(&lab, &settings).await
                 } else {

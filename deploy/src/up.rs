@@ -140,6 +140,7 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
     let scheduler_kubeconfig = identity("kube-scheduler", "system:kube-scheduler", None)?;
     let proxy_kubeconfig = identity("kube-proxy", "system:kube-proxy", None)?;
     let dns_kubeconfig = identity("cluster-dns", "system:kube-dns", None)?;
+    let ingress_kubeconfig = identity("ingress-controller", INGRESS_USER, None)?;
     let kubelet_kubeconfig = identity("kubelet", &format!("system:node:{}", kubelet_config.node_name), Some("system:nodes"))?;
     let mut kubelet_config = kubelet_config;
     kubelet_config.kubeconfig = Some(kubelet_kubeconfig);
@@ -169,6 +170,7 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
         .await
         .context("binding the cluster DNS server")?;
     let dns_addr = dns_listeners.local_addr();
+    let node_ip = kubelet_config.node_ip;
     install_addons(lab, settings, dns_addr).await.context("installing the lab's add-ons")?;
     if options.multi_node {
         let advertised = format!("https://{}:{}", kubelet_config.node_ip, addr.port());
@@ -213,6 +215,17 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
             tokio::spawn(cluster_dns::serve(dns_config, dns_listeners, dns_client, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new))),
         ),
     ];
+    let mut components = components;
+    // The ingress controller needs the node's HTTP port; a lab without it (another lab
+    // or a web server holds the port) runs on, and says so.
+    let ingress_addr = SocketAddr::from(([0, 0, 0, 0], settings.ingress_port));
+    match ingress::bind(ingress_addr).await {
+        Ok(listener) => {
+            let config = ingress::Config { kubeconfig: Some(ingress_kubeconfig), status_address: std::net::IpAddr::V4(node_ip) };
+            components.push(("ingress-controller", tokio::spawn(ingress::run(config, listener, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))));
+        }
+        Err(e) => tracing::warn!(error = %anyhow::Error::new(e), "the ingress controller is not running; Ingresses get no address (choose another port with rkube up --ingress-port)"),
+    }
     let (names, mut handles): (Vec<&str>, Vec<_>) = components.into_iter().unzip();
 
     // Any component that ends on its own ends the lab (with its error).
@@ -260,6 +273,7 @@ async fn install_addons(lab: &Lab, settings: &LabSettings, dns: SocketAddr) -> a
         }))?;
         create_if_missing(&classes, &class).await?;
     }
+    install_ingress_addon(&client).await?;
 
     let dns_ip = cluster_dns_ip(settings).with_context(|| format!("no DNS address in serviceCidr {}", settings.service_cidr))?;
     let labels = dns_labels();
@@ -279,6 +293,45 @@ async fn install_addons(lab: &Lab, settings: &LabSettings, dns: SocketAddr) -> a
         create_if_missing(&services, &service).await?;
     }
     publish_dns_endpoints(client, &[dns.ip()], dns.port()).await
+}
+
+/// The user the lab's ingress controller acts as.
+const INGRESS_USER: &str = "rkube:ingress-controller";
+
+/// The `rkube` IngressClass (the default, as k3s marks Traefik's) and what its
+/// controller may do: read Ingresses, classes, Services and EndpointSlices, and write
+/// Ingress status.
+async fn install_ingress_addon(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::networking::v1::IngressClass;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let classes: Api<IngressClass> = Api::all(client.clone());
+    let class = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "rkube", "annotations": {ingress::routes::DEFAULT_CLASS_ANNOTATION: "true"}},
+        "spec": {"controller": ingress::CONTROLLER},
+    }))?;
+    create_if_missing(&classes, &class).await?;
+    let params = PatchParams::apply("rkube").force();
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": INGRESS_USER},
+        "rules": [
+            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "ingressclasses"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses/status"], "verbs": ["update", "patch"]},
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        ],
+    }))?;
+    Api::<ClusterRole>::all(client.clone()).patch(INGRESS_USER, &params, &Patch::Apply(&role)).await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": INGRESS_USER},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": INGRESS_USER},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": INGRESS_USER}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone()).patch(INGRESS_USER, &params, &Patch::Apply(&binding)).await?;
+    Ok(())
 }
 
 /// The labels of the kube-dns Service and its endpoints, as CoreDNS deployments have.
@@ -378,6 +431,7 @@ pub async fn run_detached(lab: &Lab, settings: &LabSettings) -> anyhow::Result<(
     let exe = std::env::current_exe().context("finding the rkube binary")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("up").arg("--data-dir").arg(&lab.dir).arg("--port").arg(settings.port.to_string());
+    cmd.arg("--ingress-port").arg(settings.ingress_port.to_string());
     cmd.stdin(Stdio::null()).stdout(log.try_clone().context("duplicating the log file")?).stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().context("starting rkube in the background")?;

@@ -26,6 +26,9 @@ fn skip_or_fail(reason: &str) -> anyhow::Result<()> {
 struct Lab {
     dir: tempfile::TempDir,
     port: u16,
+    /// The ingress controller's HTTP port (a free one, so that labs side by side and a
+    /// web server on the machine do not collide on 80).
+    ingress_port: u16,
 }
 
 impl Lab {
@@ -138,9 +141,14 @@ fn shims_private_dirty_kib(dir: &Path) -> Vec<(u32, u64)> {
 }
 
 fn http_get(addr: &str) -> anyhow::Result<String> {
+    http_get_host(addr, "x", "/")
+}
+
+/// A GET of `path` with a `Host` header, as curl -H 'Host: …' sends it: the whole answer.
+fn http_get_host(addr: &str, host: &str, path: &str) -> anyhow::Result<String> {
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
@@ -154,7 +162,7 @@ fn lab_end_to_end_with_the_stock_kubectl_needs_root() -> anyhow::Result<()> {
     if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
         return skip_or_fail("kubectl is not on PATH");
     }
-    let lab = Lab { dir: tempfile::Builder::new().prefix("rkube-lab").tempdir()?, port: free_port()? };
+    let lab = Lab { dir: tempfile::Builder::new().prefix("rkube-lab").tempdir()?, port: free_port()?, ingress_port: free_port()? };
     let result = run_steps(&lab);
     // Always take the lab down, and check it left nothing behind.
     let down = lab.rkube(&["down"]);
@@ -187,7 +195,7 @@ fn lab_end_to_end_with_the_stock_kubectl_needs_root() -> anyhow::Result<()> {
 
 fn run_steps(lab: &Lab) -> anyhow::Result<()> {
     let started = Instant::now();
-    let up = lab.rkube(&["up", "--detach", "--port", &lab.port.to_string()])?;
+    let up = lab.rkube(&["up", "--detach", "--port", &lab.port.to_string(), "--ingress-port", &lab.ingress_port.to_string()])?;
     if !up.status.success() {
         bail!("rkube up failed: {}{}", String::from_utf8_lossy(&up.stdout), String::from_utf8_lossy(&up.stderr));
     }
@@ -206,6 +214,7 @@ fn run_steps(lab: &Lab) -> anyhow::Result<()> {
 
     deployment_serves_http(lab)?;
     services_and_dns(lab)?;
+    ingress_routes_to_services(lab)?;
     restarts_and_oom(lab)?;
     statuses_read_like_a_real_cluster(lab)?;
     job_completes(lab)?;
@@ -776,6 +785,55 @@ fn security_contexts(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Name-based virtual hosting and path routing, as the Kubernetes Ingress docs show
+/// them, through the lab's ingress controller (the default class).
+const INGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web}
+spec:
+  rules:
+  - host: web.lab.local
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+  - host: "*.apps.lab.local"
+    http:
+      paths:
+      - {path: /gone, pathType: Prefix, backend: {service: {name: not-there, port: {number: 80}}}}
+      - {path: /, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}
+"#;
+
+fn ingress_routes_to_services(lab: &Lab) -> anyhow::Result<()> {
+    lab.apply(INGRESS)?;
+    let node_ip = lab.kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].status.addresses[?(@.type==\"InternalIP\")].address}"])?;
+    let address = lab.wait_for(Duration::from_secs(20), "the ingress's ADDRESS", &["get", "ingress", "web", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"], |o| !o.trim().is_empty())?;
+    assert_eq!(address.trim(), node_ip.trim(), "the ingress is reached at the node's address");
+    let table = lab.kubectl(&["get", "ingress", "web"])?;
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row.get(..5).unwrap_or_default(), ["web", "rkube", "web.lab.local,*.apps.lab.local", node_ip.trim(), "80"], "kubectl get ingress: {table}");
+    let at = format!("{}:{}", node_ip.trim(), lab.ingress_port);
+    let mut pods = lab.pod_names("app=web")?;
+    pods.sort();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        let answer = http_get_host(&at, "web.lab.local", "/index.html")?;
+        seen.insert(answering_pod(&answer).with_context(|| format!("not a web answer through the ingress: {answer}"))?);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), pods, "the ingress spreads requests over every ready pod");
+    let status = |answer: &str| answer.lines().next().unwrap_or_default().to_string();
+    let wildcard = http_get_host(&at, "shop.apps.lab.local:80", "/")?;
+    assert!(answering_pod(&wildcard).is_some(), "a wildcard host: {wildcard}");
+    let exact = http_get_host(&at, "shop.apps.lab.local", "/other")?;
+    assert!(status(&exact).contains(" 404 "), "Exact / does not match /other: {exact}");
+    let gone = http_get_host(&at, "shop.apps.lab.local", "/gone/x")?;
+    assert!(status(&gone).contains(" 503 ") && gone.contains(r#"service "default/not-there" not found"#), "a missing backend: {gone}");
+    let unknown = http_get_host(&at, "nobody.example", "/")?;
+    assert!(status(&unknown).contains(" 404 "), "no rule for the host: {unknown}");
+    lab.kubectl(&["delete", "ingress", "web"])?;
+    Ok(())
+}
+
 /// Kubernetes' seccomp tutorial, on rkube: profiles under the kubelet's
 /// `<root-dir>/seccomp` (`<data-dir>/agent/seccomp` in a lab).
 const SECCOMP: &str = r#"
@@ -1149,11 +1207,11 @@ fn two_labs_side_by_side_needs_root() -> anyhow::Result<()> {
     if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
         return skip_or_fail("kubectl is not on PATH");
     }
-    let a = Lab { dir: tempfile::Builder::new().prefix("rkube-lab-a").tempdir()?, port: free_port()? };
-    let b = Lab { dir: tempfile::Builder::new().prefix("rkube-lab-b").tempdir()?, port: free_port()? };
+    let a = Lab { dir: tempfile::Builder::new().prefix("rkube-lab-a").tempdir()?, port: free_port()?, ingress_port: free_port()? };
+    let b = Lab { dir: tempfile::Builder::new().prefix("rkube-lab-b").tempdir()?, port: free_port()?, ingress_port: free_port()? };
     let result = (|| -> anyhow::Result<()> {
         for lab in [&a, &b] {
-            let up = lab.rkube(&["up", "--detach", "--port", &lab.port.to_string()])?;
+            let up = lab.rkube(&["up", "--detach", "--port", &lab.port.to_string(), "--ingress-port", &lab.ingress_port.to_string()])?;
             if !up.status.success() {
                 bail!("rkube up failed: {}", String::from_utf8_lossy(&up.stderr));
             }

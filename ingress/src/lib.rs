@@ -1,0 +1,167 @@
+//! The lab's ingress controller, in the role k3s gives Traefik: serves the Ingresses of
+//! its IngressClass (`spec.controller: rkube.io/ingress`) as an HTTP reverse proxy on the
+//! node, straight to the ready endpoints of each backend Service (round robin), and
+//! writes the node's address into each served Ingress's `status.loadBalancer`, so
+//! `kubectl get ingress` shows an ADDRESS and `curl -H 'Host: …' http://<node>/` reaches
+//! the pods.
+//!
+//! Requests that match no rule get 404; a backend Service that is missing or has no
+//! ready endpoint gets 503; an endpoint that does not answer gets 502. Not served (yet):
+//! TLS from `spec.tls`, and upgrades (WebSocket) through the proxy.
+
+pub mod proxy;
+pub mod routes;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use routes::CONTROLLER;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The address written into served Ingresses' `status.loadBalancer.ingress` (the
+    /// node's).
+    pub status_address: IpAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error(transparent)]
+    Client(#[from] component_base::client::ClientError),
+    #[error("binding the ingress controller's HTTP port {addr}")]
+    Bind { addr: SocketAddr, #[source] source: std::io::Error },
+    #[error("watching {what}")]
+    Watch { what: &'static str, #[source] source: reflector::store::WriterDropped },
+}
+
+/// Binds the HTTP listener (apart from [`run`], so that a port in use is known before
+/// the controller starts).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, IngressError> {
+    TcpListener::bind(addr).await.map_err(|source| IngressError::Bind { addr, source })
+}
+
+/// What the proxy reads for each request.
+#[derive(Clone)]
+pub struct Caches {
+    pub ingresses: Store<Ingress>,
+    pub classes: Store<IngressClass>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+}
+
+impl Caches {
+    /// The Ingresses this controller serves.
+    pub fn served(&self) -> Vec<Arc<Ingress>> {
+        let classes = self.classes.state();
+        self.ingresses.state().into_iter().filter(|i| routes::is_ours(i, &classes)).collect()
+    }
+}
+
+/// Runs the controller until `shutdown`: the proxy on `listener`, and the status writer.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), IngressError> {
+    let client = component_base::client::client(config.kubeconfig.as_deref()).await?;
+    let changed = Arc::new(Notify::new());
+    let caches = Caches {
+        ingresses: watch(Api::all(client.clone()), &changed, &shutdown),
+        classes: watch(Api::all(client.clone()), &changed, &shutdown),
+        services: watch(Api::all(client.clone()), &changed, &shutdown),
+        slices: watch(Api::all(client.clone()), &changed, &shutdown),
+    };
+    let ready = async {
+        caches.ingresses.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "ingresses", source })?;
+        caches.classes.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "ingressclasses", source })?;
+        caches.services.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "services", source })?;
+        caches.slices.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "endpointslices", source })
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        r = ready => r?,
+    }
+    tracing::info!(addr = ?listener.local_addr().ok(), "ingress controller serving");
+    let status = tokio::spawn(write_statuses(client, caches.clone(), config.status_address, changed, shutdown.clone()));
+    proxy::serve(listener, caches, shutdown).await;
+    let _ = status.await;
+    Ok(())
+}
+
+/// A reflector whose every event wakes `changed`.
+fn watch<K>(api: Api<K>, changed: &Arc<Notify>, shutdown: &CancellationToken) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    let (changed, shutdown) = (changed.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                event = stream.next() => match event {
+                    None => return,
+                    Some(Ok(_)) => changed.notify_one(),
+                    Some(Err(e)) => tracing::warn!(error = %e, "watch failed; retrying"),
+                },
+            }
+        }
+    });
+    reader
+}
+
+/// The `status.loadBalancer.ingress` an Ingress should have: the node's address if this
+/// controller serves it.
+fn wanted_status(ingress: &Ingress, served: bool, address: IpAddr) -> Option<serde_json::Value> {
+    let current: Vec<String> = ingress
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|list| list.iter().filter_map(|i| i.ip.clone()).collect())
+        .unwrap_or_default();
+    let ours = address.to_string();
+    if served && current != [ours.clone()] {
+        Some(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": ours}]}}}))
+    } else if !served && current == [ours] {
+        // Moved to another class: the address is no longer ours to claim.
+        Some(serde_json::json!({"status": {"loadBalancer": {"ingress": null}}}))
+    } else {
+        None
+    }
+}
+
+async fn write_statuses(client: kube::Client, caches: Caches, address: IpAddr, changed: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        let classes = caches.classes.state();
+        let mut failed = false;
+        for ingress in caches.ingresses.state() {
+            let served = routes::is_ours(&ingress, &classes);
+            let Some(patch) = wanted_status(&ingress, served, address) else { continue };
+            let (Some(namespace), Some(name)) = (ingress.metadata.namespace.as_deref(), ingress.metadata.name.as_deref()) else { continue };
+            let api: Api<Ingress> = Api::namespaced(client.clone(), namespace);
+            if let Err(e) = api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                tracing::debug!(error = %e, ingress = %name, "writing the ingress status failed; will retry");
+                failed = true;
+            }
+        }
+        let retry = if failed { std::time::Duration::from_secs(2) } else { std::time::Duration::from_secs(300) };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(retry) => {}
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The reverse proxy: each request is routed by [`crate::routes::route`] and sent to one
+//! ready endpoint of the backend Service, in turn, over a pooled HTTP/1.1 connection.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::reflector::ObjectRef;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::routes::{self, Backend};
+use crate::Caches;
+
+type Body = Either<Incoming, Full<Bytes>>;
+
+/// Headers that describe one hop, not the message (RFC 9110, 7.6.1).
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+struct Proxy {
+    caches: Caches,
+    client: Client<HttpConnector, Incoming>,
+    next: AtomicUsize,
+}
+
+/// Serves HTTP (1.1 and cleartext 2) on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, caches: Caches, shutdown: CancellationToken) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    let proxy = Arc::new(Proxy { caches, client: Client::builder(TokioExecutor::new()).build(connector), next: AtomicUsize::new(0) });
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ingress: accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, message: String) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(message + "\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Drops the hop-by-hop headers, and those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(str::trim).filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// The ready endpoints (address and target port) of a backend Service port.
+pub fn endpoints(caches: &Caches, backend: &Backend) -> Result<Vec<SocketAddr>, String> {
+    let key = ObjectRef::<Service>::new(&backend.service).within(&backend.namespace);
+    let what = format!("service \"{}/{}\"", backend.namespace, backend.service);
+    let service = caches.services.get(&key).ok_or_else(|| format!("{what} not found"))?;
+    let ports = service.spec.as_ref().and_then(|s| s.ports.as_ref()).cloned().unwrap_or_default();
+    let port = ports
+        .iter()
+        .find(|p| match (&backend.port.number, &backend.port.name) {
+            (Some(number), _) => p.port == *number,
+            (None, Some(name)) => p.name.as_deref() == Some(name.as_str()),
+            (None, None) => ports.len() == 1,
+        })
+        .ok_or_else(|| format!("{what} has no port {}", backend.port.number.map(|n| n.to_string()).or_else(|| backend.port.name.clone()).unwrap_or_default()))?;
+    let port_name = port.name.clone().unwrap_or_default();
+    let mut found = Vec::new();
+    for slice in caches.slices.state() {
+        let of_service = slice.metadata.namespace.as_deref() == Some(backend.namespace.as_str())
+            && slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&backend.service);
+        if !of_service {
+            continue;
+        }
+        let Some(target) = slice.ports.iter().flatten().find(|p| p.name.clone().unwrap_or_default() == port_name).and_then(|p| p.port) else { continue };
+        let Ok(target) = u16::try_from(target) else { continue };
+        for endpoint in slice.endpoints.iter().filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false)) {
+            for address in &endpoint.addresses {
+                if let Ok(ip) = address.parse::<IpAddr>() {
+                    found.push(SocketAddr::new(ip, target));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+impl Proxy {
+    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let authority = req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string).or_else(|| req.uri().authority().map(|a| a.to_string())).unwrap_or_default();
+        let host = routes::request_host(&authority);
+        let path = req.uri().path().to_string();
+        let served = self.caches.served();
+        let Some(backend) = routes::route(&served, &host, &path) else {
+            return text(StatusCode::NOT_FOUND, "404 page not found".into());
+        };
+        let targets = match endpoints(&self.caches, &backend) {
+            Ok(targets) if !targets.is_empty() => targets,
+            Ok(_) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("no ready endpoints for service \"{}/{}\"", backend.namespace, backend.service)),
+            Err(message) => return text(StatusCode::SERVICE_UNAVAILABLE, message),
+        };
+        let target = targets[self.next.fetch_add(1, Ordering::Relaxed) % targets.len()];
+        let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        let Ok(uri) = format!("http://{target}{path_and_query}").parse::<Uri>() else {
+            return text(StatusCode::BAD_REQUEST, "malformed request path".into());
+        };
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        if !headers.contains_key(HOST) {
+            if let Ok(value) = HeaderValue::from_str(&authority) {
+                headers.insert(HOST, value);
+            }
+        }
+        let client_ip = peer.ip().to_string();
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {client_ip}"),
+            None => client_ip.clone(),
+        };
+        for (name, value) in [("x-forwarded-for", forwarded_for), ("x-real-ip", client_ip), ("x-forwarded-host", authority.clone()), ("x-forwarded-proto", "http".to_string())] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_11;
+        match self.client.request(req).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, %target, "ingress: the backend did not answer");
+                text(StatusCode::BAD_GATEWAY, format!("bad gateway: {target} did not answer"))
+            }
+        }
+    }
+}
