@@ -14,7 +14,7 @@ use crate::pki::{pem_blocks, pem_certificates, CertPair};
 pub enum TlsError {
     #[error("the certificate has no PEM certificate in it")]
     NoCertificate,
-    #[error("the key is not a PEM PKCS#8 private key")]
+    #[error("the key is not a PEM private key (PKCS#8, PKCS#1 or SEC1)")]
     NoKey,
     #[error("the CA bundle is unusable: {0}")]
     Roots(String),
@@ -67,6 +67,42 @@ pub fn server_config(serving: &CertPair, client_cas: &[Vec<u8>], client_auth: Cl
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A certificate chain and its key, as a server presents them for one name: PEM
+/// certificates, and a PKCS#8, PKCS#1 (`RSA PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`)
+/// key, as `kubectl create secret tls` takes them from openssl or cert-manager.
+pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    use rustls::pki_types::{PrivatePkcs1KeyDer, PrivateSec1KeyDer};
+    let chain: Vec<CertificateDer<'static>> = pem_certificates(cert_pem).into_iter().map(CertificateDer::from).collect();
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate);
+    }
+    let key = if let Some(der) = pem_blocks(key_pem, "PRIVATE KEY").into_iter().next() {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der))
+    } else if let Some(der) = pem_blocks(key_pem, "RSA PRIVATE KEY").into_iter().next() {
+        PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(der))
+    } else if let Some(der) = pem_blocks(key_pem, "EC PRIVATE KEY").into_iter().next() {
+        PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(der))
+    } else {
+        return Err(TlsError::NoKey);
+    };
+    let signing = provider().key_provider.load_private_key(key)?;
+    let certified = rustls::sign::CertifiedKey::new(chain, signing);
+    // A key that does not belong to the certificate would fail every handshake.
+    certified.keys_match()?;
+    Ok(Arc::new(certified))
+}
+
+/// A server configuration whose certificate `resolver` picks per connection (by the
+/// name the client asks for), with ALPN for `alpn`.
+pub fn server_config_with_resolver(resolver: Arc<dyn rustls::server::ResolvesServerCert>, alpn: &[&str]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(Arc::new(config))
 }

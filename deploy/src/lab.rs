@@ -38,6 +38,9 @@ pub struct LabSettings {
     /// Where the ingress controller serves HTTP on the node (80, as k3s's Traefik).
     #[serde(default = "default_ingress_port")]
     pub ingress_port: u16,
+    /// Where it serves HTTPS (443).
+    #[serde(default = "default_ingress_https_port")]
+    pub ingress_https_port: u16,
     pub cluster_cidr: String,
     pub service_cidr: String,
     pub bridge_name: String,
@@ -46,6 +49,18 @@ pub struct LabSettings {
 
 fn default_ingress_port() -> u16 {
     80
+}
+
+fn default_ingress_https_port() -> u16 {
+    443
+}
+
+/// Ports asked for on the command line (`None`: keep the lab's).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LabPorts {
+    pub api: Option<u16>,
+    pub ingress_http: Option<u16>,
+    pub ingress_https: Option<u16>,
 }
 
 pub struct Lab {
@@ -96,11 +111,15 @@ impl Lab {
     }
 
     /// The lab's settings: as saved, or chosen now (a free pod network) and saved.
-    pub fn settings(&self, port: Option<u16>, ingress_port: Option<u16>) -> Result<LabSettings, LabError> {
+    /// `ports` are the apiserver's and the ingress controller's HTTP and HTTPS ports,
+    /// each kept from before (or defaulted) when not given.
+    pub fn settings(&self, ports: LabPorts) -> Result<LabSettings, LabError> {
         if let Some(mut s) = self.load_settings()? {
-            if port.is_some_and(|p| p != s.port) || ingress_port.is_some_and(|p| p != s.ingress_port) {
-                s.port = port.unwrap_or(s.port);
-                s.ingress_port = ingress_port.unwrap_or(s.ingress_port);
+            let before = s.clone();
+            s.port = ports.api.unwrap_or(s.port);
+            s.ingress_port = ports.ingress_http.unwrap_or(s.ingress_port);
+            s.ingress_https_port = ports.ingress_https.unwrap_or(s.ingress_https_port);
+            if s != before {
                 self.save(&s)?;
             }
             return Ok(s);
@@ -108,8 +127,9 @@ impl Lab {
         let octet = claim_pod_network(&self.dir).ok_or(LabError::NoFreeNetwork)?;
         let tag = self.tag();
         let settings = LabSettings {
-            port: port.unwrap_or(6443),
-            ingress_port: ingress_port.unwrap_or_else(default_ingress_port),
+            port: ports.api.unwrap_or(6443),
+            ingress_port: ports.ingress_http.unwrap_or_else(default_ingress_port),
+            ingress_https_port: ports.ingress_https.unwrap_or_else(default_ingress_https_port),
             cluster_cidr: format!("10.{octet}.0.0/16"),
             // Services take the next /16 (10.43 beside k3s's 10.42, and so on).
             service_cidr: format!("10.{}.0.0/16", octet + 1),
@@ -127,6 +147,7 @@ impl Lab {
         let settings = LabSettings {
             port,
             ingress_port: default_ingress_port(),
+            ingress_https_port: default_ingress_https_port(),
             cluster_cidr: cluster_cidr.to_string(),
             service_cidr: service_cidr.to_string(),
             bridge_name: format!("rkube-{tag}"),

@@ -49,6 +49,9 @@ enum Command {
         /// previous one).
         #[arg(long)]
         ingress_port: Option<u16>,
+        /// The port it serves HTTPS on (default 443, or the lab's previous one).
+        #[arg(long)]
+        ingress_https_port: Option<u16>,
     },
     /// Run a control plane and its node that other nodes can join (in the foreground,
     /// as systemd runs it).
@@ -221,10 +224,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Up { lab, port, detach, ingress_port } => {
+            Command::Up { lab, port, detach, ingress_port, ingress_https_port } => {
                 require_root("up")?;
                 let lab = lab::Lab::new(&lab.data_dir);
-                let settings = lab.settings(port, ingress_port)?;
+                let settings = lab.settings(lab::LabPorts { api: port, ingress_http: ingress_port, ingress_https: ingress_https_port })?;
                 if detach {
                     up::run_detached(&lab, &settings).await
                 } else {

@@ -217,12 +217,19 @@ async fn run_components(lab: &Lab, settings: &LabSettings, options: &ServerOptio
     ];
     let mut components = components;
     // The ingress controller needs the node's HTTP port; a lab without it (another lab
-    // or a web server holds the port) runs on, and says so.
-    let ingress_addr = SocketAddr::from(([0, 0, 0, 0], settings.ingress_port));
-    match ingress::bind(ingress_addr).await {
-        Ok(listener) => {
+    // or a web server holds the port) runs on, and says so; likewise for HTTPS.
+    match ingress::bind(SocketAddr::from(([0, 0, 0, 0], settings.ingress_port))).await {
+        Ok(http) => {
+            let https = match ingress::bind(SocketAddr::from(([0, 0, 0, 0], settings.ingress_https_port))).await {
+                Ok(listener) => Some(listener),
+                Err(e) => {
+                    tracing::warn!(error = %anyhow::Error::new(e), "the ingress controller serves no HTTPS (choose another port with rkube up --ingress-https-port)");
+                    None
+                }
+            };
             let config = ingress::Config { kubeconfig: Some(ingress_kubeconfig), status_address: std::net::IpAddr::V4(node_ip) };
-            components.push(("ingress-controller", tokio::spawn(ingress::run(config, listener, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))));
+            let listeners = ingress::Listeners { http, https };
+            components.push(("ingress-controller", tokio::spawn(ingress::run(config, listeners, shutdown.clone()).map(|r| r.map_err(anyhow::Error::new)))));
         }
         Err(e) => tracing::warn!(error = %anyhow::Error::new(e), "the ingress controller is not running; Ingresses get no address (choose another port with rkube up --ingress-port)"),
     }
@@ -299,8 +306,8 @@ async fn install_addons(lab: &Lab, settings: &LabSettings, dns: SocketAddr) -> a
 const INGRESS_USER: &str = "rkube:ingress-controller";
 
 /// The `rkube` IngressClass (the default, as k3s marks Traefik's) and what its
-/// controller may do: read Ingresses, classes, Services and EndpointSlices, and write
-/// Ingress status.
+/// controller may do: read Ingresses, classes, Services, EndpointSlices and Secrets
+/// (for `spec.tls`), and write Ingress status.
 async fn install_ingress_addon(client: &kube::Client) -> anyhow::Result<()> {
     use k8s_openapi::api::networking::v1::IngressClass;
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -318,7 +325,7 @@ async fn install_ingress_addon(client: &kube::Client) -> anyhow::Result<()> {
         "rules": [
             {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "ingressclasses"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses/status"], "verbs": ["update", "patch"]},
-            {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
         ],
     }))?;
@@ -432,6 +439,7 @@ pub async fn run_detached(lab: &Lab, settings: &LabSettings) -> anyhow::Result<(
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("up").arg("--data-dir").arg(&lab.dir).arg("--port").arg(settings.port.to_string());
     cmd.arg("--ingress-port").arg(settings.ingress_port.to_string());
+    cmd.arg("--ingress-https-port").arg(settings.ingress_https_port.to_string());
     cmd.stdin(Stdio::null()).stdout(log.try_clone().context("duplicating the log file")?).stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().context("starting rkube in the background")?;

@@ -29,6 +29,7 @@ struct Lab {
     /// The ingress controller's HTTP port (a free one, so that labs side by side and a
     /// web server on the machine do not collide on 80).
     ingress_port: u16,
+    ingress_https_port: u16,
 }
 
 impl Lab {
@@ -162,7 +163,7 @@ fn lab_end_to_end_with_the_stock_kubectl_needs_root() -> anyhow::Result<()> {
     if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
         return skip_or_fail("kubectl is not on PATH");
     }
-    let lab = Lab { dir: tempfile::Builder::new().prefix("rkube-lab").tempdir()?, port: free_port()?, ingress_port: free_port()? };
+    let lab = Lab { dir: tempfile::Builder::new().prefix("rkube-lab").tempdir()?, port: free_port()?, ingress_port: free_port()?, ingress_https_port: free_port()? };
     let result = run_steps(&lab);
     // Always take the lab down, and check it left nothing behind.
     let down = lab.rkube(&["down"]);
@@ -195,7 +196,7 @@ fn lab_end_to_end_with_the_stock_kubectl_needs_root() -> anyhow::Result<()> {
 
 fn run_steps(lab: &Lab) -> anyhow::Result<()> {
     let started = Instant::now();
-    let up = lab.rkube(&["up", "--detach", "--port", &lab.port.to_string(), "--ingress-port", &lab.ingress_port.to_string()])?;
+    let up = lab.rkube(&["up", "--detach", "--port", &lab.port.to_string(), "--ingress-port", &lab.ingress_port.to_string(), "--ingress-https-port", &lab.ingress_https_port.to_string()])?;
     if !up.status.success() {
         bail!("rkube up failed: {}{}", String::from_utf8_lossy(&up.stdout), String::from_utf8_lossy(&up.stderr));
     }
@@ -831,6 +832,68 @@ fn ingress_routes_to_services(lab: &Lab) -> anyhow::Result<()> {
     let unknown = http_get_host(&at, "nobody.example", "/")?;
     assert!(status(&unknown).contains(" 404 "), "no rule for the host: {unknown}");
     lab.kubectl(&["delete", "ingress", "web"])?;
+    ingress_terminates_tls(lab, node_ip.trim())
+}
+
+/// A GET over TLS with `sni` as the server name, trusting only `ca_der`: the whole
+/// answer, or the handshake's error.
+fn https_get(addr: &str, sni: &str, ca_der: &[u8]) -> anyhow::Result<String> {
+    let config = component_base::tls::client_config(&[ca_der.to_vec()], None, &["http/1.1"])?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string())?;
+    let connection = rustls::ClientConnection::new(config, name)?;
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    stream.write_all(format!("GET / HTTP/1.0\r\nHost: {sni}\r\n\r\n").as_bytes())?;
+    let mut out = Vec::new();
+    match stream.read_to_end(&mut out) {
+        Ok(_) => {}
+        // A server that closes without TLS's close_notify, after answering in full.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+const SECURE_INGRESS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: secure}
+spec:
+  tls:
+  - hosts: [secure.lab.local]
+    secretName: secure-tls
+  rules:
+  - host: secure.lab.local
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+"#;
+
+/// TLS termination with a certificate from a `kubernetes.io/tls` Secret, picked by the
+/// name the client asks for.
+fn ingress_terminates_tls(lab: &Lab, node_ip: &str) -> anyhow::Result<()> {
+    use component_base::pki::{pem_certificates, CertificateAuthority, Usage};
+    let ca = CertificateAuthority::generate("lab test CA")?;
+    let pair = ca.issue("secure.lab.local", None, &["secure.lab.local".to_string()], &[], Usage::Server)?;
+    let (cert, key) = (lab.dir.path().join("secure.crt"), lab.dir.path().join("secure.key"));
+    std::fs::write(&cert, &pair.cert_pem)?;
+    std::fs::write(&key, &pair.key_pem)?;
+    lab.kubectl(&["create", "secret", "tls", "secure-tls", &format!("--cert={}", cert.display()), &format!("--key={}", key.display())])?;
+    lab.apply(SECURE_INGRESS)?;
+    let ports = lab.kubectl(&["get", "ingress", "secure", "-o", "jsonpath={.spec.tls[0].secretName}"])?;
+    assert_eq!(ports.trim(), "secure-tls");
+    let table = lab.kubectl(&["get", "ingress", "secure"])?;
+    assert!(table.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(4) == Some("80,")), "PORTS 80, 443: {table}");
+    let ca_der = pem_certificates(ca.cert_pem()).into_iter().next().context("the CA's DER")?;
+    let at = format!("{node_ip}:{}", lab.ingress_https_port);
+    let answer = https_get(&at, "secure.lab.local", &ca_der)?;
+    assert!(answering_pod(&answer).is_some(), "a web pod over HTTPS: {answer}");
+    // Another name gets the controller's own certificate, which the client does not trust.
+    let other = https_get(&at, "other.lab.local", &ca_der);
+    assert!(other.as_ref().is_err_and(|e| e.to_string().contains("certificate")), "another name: {other:?}");
+    lab.kubectl(&["delete", "ingress", "secure"])?;
+    lab.kubectl(&["delete", "secret", "secure-tls"])?;
     Ok(())
 }
 
@@ -1207,11 +1270,11 @@ fn two_labs_side_by_side_needs_root() -> anyhow::Result<()> {
     if Command::new("kubectl").arg("version").arg("--client").output().is_err() {
         return skip_or_fail("kubectl is not on PATH");
     }
-    let a = Lab { dir: tempfile::Builder::new().prefix("rkube-lab-a").tempdir()?, port: free_port()?, ingress_port: free_port()? };
-    let b = Lab { dir: tempfile::Builder::new().prefix("rkube-lab-b").tempdir()?, port: free_port()?, ingress_port: free_port()? };
+    let a = Lab { dir: tempfile::Builder::new().prefix("rkube-lab-a").tempdir()?, port: free_port()?, ingress_port: free_port()?, ingress_https_port: free_port()? };
+    let b = Lab { dir: tempfile::Builder::new().prefix("rkube-lab-b").tempdir()?, port: free_port()?, ingress_port: free_port()?, ingress_https_port: free_port()? };
     let result = (|| -> anyhow::Result<()> {
         for lab in [&a, &b] {
-            let up = lab.rkube(&["up", "--detach", "--port", &lab.port.to_string(), "--ingress-port", &lab.ingress_port.to_string()])?;
+            let up = lab.rkube(&["up", "--detach", "--port", &lab.port.to_string(), "--ingress-port", &lab.ingress_port.to_string(), "--ingress-https-port", &lab.ingress_https_port.to_string()])?;
             if !up.status.success() {
                 bail!("rkube up failed: {}", String::from_utf8_lossy(&up.stderr));
             }

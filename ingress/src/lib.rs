@@ -5,19 +5,21 @@
 //! `kubectl get ingress` shows an ADDRESS and `curl -H 'Host: …' http://<node>/` reaches
 //! the pods.
 //!
-//! Requests that match no rule get 404; a backend Service that is missing or has no
-//! ready endpoint gets 503; an endpoint that does not answer gets 502. Not served (yet):
-//! TLS from `spec.tls`, and upgrades (WebSocket) through the proxy.
+//! HTTPS is terminated with the certificate of the Ingress `tls` entry that covers the
+//! name the client asks for. Requests that match no rule get 404; a backend Service that
+//! is missing or has no ready endpoint gets 503; an endpoint that does not answer gets
+//! 502. Not served (yet): upgrades (WebSocket) through the proxy.
 
 pub mod proxy;
 pub mod routes;
+pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, Patch, PatchParams};
@@ -46,6 +48,8 @@ pub enum IngressError {
     Bind { addr: SocketAddr, #[source] source: std::io::Error },
     #[error("watching {what}")]
     Watch { what: &'static str, #[source] source: reflector::store::WriterDropped },
+    #[error("the ingress controller's TLS: {0}")]
+    Tls(String),
 }
 
 /// Binds the HTTP listener (apart from [`run`], so that a port in use is known before
@@ -61,6 +65,8 @@ pub struct Caches {
     pub classes: Store<IngressClass>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
+    /// For the certificates of `spec.tls`.
+    pub secrets: Store<Secret>,
 }
 
 impl Caches {
@@ -71,29 +77,47 @@ impl Caches {
     }
 }
 
-/// Runs the controller until `shutdown`: the proxy on `listener`, and the status writer.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), IngressError> {
+/// The node's listeners: HTTP, and HTTPS if its port could be had.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub https: Option<TcpListener>,
+}
+
+/// Runs the controller until `shutdown`: the proxy on the listeners, and the status
+/// writer.
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), IngressError> {
     let client = component_base::client::client(config.kubeconfig.as_deref()).await?;
+    let fallback = tls::fallback_certificate().map_err(IngressError::Tls)?;
     let changed = Arc::new(Notify::new());
     let caches = Caches {
         ingresses: watch(Api::all(client.clone()), &changed, &shutdown),
         classes: watch(Api::all(client.clone()), &changed, &shutdown),
         services: watch(Api::all(client.clone()), &changed, &shutdown),
         slices: watch(Api::all(client.clone()), &changed, &shutdown),
+        secrets: watch(Api::all(client.clone()), &changed, &shutdown),
     };
     let ready = async {
         caches.ingresses.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "ingresses", source })?;
         caches.classes.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "ingressclasses", source })?;
         caches.services.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "services", source })?;
-        caches.slices.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "endpointslices", source })
+        caches.slices.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "endpointslices", source })?;
+        caches.secrets.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "secrets", source })
     };
     tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         r = ready => r?,
     }
-    tracing::info!(addr = ?listener.local_addr().ok(), "ingress controller serving");
+    tracing::info!(http = ?listeners.http.local_addr().ok(), https = ?listeners.https.as_ref().and_then(|l| l.local_addr().ok()), "ingress controller serving");
+    let https = match listeners.https {
+        Some(listener) => {
+            let resolver = Arc::new(tls::SecretResolver::new(caches.clone(), fallback));
+            let config = component_base::tls::server_config_with_resolver(resolver, &["h2", "http/1.1"]).map_err(|e| IngressError::Tls(e.to_string()))?;
+            Some((listener, config))
+        }
+        None => None,
+    };
     let status = tokio::spawn(write_statuses(client, caches.clone(), config.status_address, changed, shutdown.clone()));
-    proxy::serve(listener, caches, shutdown).await;
+    proxy::serve(listeners.http, https, caches, shutdown).await;
     let _ = status.await;
     Ok(())
 }

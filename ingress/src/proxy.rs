@@ -1,5 +1,6 @@
 //! The reverse proxy: each request is routed by [`crate::routes::route`] and sent to one
-//! ready endpoint of the backend Service, in turn, over a pooled HTTP/1.1 connection.
+//! ready endpoint of the backend Service, in turn, over a pooled HTTP/1.1 connection;
+//! HTTPS connections are terminated here (see [`crate::tls`]).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -33,12 +34,21 @@ struct Proxy {
     next: AtomicUsize,
 }
 
-/// Serves HTTP (1.1 and cleartext 2) on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, caches: Caches, shutdown: CancellationToken) {
+/// Serves HTTP (1.1 and cleartext 2) on `http`, and HTTPS with `https`'s configuration
+/// on its listener, until `shutdown`.
+pub async fn serve(http: TcpListener, https: Option<(TcpListener, Arc<rustls::ServerConfig>)>, caches: Caches, shutdown: CancellationToken) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
     let proxy = Arc::new(Proxy { caches, client: Client::builder(TokioExecutor::new()).build(connector), next: AtomicUsize::new(0) });
+    let secure = https.map(|(listener, config)| tokio::spawn(accept_loop(listener, Some(tokio_rustls::TlsAcceptor::from(config)), proxy.clone(), shutdown.clone())));
+    accept_loop(http, None, proxy, shutdown).await;
+    if let Some(task) = secure {
+        let _ = task.await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, proxy: Arc<Proxy>, shutdown: CancellationToken) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -51,17 +61,35 @@ pub async fn serve(listener: TcpListener, caches: Caches, shutdown: Cancellation
                 }
             },
         };
-        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+        let (proxy, shutdown, tls) = (proxy.clone(), shutdown.clone(), tls.clone());
         tokio::spawn(async move {
+            let secure = tls.is_some();
             let service = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer, secure).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                _ = shutdown.cancelled() => {}
+            match tls {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "ingress: TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "ingress: TLS handshake timed out"),
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
             }
         });
     }
@@ -128,7 +156,7 @@ pub fn endpoints(caches: &Caches, backend: &Backend) -> Result<Vec<SocketAddr>, 
 }
 
 impl Proxy {
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr, secure: bool) -> Response<Body> {
         let authority = req.headers().get(HOST).and_then(|h| h.to_str().ok()).map(str::to_string).or_else(|| req.uri().authority().map(|a| a.to_string())).unwrap_or_default();
         let host = routes::request_host(&authority);
         let path = req.uri().path().to_string();
@@ -158,7 +186,7 @@ impl Proxy {
             Some(earlier) => format!("{earlier}, {client_ip}"),
             None => client_ip.clone(),
         };
-        for (name, value) in [("x-forwarded-for", forwarded_for), ("x-real-ip", client_ip), ("x-forwarded-host", authority.clone()), ("x-forwarded-proto", "http".to_string())] {
+        for (name, value) in [("x-forwarded-for", forwarded_for), ("x-real-ip", client_ip), ("x-forwarded-host", authority.clone()), ("x-forwarded-proto", if secure { "https" } else { "http" }.to_string())] {
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert(name, value);
             }

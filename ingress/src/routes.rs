@@ -45,7 +45,7 @@ fn is_default(class: &IngressClass) -> bool {
 }
 
 /// How well a rule's host matches the request's (higher is more specific).
-fn host_rank(rule_host: Option<&str>, host: &str) -> Option<u8> {
+pub(crate) fn host_rank(rule_host: Option<&str>, host: &str) -> Option<u8> {
     match rule_host.filter(|h| !h.is_empty()) {
         None => Some(0),
         Some(h) if h.eq_ignore_ascii_case(host) => Some(2),
@@ -86,7 +86,7 @@ fn service_backend(namespace: &str, backend: &IngressBackend) -> Option<Backend>
 }
 
 /// Oldest first, then by namespace and name: the order conflicts are settled in.
-fn by_age(ingresses: &[Arc<Ingress>]) -> Vec<&Ingress> {
+pub(crate) fn by_age(ingresses: &[Arc<Ingress>]) -> Vec<&Ingress> {
     let mut sorted: Vec<&Ingress> = ingresses.iter().map(Arc::as_ref).collect();
     sorted.sort_by(|a, b| {
         let key = |i: &Ingress| (i.metadata.creation_timestamp.clone().map(|t| t.0), i.metadata.namespace.clone(), i.metadata.name.clone());
