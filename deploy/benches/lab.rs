@@ -472,7 +472,8 @@ async fn measure(dir: &Path) -> anyhow::Result<()> {
 
     let port = free_port()?;
     let t = Instant::now();
-    let up = rkube(dir, &["up", "--detach", "--port", &port.to_string()])?;
+    let (http, https) = (free_port()?.to_string(), free_port()?.to_string());
+    let up = rkube(dir, &["up", "--detach", "--port", &port.to_string(), "--ingress-port", &http, "--ingress-https-port", &https])?;
     if !up.status.success() {
         bail!(
             "rkube up failed: {}{}",

@@ -805,6 +805,83 @@ spec:
       - {path: /, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}
 "#;
 
+/// A backend that switches protocols when asked and then echoes what it is sent, behind
+/// an Ingress: what a WebSocket server does, with busybox.
+const ECHO_UPGRADE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, labels: {app: echo}}
+spec:
+  containers:
+  - name: echo
+    image: busybox
+    command: ["nc", "-ll", "-p", "9000", "-e", "sh", "-c", "printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n'; exec cat"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 9000}]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: echo}
+spec:
+  rules:
+  - host: echo.lab.local
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: echo, port: {number: 80}}}}
+"#;
+
+/// An upgrade through the ingress: the 101 comes back, then the connection carries
+/// whatever the two ends say.
+fn ingress_passes_upgrades(lab: &Lab, at: &str) -> anyhow::Result<()> {
+    lab.apply(ECHO_UPGRADE)?;
+    lab.wait_for(Duration::from_secs(30), "the echo pod Ready", &["get", "pod", "echo", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"], |o| o == "True")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut stream = std::net::TcpStream::connect(at)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET /chat HTTP/1.1\r\nHost: echo.lab.local\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")?;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&seen).into_owned();
+        if !head.starts_with("HTTP/1.1 101") {
+            // The endpoint may not be in the controller's cache yet (503).
+            ensure_before(deadline, &format!("a 101 through the ingress: {head}"))?;
+            std::thread::sleep(Duration::from_millis(300));
+            continue;
+        }
+        assert!(head.to_ascii_lowercase().contains("upgrade: echo"), "{head}");
+        stream.write_all(b"ping through the ingress\n")?;
+        let mut echoed = String::new();
+        while !echoed.contains("ping through the ingress") {
+            let n = stream.read(&mut buf)?;
+            assert!(n > 0, "the upgraded connection closed before the echo: {echoed}");
+            echoed.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        break;
+    }
+    lab.kubectl(&["delete", "ingress,svc,pod", "echo", "--grace-period=1"])?;
+    Ok(())
+}
+
+fn ensure_before(deadline: Instant, what: &str) -> anyhow::Result<()> {
+    if Instant::now() > deadline {
+        bail!("timed out waiting for {what}");
+    }
+    Ok(())
+}
+
 fn ingress_routes_to_services(lab: &Lab) -> anyhow::Result<()> {
     lab.apply(INGRESS)?;
     let node_ip = lab.kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].status.addresses[?(@.type==\"InternalIP\")].address}"])?;
@@ -832,6 +909,7 @@ fn ingress_routes_to_services(lab: &Lab) -> anyhow::Result<()> {
     let unknown = http_get_host(&at, "nobody.example", "/")?;
     assert!(status(&unknown).contains(" 404 "), "no rule for the host: {unknown}");
     lab.kubectl(&["delete", "ingress", "web"])?;
+    ingress_passes_upgrades(lab, &at)?;
     ingress_terminates_tls(lab, node_ip.trim())
 }
 

@@ -8,7 +8,8 @@
 //! HTTPS is terminated with the certificate of the Ingress `tls` entry that covers the
 //! name the client asks for. Requests that match no rule get 404; a backend Service that
 //! is missing or has no ready endpoint gets 503; an endpoint that does not answer gets
-//! 502. Not served (yet): upgrades (WebSocket) through the proxy.
+//! 502. Upgrades (WebSocket) pass through: once the backend switches protocols, the
+//! client's and the backend's connections are joined.
 
 pub mod proxy;
 pub mod routes;
@@ -146,10 +147,12 @@ where
     reader
 }
 
-/// The `status.loadBalancer.ingress` an Ingress should have: the node's address if this
-/// controller serves it.
+/// The `status.loadBalancer.ingress` an Ingress should have, if it must change: this
+/// node's address among those listed while the controller serves it, not after. Each
+/// server of a cluster adds only its own, so that they do not take turns overwriting
+/// one another.
 fn wanted_status(ingress: &Ingress, served: bool, address: IpAddr) -> Option<serde_json::Value> {
-    let current: Vec<String> = ingress
+    let mut current: Vec<String> = ingress
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
@@ -157,14 +160,19 @@ fn wanted_status(ingress: &Ingress, served: bool, address: IpAddr) -> Option<ser
         .map(|list| list.iter().filter_map(|i| i.ip.clone()).collect())
         .unwrap_or_default();
     let ours = address.to_string();
-    if served && current != [ours.clone()] {
-        Some(serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": ours}]}}}))
-    } else if !served && current == [ours] {
-        // Moved to another class: the address is no longer ours to claim.
-        Some(serde_json::json!({"status": {"loadBalancer": {"ingress": null}}}))
-    } else {
-        None
+    let listed = current.contains(&ours);
+    if served == listed {
+        return None;
     }
+    if served {
+        current.push(ours);
+        current.sort();
+    } else {
+        // Moved to another class: the address is no longer ours to claim.
+        current.retain(|ip| *ip != ours);
+    }
+    let list: Vec<serde_json::Value> = current.into_iter().map(|ip| serde_json::json!({"ip": ip})).collect();
+    Some(serde_json::json!({"status": {"loadBalancer": {"ingress": if list.is_empty() { serde_json::Value::Null } else { serde_json::Value::Array(list) }}}}))
 }
 
 async fn write_statuses(client: kube::Client, caches: Caches, address: IpAddr, changed: Arc<Notify>, shutdown: CancellationToken) {
@@ -187,5 +195,28 @@ async fn write_statuses(client: kube::Client, caches: Caches, address: IpAddr, c
             _ = changed.notified() => {}
             _ = tokio::time::sleep(retry) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_status(ips: &[&str]) -> Ingress {
+        let list: Vec<serde_json::Value> = ips.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "i"}, "status": {"loadBalancer": {"ingress": list}}})).expect("an Ingress")
+    }
+
+    #[test]
+    fn each_server_adds_and_removes_only_its_address() {
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        let ips = |patch: Option<serde_json::Value>| patch.map(|p| p["status"]["loadBalancer"]["ingress"].clone());
+        assert_eq!(ips(wanted_status(&with_status(&[]), true, a)), Some(serde_json::json!([{"ip": "192.0.2.1"}])));
+        assert_eq!(ips(wanted_status(&with_status(&["192.0.2.1"]), true, b)), Some(serde_json::json!([{"ip": "192.0.2.1"}, {"ip": "192.0.2.2"}])));
+        assert_eq!(wanted_status(&with_status(&["192.0.2.1", "192.0.2.2"]), true, a), None, "already listed: nothing to write");
+        assert_eq!(ips(wanted_status(&with_status(&["192.0.2.1", "192.0.2.2"]), false, b)), Some(serde_json::json!([{"ip": "192.0.2.1"}])));
+        assert_eq!(ips(wanted_status(&with_status(&["192.0.2.1"]), false, a)), Some(serde_json::Value::Null));
+        assert_eq!(wanted_status(&with_status(&[]), false, a), None);
     }
 }

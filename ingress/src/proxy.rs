@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -71,7 +71,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAccepto
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match tls {
                 None => {
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         _ = connection => {}
                         _ = shutdown.cancelled() => {}
@@ -84,7 +84,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAccepto
                         Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "ingress: TLS handshake failed"),
                         Err(_) => return tracing::debug!(%peer, "ingress: TLS handshake timed out"),
                     };
-                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     tokio::select! {
                         _ = connection => {}
                         _ = shutdown.cancelled() => {}
@@ -116,6 +116,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(*name);
     }
+}
+
+/// Whether a request asks to switch protocols (`Connection: upgrade` and an `Upgrade`).
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    let connection_upgrade = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("upgrade")));
+    connection_upgrade && headers.contains_key(UPGRADE)
 }
 
 /// The ready endpoints (address and target port) of a backend Service port.
@@ -174,8 +184,15 @@ impl Proxy {
         let Ok(uri) = format!("http://{target}{path_and_query}").parse::<Uri>() else {
             return text(StatusCode::BAD_REQUEST, "malformed request path".into());
         };
+        // An upgrade (WebSocket): the Upgrade header goes on to the backend, and once it
+        // switches protocols the two connections are joined.
+        let upgrade = wants_upgrade(req.headers()).then(|| (req.headers().get(UPGRADE).cloned(), hyper::upgrade::on(&mut req)));
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if let Some((Some(protocol), _)) = &upgrade {
+            headers.insert(UPGRADE, protocol.clone());
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         if !headers.contains_key(HOST) {
             if let Ok(value) = HeaderValue::from_str(&authority) {
                 headers.insert(HOST, value);
@@ -194,6 +211,22 @@ impl Proxy {
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         match self.client.request(req).await {
+            Ok(mut response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let Some((_, from_client)) = upgrade else {
+                    return text(StatusCode::BAD_GATEWAY, format!("bad gateway: {target} switched protocols unasked"));
+                };
+                let from_backend = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    match tokio::try_join!(from_client, from_backend) {
+                        Ok((client, backend)) => {
+                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(backend)).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, %target, "ingress: an upgrade did not complete"),
+                    }
+                });
+                let (parts, body) = response.into_parts();
+                Response::from_parts(parts, Either::Left(body))
+            }
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -204,5 +237,34 @@ impl Proxy {
                 text(StatusCode::BAD_GATEWAY, format!("bad gateway: {target} did not answer"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        map
+    }
+
+    #[test]
+    fn only_one_hops_headers_are_dropped() {
+        let mut h = headers(&[("connection", "keep-alive, x-trace"), ("keep-alive", "timeout=5"), ("x-trace", "1"), ("upgrade", "websocket"), ("te", "trailers"), ("accept", "*/*"), ("host", "a")]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["accept", "host"]);
+    }
+
+    #[test]
+    fn upgrades_need_both_headers() {
+        assert!(wants_upgrade(&headers(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
+        assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
+        assert!(!wants_upgrade(&headers(&[("connection", "upgrade")])));
     }
 }

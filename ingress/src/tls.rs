@@ -108,3 +108,45 @@ pub fn fallback_certificate() -> Result<Arc<CertifiedKey>, String> {
     let pair = issuer.issue("ingress.local", None, &["ingress.local".to_string()], &[], Usage::Server).map_err(|e| e.to_string())?;
     component_base::tls::certified_key(&pair.cert_pem, &pair.key_pem).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+
+    fn filled<K>(objects: Vec<serde_json::Value>) -> kube::runtime::reflector::Store<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+    {
+        let (reader, mut writer) = store::<K>();
+        for object in objects {
+            writer.apply_watcher_event(&Event::Apply(serde_json::from_value(object).expect("an object")));
+        }
+        reader
+    }
+
+    #[test]
+    fn the_most_specific_tls_entry_names_the_secret() {
+        let class = serde_json::json!({"metadata": {"name": "rkube", "annotations": {crate::routes::DEFAULT_CLASS_ANNOTATION: "true"}}, "spec": {"controller": crate::CONTROLLER}});
+        let ingress = |name: &str, created: &str, tls: serde_json::Value| {
+            serde_json::json!({"metadata": {"name": name, "namespace": "shop", "creationTimestamp": created}, "spec": {"ingressClassName": "rkube", "tls": tls}})
+        };
+        let caches = Caches {
+            ingresses: filled::<Ingress>(vec![
+                ingress("wild", "2026-01-01T00:00:00Z", serde_json::json!([{"hosts": ["*.shop.local"], "secretName": "wild-tls"}, {"secretName": "any-tls"}])),
+                ingress("exact", "2026-02-01T00:00:00Z", serde_json::json!([{"hosts": ["pay.shop.local"], "secretName": "pay-tls"}])),
+                serde_json::json!({"metadata": {"name": "other", "namespace": "shop"}, "spec": {"ingressClassName": "nginx", "tls": [{"hosts": ["x.other.local"], "secretName": "nginx-tls"}]}}),
+            ]),
+            classes: filled::<IngressClass>(vec![class]),
+            services: filled(vec![]),
+            slices: filled(vec![]),
+            secrets: filled(vec![]),
+        };
+        let secret = |name: &str| Some(("shop".to_string(), name.to_string()));
+        assert_eq!(secret_for(&caches, "pay.shop.local"), secret("pay-tls"));
+        assert_eq!(secret_for(&caches, "cart.shop.local"), secret("wild-tls"));
+        assert_eq!(secret_for(&caches, "x.other.local"), secret("any-tls"), "another class's entry is not ours; a host-less entry covers any name");
+    }
+}
