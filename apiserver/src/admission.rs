@@ -926,6 +926,124 @@ fn validate_seccomp_profile(profile: Option<&Value>, path: &str, causes: &mut Ve
     }
 }
 
+/// An Ingress host (a rule's or a TLS entry's): a DNS subdomain or a `*.` wildcard of
+/// one, not an IP address.
+fn validate_ingress_host(host: &str, field: &str, causes: &mut Vec<Cause>) {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        causes.push(Cause::invalid(field, host, "must be a DNS name, not an IP address"));
+        return;
+    }
+    match host.strip_prefix("*.") {
+        Some(rest) => {
+            if !validation::is_dns1123_subdomain(rest).is_empty() {
+                causes.push(Cause::invalid(field, host, "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character (e.g. '*.example.com', regex used for validation is '\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"));
+            }
+        }
+        None => {
+            for e in validation::is_dns1123_subdomain(host) {
+                causes.push(Cause::invalid(field, host, e));
+            }
+        }
+    }
+}
+
+/// An Ingress backend: a Service (a DNS-1035 name and a port by number or by name) or a
+/// resource, exactly one.
+fn validate_ingress_backend(backend: &Value, field: &str, causes: &mut Vec<Cause>) {
+    let service = backend.get("service").filter(|v| !v.is_null());
+    let resource = backend.get("resource").filter(|v| !v.is_null());
+    match (service, resource) {
+        (Some(_), Some(_)) => causes.push(Cause::invalid(field, "", "cannot set both resource and service backends")),
+        (None, None) => causes.push(Cause::invalid(field, "", "one backend (`service` or `resource`) must be specified")),
+        (None, Some(_)) => {}
+        (Some(service), None) => {
+            let name = service.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.is_empty() {
+                causes.push(Cause::required(format!("{field}.service.name")));
+            } else {
+                for e in validation::is_dns1035_label(name) {
+                    causes.push(Cause::invalid(format!("{field}.service.name"), name, e));
+                }
+            }
+            let port = service.get("port");
+            let number = port.and_then(|p| p.get("number")).and_then(Value::as_i64);
+            let port_name = port.and_then(|p| p.get("name")).and_then(Value::as_str).filter(|n| !n.is_empty());
+            let at = format!("{field}.service.port");
+            match (number, port_name) {
+                (Some(_), Some(_)) => causes.push(Cause::invalid(&at, "", "cannot set both port name & port number")),
+                (None, None) => causes.push(Cause::invalid(&at, "", "port name or number is required")),
+                (Some(n), None) if !(1..=65535).contains(&n) => causes.push(Cause::invalid(format!("{at}.number"), n, "must be between 1 and 65535, inclusive")),
+                (None, Some(n)) => {
+                    for e in validation::is_dns1123_label(n) {
+                        causes.push(Cause::invalid(format!("{at}.name"), n, e));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Kubernetes' Ingress validation: rules or a default backend; hosts; each path's type
+/// and shape; backends; TLS hosts.
+fn validate_ingress(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    let rules = spec.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
+    let default_backend = spec.get("defaultBackend").filter(|v| !v.is_null());
+    if rules.is_empty() && default_backend.is_none() {
+        causes.push(Cause::invalid("spec", "", "either `defaultBackend` or `rules` must be specified"));
+    }
+    if let Some(backend) = default_backend {
+        validate_ingress_backend(backend, "spec.defaultBackend", causes);
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        if let Some(host) = rule.get("host").and_then(Value::as_str).filter(|h| !h.is_empty()) {
+            validate_ingress_host(host, &format!("spec.rules[{i}].host"), causes);
+        }
+        let Some(http) = rule.get("http").filter(|v| !v.is_null()) else { continue };
+        let paths = http.get("paths").and_then(Value::as_array).cloned().unwrap_or_default();
+        if paths.is_empty() {
+            causes.push(Cause::required(format!("spec.rules[{i}].http.paths")));
+        }
+        for (j, path) in paths.iter().enumerate() {
+            let at = format!("spec.rules[{i}].http.paths[{j}]");
+            let p = path.get("path").and_then(Value::as_str).unwrap_or_default();
+            match path.get("pathType").and_then(Value::as_str) {
+                None | Some("") => causes.push(Cause { reason: "FieldValueRequired", field: format!("{at}.pathType"), message: "Required value: pathType must be specified".into() }),
+                Some("Exact" | "Prefix") => {
+                    if !p.starts_with('/') {
+                        causes.push(Cause::invalid(format!("{at}.path"), p, "must be an absolute path"));
+                    }
+                    for bad in ["//", "/./", "/../", "%2f", "%2F"] {
+                        if p.contains(bad) {
+                            causes.push(Cause::invalid(format!("{at}.path"), p, format!("must not contain '{bad}'")));
+                        }
+                    }
+                    for bad in ["/..", "/."] {
+                        if p.ends_with(bad) {
+                            causes.push(Cause::invalid(format!("{at}.path"), p, format!("cannot end with '{bad}'")));
+                        }
+                    }
+                }
+                Some("ImplementationSpecific") => {
+                    if !p.is_empty() && !p.starts_with('/') {
+                        causes.push(Cause::invalid(format!("{at}.path"), p, "must be an absolute path"));
+                    }
+                }
+                Some(other) => causes.push(Cause::not_supported(format!("{at}.pathType"), other, &["Exact", "ImplementationSpecific", "Prefix"])),
+            }
+            validate_ingress_backend(path.get("backend").unwrap_or(&Value::Null), &format!("{at}.backend"), causes);
+        }
+    }
+    for (i, tls) in spec.get("tls").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (j, host) in tls.get("hosts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            if let Some(host) = host.as_str() {
+                validate_ingress_host(host, &format!("spec.tls[{i}].hosts[{j}]"), causes);
+            }
+        }
+    }
+}
+
 fn validate_workload(obj: &Value, causes: &mut Vec<Cause>, selector_required: bool) {
     if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64) {
         if r < 0 {
@@ -1000,6 +1118,7 @@ pub fn validate(res: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cau
             validate_pod_spec(obj.pointer("/spec/jobTemplate/spec/template/spec"), "spec.jobTemplate.spec.template.spec", &mut causes);
         }
         ("", "Service") => validate_service(obj, &mut causes),
+        ("networking.k8s.io", "Ingress") => validate_ingress(obj, &mut causes),
         ("certificates.k8s.io", "CertificateSigningRequest") => crate::certificates::validate(obj, old, &mut causes),
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {

@@ -215,6 +215,25 @@ async fn errors_read_like_kubernetes(s: &TestServer) -> anyhow::Result<()> {
     ensure!(s.fails(&["get", "pod", "sc"]).await?.contains("NotFound"), "a pod with a bad seccompProfile was stored");
     let out = s.kubectl_stdin(&["create", "-f", "-"], Some(&seccomp("{type: RuntimeDefault}", "{type: Localhost, localhostProfile: profiles/audit.json}"))).await?;
     ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Ingresses: hosts, path types and shapes, backends, as Kubernetes validates them.
+    let ingress = |rule: &str| format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: ing}}\nspec:\n  rules: [{rule}]\n");
+    for (rule, expected) in [
+        ("{http: {paths: [{path: /, backend: {service: {name: web, port: {number: 80}}}}]}}", "spec.rules[0].http.paths[0].pathType: Required value: pathType must be specified"),
+        ("{http: {paths: [{path: api, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}}", r#"spec.rules[0].http.paths[0].path: Invalid value: "api": must be an absolute path"#),
+        ("{http: {paths: [{path: /, pathType: Regex, backend: {service: {name: web, port: {number: 80}}}}]}}", r#"spec.rules[0].http.paths[0].pathType: Unsupported value: "Regex""#),
+        ("{host: 10.0.0.1, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}}", r#"spec.rules[0].host: Invalid value: "10.0.0.1": must be a DNS name, not an IP address"#),
+        ("{host: '*.Shop', http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}}", r#"spec.rules[0].host: Invalid value: "*.Shop": a wildcard DNS-1123 subdomain"#),
+        ("{http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80, name: http}}}}]}}", "spec.rules[0].http.paths[0].backend.service.port: Invalid value: \"\": cannot set both port name & port number"),
+        ("{http: {paths: [{path: /, pathType: Prefix, backend: {}}]}}", "spec.rules[0].http.paths[0].backend: Invalid value: \"\": one backend (`service` or `resource`) must be specified"),
+    ] {
+        let out = s.kubectl_stdin(&["create", "-f", "-"], Some(&ingress(rule))).await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success() && err.contains(expected), "{rule}: {err}");
+    }
+    let out = s.kubectl_stdin(&["create", "-f", "-"], Some("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: ing}\nspec: {}\n")).await?;
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("either `defaultBackend` or `rules` must be specified"), "{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(s.fails(&["get", "ingress", "ing"]).await?.contains("NotFound"), "an invalid Ingress was stored");
+    s.ok(&["create", "ingress", "ing", "--rule=*.shop.local/api*=api:http", "--rule=shop.local/=web:80,tls=shop-tls"]).await?;
     let out = s.kubectl_stdin(&["create", "-n", "missing", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")).await?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && err.contains(r#"namespaces "missing" not found"#), "{err}");
