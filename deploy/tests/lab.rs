@@ -1025,6 +1025,8 @@ fn seccomp_profiles(lab: &Lab) -> anyhow::Result<()> {
     // A profile that refuses every call: the container never runs its command.
     let ended = lab.wait_for(Duration::from_secs(30), "violation-pod to fail", &["get", "pod", "violation-pod", "-o", "jsonpath={.status.phase} {.status.containerStatuses[0].state.terminated.reason}"], |o| o.starts_with("Failed"))?;
     assert_eq!(ended, "Failed StartError", "{ended}");
+    let message = lab.kubectl(&["get", "pod", "violation-pod", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.message}"])?;
+    assert!(message.contains("profiles/violation.json\" refused calls"), "{message}");
     assert!(!lab.kubectl(&["logs", "violation-pod"]).unwrap_or_default().contains("never printed"));
     // A profile that is not on the node: the container is not created, and says why.
     let waiting = lab.wait_for(Duration::from_secs(30), "missing-profile's CreateContainerError", &["get", "pod", "missing-profile", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}"], |o| o.starts_with("CreateContainerError"))?;

@@ -813,6 +813,8 @@ async fn seccomp_profiles_filter_system_calls() -> anyhow::Result<()> {
         let started = lab.runtime.start_container(&id).await;
         let status = lab.wait_exited(&id, Duration::from_secs(20)).await?;
         ensure!(started.is_err() || status.exit_code != Some(0), "a container ran under a profile refusing every call: {status:?}");
+        ensure!(status.reason.as_deref() == Some("StartError"), "{status:?}");
+        ensure!(status.message.as_deref().is_some_and(|m| m.contains("violation.json\" refused calls")), "the start error names the profile: {status:?}");
         ensure!(!read_log(&violation.log_path).contains("never"), "the refused echo printed");
         // A profile that is not there: the create fails and names the file.
         let mut missing = lab.container("missing", &["true"]);

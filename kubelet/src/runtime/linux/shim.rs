@@ -174,6 +174,24 @@ fn first_logged_error(log: &Path, offset: u64) -> Option<String> {
         })
 }
 
+/// A container whose init process went silent after loading a seccomp filter was most
+/// likely stopped by the filter (Kubernetes' tutorial `violation.json` refuses every
+/// call): say so, since libcontainer only reports a broken channel.
+fn with_seccomp_hint(message: String, config: &crate::runtime::ContainerConfig) -> String {
+    use crate::runtime::SeccompProfile;
+    let profile = match &config.security.seccomp {
+        SeccompProfile::Unconfined => return message,
+        _ if config.privileged => return message,
+        SeccompProfile::RuntimeDefault => "RuntimeDefault".to_string(),
+        SeccompProfile::Localhost(path) => format!("{:?}", path.display().to_string()),
+    };
+    if message.contains("BrokenChannel") {
+        format!("{message} (the seccomp profile {profile} refused calls the container's init needs before it starts the process)")
+    } else {
+        message
+    }
+}
+
 fn fail_start(dir: &Path, record: Option<&ContainerRecord>, message: &str) -> i32 {
     tracing::error!(%message, "container failed to start");
     let exit = ExitRecord {
@@ -335,7 +353,7 @@ fn run(dir: &Path, record: &ContainerRecord) -> Result<i32, String> {
         .as_init(dir)
         .with_systemd(false)
         .with_detach(true);
-    let mut container = builder.build().map_err(|e| start_error_message(&e))?;
+    let mut container = builder.build().map_err(|e| with_seccomp_hint(start_error_message(&e), &record.config))?;
     // The write ends now live only in the container's process.
     let pid = match container.pid() {
         Some(pid) => pid,
