@@ -41,12 +41,14 @@ pub fn secret_for(caches: &Caches, sni: &str) -> Option<(String, String)> {
     best.map(|(_, secret)| secret)
 }
 
+/// Parsed keys by Secret (namespace, name), with the resourceVersion they were parsed at.
+type ParsedKeys = HashMap<(String, String), (String, Arc<CertifiedKey>)>;
+
 /// Picks each connection's certificate from the served Ingresses' Secrets.
 pub struct SecretResolver {
     caches: Caches,
     fallback: Arc<CertifiedKey>,
-    /// Parsed keys by Secret, with the resourceVersion they were parsed at.
-    parsed: Mutex<HashMap<(String, String), (String, Arc<CertifiedKey>)>>,
+    parsed: Mutex<ParsedKeys>,
 }
 
 impl std::fmt::Debug for SecretResolver {
@@ -81,6 +83,8 @@ impl SecretResolver {
         };
         let certified = component_base::tls::certified_key(&cert, &private).map_err(|e| format!("secret \"{namespace}/{name}\": {e}"))?;
         if let Ok(mut parsed) = self.parsed.lock() {
+            // Forget the keys of Secrets that are gone.
+            parsed.retain(|(ns, n), _| self.caches.secrets.get(&ObjectRef::<Secret>::new(n).within(ns)).is_some());
             parsed.insert(key, (version, certified.clone()));
         }
         Ok(certified)
