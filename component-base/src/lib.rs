@@ -8,5 +8,6 @@ pub mod health;
 pub mod leaderelection;
 pub mod nft;
 pub mod pki;
+pub mod reflect;
 pub mod signals;
 pub mod tls;

@@ -19,13 +19,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use component_base::reflect::notifying_store;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -91,11 +91,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let fallback = tls::fallback_certificate().map_err(IngressError::Tls)?;
     let changed = Arc::new(Notify::new());
     let caches = Caches {
-        ingresses: watch(Api::all(client.clone()), &changed, &shutdown),
-        classes: watch(Api::all(client.clone()), &changed, &shutdown),
-        services: watch(Api::all(client.clone()), &changed, &shutdown),
-        slices: watch(Api::all(client.clone()), &changed, &shutdown),
-        secrets: watch(Api::all(client.clone()), &changed, &shutdown),
+        ingresses: notifying_store(Api::all(client.clone()), watcher::Config::default(), &changed, &shutdown),
+        classes: notifying_store(Api::all(client.clone()), watcher::Config::default(), &changed, &shutdown),
+        services: notifying_store(Api::all(client.clone()), watcher::Config::default(), &changed, &shutdown),
+        slices: notifying_store(Api::all(client.clone()), watcher::Config::default(), &changed, &shutdown),
+        secrets: notifying_store(Api::all(client.clone()), watcher::Config::default(), &changed, &shutdown),
     };
     let ready = async {
         caches.ingresses.wait_until_ready().await.map_err(|source| IngressError::Watch { what: "ingresses", source })?;
@@ -121,30 +121,6 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     proxy::serve(listeners.http, https, caches, shutdown).await;
     let _ = status.await;
     Ok(())
-}
-
-/// A reflector whose every event wakes `changed`.
-fn watch<K>(api: Api<K>, changed: &Arc<Notify>, shutdown: &CancellationToken) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store::<K>();
-    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
-    let (changed, shutdown) = (changed.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                event = stream.next() => match event {
-                    None => return,
-                    Some(Ok(_)) => changed.notify_one(),
-                    Some(Err(e)) => tracing::warn!(error = %e, "watch failed; retrying"),
-                },
-            }
-        }
-    });
-    reader
 }
 
 /// The `status.loadBalancer.ingress` an Ingress should have, if it must change: this

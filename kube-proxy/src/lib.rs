@@ -13,13 +13,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use component_base::reflect::notifying_store;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -95,9 +95,9 @@ pub async fn run_with(client: kube::Client, nft: Arc<dyn Nft>, config: Config, s
         configure_host();
     }
     let changed = Arc::new(Notify::new());
-    let services = watch(Api::<Service>::all(client.clone()), watcher::Config::default(), &changed, &shutdown);
-    let slices = watch(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default(), &changed, &shutdown);
-    let pods = watch(
+    let services = notifying_store(Api::<Service>::all(client.clone()), watcher::Config::default(), &changed, &shutdown);
+    let slices = notifying_store(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default(), &changed, &shutdown);
+    let pods = notifying_store(
         Api::<Pod>::all(client),
         watcher::Config::default().fields(&format!("spec.nodeName={}", config.node_name)),
         &changed,
@@ -151,30 +151,6 @@ pub async fn run_with(client: kube::Client, nft: Arc<dyn Nft>, config: Config, s
         .await
         .unwrap_or_else(|e| Err(NftError::Failed { status: "the cleanup thread panicked".into(), stderr: e.to_string() }))
         .map_err(|source| ProxyError::Cleanup { table: config.table, source })
-}
-
-/// A reflector whose every event wakes the sync loop.
-fn watch<K>(api: Api<K>, config: watcher::Config, changed: &Arc<Notify>, shutdown: &CancellationToken) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store::<K>();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
-    let (changed, shutdown) = (changed.clone(), shutdown.clone());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                event = stream.next() => match event {
-                    None => return,
-                    Some(Ok(_)) => changed.notify_one(),
-                    Some(Err(e)) => tracing::warn!(error = %e, "watch failed; retrying"),
-                },
-            }
-        }
-    });
-    reader
 }
 
 /// What the table should hold for the objects in the caches.
