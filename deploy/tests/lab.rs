@@ -959,8 +959,8 @@ fn ingress_terminates_tls(lab: &Lab, node_ip: &str) -> anyhow::Result<()> {
     std::fs::write(&key, &pair.key_pem)?;
     lab.kubectl(&["create", "secret", "tls", "secure-tls", &format!("--cert={}", cert.display()), &format!("--key={}", key.display())])?;
     lab.apply(SECURE_INGRESS)?;
-    let ports = lab.kubectl(&["get", "ingress", "secure", "-o", "jsonpath={.spec.tls[0].secretName}"])?;
-    assert_eq!(ports.trim(), "secure-tls");
+    let secret = lab.kubectl(&["get", "ingress", "secure", "-o", "jsonpath={.spec.tls[0].secretName}"])?;
+    assert_eq!(secret.trim(), "secure-tls");
     let table = lab.kubectl(&["get", "ingress", "secure"])?;
     assert!(table.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(4) == Some("80,")), "PORTS 80, 443: {table}");
     let ca_der = pem_certificates(ca.cert_pem()).into_iter().next().context("the CA's DER")?;

@@ -100,20 +100,7 @@ where
     K: Send + 'static,
     S: futures::Stream<Item = Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>> + Send + 'static,
 {
-    use futures::StreamExt;
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(events);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                next = events.next() => match next {
-                    None => return,
-                    Some(Err(e)) => tracing::debug!(controller, error = %e, "watch"),
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
-    });
+    component_base::reflect::keep_running(controller, events, stop, || {});
 }
 
 /// The label selector of a workload's spec, as a matcher.
