@@ -106,6 +106,12 @@ impl Listeners {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
+
+    /// The two sockets, for a server of another kind on the same port (tests' fake
+    /// upstream resolvers).
+    pub fn into_sockets(self) -> (UdpSocket, TcpListener) {
+        (self.udp, self.tcp)
+    }
 }
 
 /// Binds UDP and TCP on `addr`; with port 0, on a port that is free for both.

@@ -123,9 +123,10 @@ fn upstream_answer(request: &[u8], udp: bool) -> Option<Vec<u8>> {
 }
 
 async fn start_upstream() -> anyhow::Result<Upstream> {
-    let udp = UdpSocket::bind("127.0.0.1:0").await?;
-    let addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(addr).await?;
+    // A port free for both UDP and TCP (the kernel's pick for UDP may be taken for TCP).
+    let listeners = cluster_dns::bind("127.0.0.1:0".parse()?).await?;
+    let addr = listeners.local_addr();
+    let (udp, tcp) = listeners.into_sockets();
     let asked = Arc::new(Mutex::new(Vec::new()));
     let record = |asked: &Arc<Mutex<Vec<String>>>, bytes: &[u8]| {
         if let Some(q) = Message::from_vec(bytes).ok().and_then(|m| m.queries.first().cloned()) {
