@@ -15,6 +15,9 @@
 //! - `RKUBE_BENCH_LIST_ITERS` (20): full lists timed (limit=500 lists: 10× as many)
 //! - `RKUBE_BENCH_WATCH_ITERS` (5): watches from resourceVersion=0 timed
 //! - `RKUBE_BENCH_BACKENDS` (`etcd,embedded`): which stores to run on
+//!
+//! Besides the raw references, each round also times the floor of any HTTP apiserver on
+//! the same store: a server that only stores the body it is sent (see [`null_server_main`]).
 
 #![allow(clippy::unwrap_used)]
 
@@ -411,17 +414,23 @@ async fn etcd_creates_watched(client: &etcd_client::Client, prefix: &str, n: usi
         anyhow::Ok(())
     });
     let rate = etcd_writes(client, prefix, n, clients, size, |mut c, key, value| async move {
-        let txn = etcd_client::Txn::new()
-            .when([etcd_client::Compare::create_revision(key.clone(), etcd_client::CompareOp::Equal, 0)])
-            .and_then([etcd_client::TxnOp::put(key, value, None)]);
-        if !c.txn(txn).await?.succeeded() {
-            bail!("a create-if-absent txn found its key");
-        }
+        etcd_create(&mut c, key, value).await?;
         Ok(c)
     })
     .await?;
     tokio::time::timeout(Duration::from_secs(60), watched).await.context("the reference watch lagged")???;
     Ok(rate)
+}
+
+/// A create as etcd must be asked for one: put the key only if it does not exist yet.
+async fn etcd_create(c: &mut etcd_client::Client, key: String, value: Vec<u8>) -> anyhow::Result<()> {
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::create_revision(key.clone(), etcd_client::CompareOp::Equal, 0)])
+        .and_then([etcd_client::TxnOp::put(key, value, None)]);
+    if !c.txn(txn).await?.succeeded() {
+        bail!("a create-if-absent txn found its key");
+    }
+    Ok(())
 }
 
 /// Raw appends of `size`-byte records (plus the key, framed like the store's log) to one
@@ -431,41 +440,52 @@ async fn etcd_creates_watched(client: &etcd_client::Client, prefix: &str, n: usi
 /// appends them in one `write` and `sync_data`s once — the group commit any good log does
 /// with concurrent writers, and what the embedded store does. Ungrouped (shown for
 /// context): every writer does its own append + `sync_data`.
+/// One log record as the bench frames it (length, checksum slot, key, value).
+fn log_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(16 + key.len() + value.len());
+    rec.extend_from_slice(&((key.len() + value.len() + 8) as u32).to_le_bytes());
+    rec.extend_from_slice(&0u32.to_le_bytes());
+    rec.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    rec.extend_from_slice(key.as_bytes());
+    rec.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    rec.extend_from_slice(value);
+    rec
+}
+
+/// A record for the group-commit writer, with the sender its writer is answered on.
+type LogRequest = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
+
+/// The group commit any good log does with concurrent writers, as the embedded store does:
+/// one thread takes every record queued at that moment, appends them in one `write` and
+/// `sync_data`s once, then answers each writer. Ends when every sender is dropped.
+fn group_writer(file: Arc<std::fs::File>) -> (tokio::sync::mpsc::UnboundedSender<LogRequest>, std::thread::JoinHandle<()>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogRequest>();
+    let writer = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut waiters = vec![first.1];
+            buf.clear();
+            buf.extend_from_slice(&first.0);
+            while let Ok((rec, w)) = rx.try_recv() {
+                buf.extend_from_slice(&rec);
+                waiters.push(w);
+            }
+            let result = (&*file).write_all(&buf).and_then(|()| file.sync_data());
+            for w in waiters {
+                let _ = w.send(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
+            }
+        }
+    });
+    (tx, writer)
+}
+
 async fn raw_appends(dir: &Path, n: usize, clients: usize, size: usize, grouped: bool) -> anyhow::Result<f64> {
     let path = dir.join(if grouped { "grouped.log" } else { "single.log" });
     let file = Arc::new(std::fs::OpenOptions::new().create(true).append(true).open(&path)?);
     let value = Arc::new(vec![b'x'; size]);
-    let record = move |i: usize| -> Vec<u8> {
-        let key = format!("/registry/pods/default/raw-{i}");
-        let mut rec = Vec::with_capacity(8 + key.len() + value.len() + 8);
-        rec.extend_from_slice(&((key.len() + value.len() + 8) as u32).to_le_bytes());
-        rec.extend_from_slice(&0u32.to_le_bytes());
-        rec.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        rec.extend_from_slice(key.as_bytes());
-        rec.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&value);
-        rec
-    };
+    let record = move |i: usize| log_record(&format!("/registry/pods/default/raw-{i}"), &value);
     if grouped {
-        type Req = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Req>();
-        let writer_file = file.clone();
-        let writer = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            while let Some(first) = rx.blocking_recv() {
-                let mut waiters = vec![first.1];
-                buf.clear();
-                buf.extend_from_slice(&first.0);
-                while let Ok((rec, w)) = rx.try_recv() {
-                    buf.extend_from_slice(&rec);
-                    waiters.push(w);
-                }
-                let result = (&*writer_file).write_all(&buf).and_then(|()| writer_file.sync_data());
-                for w in waiters {
-                    let _ = w.send(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::new(e.kind(), e.to_string())));
-                }
-            }
-        });
+        let (tx, writer) = group_writer(file);
         let rate = concurrent(
             n,
             clients,
@@ -505,6 +525,136 @@ async fn raw_appends(dir: &Path, n: usize, clients: usize, size: usize, grouped:
             },
         )
         .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The floor of any HTTP apiserver on a store.
+
+/// Set (to `<port> etcd <endpoints>` or `<port> log <file>`) when this binary runs as the
+/// null server, a child process of the bench as the apiserver is.
+const NULL_SERVER_ENV: &str = "RKUBE_BENCH_NULL_SERVER";
+
+/// Where the null server puts a body.
+enum NullSink {
+    Etcd(etcd_client::Client),
+    Log(tokio::sync::mpsc::UnboundedSender<LogRequest>),
+}
+
+impl NullSink {
+    async fn store(&self, key: String, body: Bytes) -> anyhow::Result<()> {
+        match self {
+            NullSink::Etcd(client) => etcd_create(&mut client.clone(), key, body.to_vec()).await,
+            NullSink::Log(queue) => {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                queue.send((log_record(&key, &body), done)).map_err(|_| anyhow::anyhow!("writer stopped"))?;
+                Ok(wait.await??)
+            }
+        }
+    }
+}
+
+/// The null server: an HTTP/1.1 server that answers a POST by storing its body under a
+/// fresh key the way a create must be stored (on etcd the create-if-absent txn, with one
+/// prefix watch taking every event as a watch cache would; on a log the grouped
+/// append + fsync), then answering 201 with the body. It parses nothing, checks nothing
+/// and keeps nothing in memory, so no apiserver on the same store, reached over the same
+/// HTTP by the same clients, can create faster: its rate ÷ the raw reference bounds the
+/// create ratio from above, with the cost of serving HTTP on these two cores included.
+fn null_server_main(spec: &str) -> anyhow::Result<()> {
+    let mut parts = spec.splitn(3, ' ');
+    let (Some(port), Some(kind), Some(target)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("{NULL_SERVER_ENV}={spec:?}: expected `<port> etcd|log <endpoints|file>`");
+    };
+    let port: u16 = port.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let sink = match kind {
+            "etcd" => {
+                let client = etcd_client::Client::connect(target.split(',').collect::<Vec<_>>(), None).await?;
+                let options = etcd_client::WatchOptions::new().with_prefix().with_prev_key();
+                let mut stream = client.clone().watch("/null/", Some(options)).await?;
+                tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+                NullSink::Etcd(client)
+            }
+            "log" => {
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(target)?;
+                NullSink::Log(group_writer(Arc::new(file)).0)
+            }
+            other => bail!("unknown null server store {other:?}"),
+        };
+        let sink = Arc::new(sink);
+        let next = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            stream.set_nodelay(true)?;
+            let (sink, next) = (sink.clone(), next.clone());
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (sink, next) = (sink.clone(), next.clone());
+                async move {
+                    let post = req.method() == http::Method::POST;
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let (status, body) = if !post {
+                        (http::StatusCode::OK, Bytes::from_static(b"ok"))
+                    } else {
+                        match sink.store(format!("/null/{}", next.fetch_add(1, Ordering::Relaxed)), body.clone()).await {
+                            Ok(()) => (http::StatusCode::CREATED, body),
+                            Err(e) => (http::StatusCode::INTERNAL_SERVER_ERROR, Bytes::from(format!("{e:#}"))),
+                        }
+                    };
+                    let resp = http::Response::builder()
+                        .status(status)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(body))?;
+                    anyhow::Ok(resp)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    })
+}
+
+/// The null server as a child process; killed on drop.
+struct NullServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl NullServer {
+    async fn start(kind: &str, target: &str) -> anyhow::Result<NullServer> {
+        let port = free_ports(1)?[0];
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let child = Command::new(std::env::current_exe()?)
+            .env(NULL_SERVER_ENV, format!("{port} {kind} {target}"))
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the null server")?;
+        let mut server = NullServer { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("the null server exited with {status}");
+            }
+            if let Ok(mut conn) = connect(addr).await {
+                if let Ok((200, _)) = get(&mut conn, addr, "/readyz").await {
+                    return Ok(server);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the null server did not answer");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for NullServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -613,12 +763,20 @@ async fn run_backend(backend: &str, s: &Settings, rows: &mut Vec<Row>, stored_si
         }
     };
     let scratch = tempfile::tempdir()?;
+    let null_log = scratch.path().join("null.log");
+    let null = match &etcd {
+        Some(etcd) => NullServer::start("etcd", &etcd.cluster.endpoints().join(",")).await?,
+        None => NullServer::start("log", &null_log.to_string_lossy()).await?,
+    };
+    create_pods(null.addr, "warmup", 64, s.clients).await?;
 
     // Figures 1 / 2: alternate apiserver rounds and reference rounds; medians.
     let mut api_rates = Vec::new();
     let mut ref_rates = Vec::new();
     let mut single_rates = Vec::new();
     let mut contract_rates = Vec::new();
+    let mut null_rates = Vec::new();
+    let mut null_cpu = Vec::new();
     // CPU per write: the apiserver's and etcd's during apiserver rounds, etcd's during
     // reference rounds (µs per create or put, one value per round).
     let etcd_pid = etcd.as_ref().and_then(|e| e.cluster.members.first()?.child.as_ref().map(|c| c.id()));
@@ -650,9 +808,12 @@ async fn run_backend(backend: &str, s: &Settings, rows: &mut Vec<Row>, stored_si
                 grouped
             }
         };
+        let (floor, used) = cpu_during(&[null.child.id()], create_pods(null.addr, &format!("null-r{round}"), s.pods, s.clients)).await?;
+        null_cpu.push(per_write(used[0]));
+        null_rates.push(floor);
         match contract_rates.last() {
-            Some(contract) => eprintln!("  round {round}: apiserver {api:.0}/s, reference {reference:.0}/s, create txns watched {contract:.0}/s"),
-            None => eprintln!("  round {round}: apiserver {api:.0}/s, reference {reference:.0}/s"),
+            Some(contract) => eprintln!("  round {round}: apiserver {api:.0}/s, reference {reference:.0}/s, create txns watched {contract:.0}/s, null server {floor:.0}/s"),
+            None => eprintln!("  round {round}: apiserver {api:.0}/s, reference {reference:.0}/s, null server {floor:.0}/s"),
         }
         api_rates.push(api);
         ref_rates.push(reference);
@@ -701,6 +862,25 @@ async fn run_backend(backend: &str, s: &Settings, rows: &mut Vec<Row>, stored_si
             rows.push(row(backend, "  etcd CPU per watched create txn", format!("{:.0} µs", median(&contract_cpu)), String::new(), String::new(), ""));
         }
     }
+    let floor = median(&null_rates);
+    rows.push(row(
+        backend,
+        "  (ceiling: an HTTP server that only stores the body, ÷ reference)",
+        format!("{floor:.0}/s"),
+        format!("{reference:.0}/s {ref_name}"),
+        format!("{:.2}", floor / reference),
+        "",
+    ));
+    rows.push(row(
+        backend,
+        "  pod creates/s ÷ that ceiling",
+        format!("{api:.0}/s"),
+        format!("{floor:.0}/s null server"),
+        format!("{:.2}", api / floor),
+        "",
+    ));
+    rows.push(row(backend, "  null server CPU per create", format!("{:.0} µs", median(&null_cpu)), String::new(), String::new(), ""));
+    drop(null);
     if !single_rates.is_empty() {
         let single = median(&single_rates);
         rows.push(row(
@@ -774,6 +954,9 @@ async fn run_backend(backend: &str, s: &Settings, rows: &mut Vec<Row>, stored_si
 }
 
 fn main() -> anyhow::Result<()> {
+    if let Ok(spec) = std::env::var(NULL_SERVER_ENV) {
+        return null_server_main(&spec);
+    }
     // `cargo bench` passes `--bench`; any filter arguments are ignored.
     let settings = Settings::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

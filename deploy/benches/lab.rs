@@ -25,6 +25,12 @@
 //!    (Figure 2 is a burst: its p99 is bounded by how many pods per second the node
 //!    starts, about 100 / throughput.)
 //!
+//! Beside figure 2, the CPU the whole machine spent per pod during the burst, against the
+//! most a pod may cost for the burst to be Running within the goal on this machine's cores
+//! (cores × 1 s ÷ pods), and, as a reference measured in the same run, the CPU one
+//! `runc run` of a busybox `true` costs (runc and its init, from this process's waited
+//! children; Debian's `runc`, when installed).
+//!
 //! Then `rkube down`, always, and a check that it left no mount, bridge, cgroup or process;
 //! then `rkube reset` (deletes the lab's state and its claim on a pod network).
 //!
@@ -114,6 +120,73 @@ fn rkube(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
 }
 
 /// A `kB` field of a /proc file (`VmRSS:` of status, `Pss:` of smaps_rollup).
+/// CPU time the whole machine has spent busy (every core, user and system, interrupts
+/// included; idle and iowait not), from `/proc/stat` in USER_HZ ticks (100 per second).
+fn machine_busy() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let busy: u64 = ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    Ok(Duration::from_millis(busy * 10))
+}
+
+/// CPU time of this process's waited-for children (cutime + cstime of `/proc/self/stat`).
+fn children_cpu() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    let rest = stat.rsplit_once(") ").context("bad /proc/self/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i).context("short /proc/self/stat")?.parse()?) };
+    // Fields after the command: state is 3, so cutime (16) and cstime (17) are 13 and 14.
+    Ok(Duration::from_millis((tick(13)? + tick(14)?) * 10))
+}
+
+/// The reference for the burst's CPU per pod: median CPU of one `runc run` (runc, its
+/// init and the container, all waited for) of a bundle whose rootfs is the host's static
+/// busybox and whose process is `true`. `None` without runc or a static busybox.
+fn runc_cpu_per_container(runs: usize) -> anyhow::Result<Option<Duration>> {
+    let Some(runc) = ["/usr/sbin/runc", "/usr/bin/runc"].into_iter().map(Path::new).find(|p| p.exists()) else {
+        return Ok(None);
+    };
+    let busybox = Path::new("/bin/busybox");
+    let is_static = Command::new("ldd").arg(busybox).output().map(|o| !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("not a dynamic"));
+    if !busybox.exists() || !matches!(is_static, Ok(true)) {
+        return Ok(None);
+    }
+    let bundle = tempfile::tempdir()?;
+    let bin = bundle.path().join("rootfs/bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy(busybox, bin.join("busybox"))?;
+    std::os::unix::fs::symlink("busybox", bin.join("true"))?;
+    let spec = Command::new(runc).arg("spec").current_dir(bundle.path()).output()?;
+    if !spec.status.success() {
+        bail!("runc spec: {}", String::from_utf8_lossy(&spec.stderr));
+    }
+    let config = bundle.path().join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)?;
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+    std::fs::write(&config, serde_json::to_vec(&spec)?)?;
+    let state = bundle.path().join("state");
+    let mut used = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let before = children_cpu()?;
+        let out = Command::new(runc)
+            .arg("--root")
+            .arg(&state)
+            .args(["run", "--bundle"])
+            .arg(bundle.path())
+            .arg(format!("rkube-bench-{}-{i}", std::process::id()))
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("runc run: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        used.push(children_cpu()?.saturating_sub(before));
+    }
+    Ok(Some(percentile(&used, 0.5)))
+}
+
 fn proc_kib(path: &str, field: &str) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
         l.strip_prefix(field)?
@@ -498,7 +571,12 @@ async fn measure(dir: &Path) -> anyhow::Result<()> {
 
     let kubeconfig = dir.join("admin.kubeconfig");
     let names = |prefix: &str| (0..pods).map(|i| format!("{prefix}-{i:03}")).collect::<Vec<_>>();
+    let busy_before = machine_busy()?;
     let times = create_pods(&kubeconfig, "bench", pods, Pacing::Burst { clients }).await?;
+    let burst_cpu = machine_busy()?.saturating_sub(busy_before);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The most CPU a pod may cost for `pods` of them to be Running within the goal.
+    let budget = RUNNING_P99_GOAL * cores as u32 / pods.max(1) as u32;
     tokio::time::sleep(settle).await;
     let busy_memory = Memory::measure(dir, pid);
     eprintln!("with {pods} pods: {}", busy_memory.describe());
@@ -522,6 +600,8 @@ async fn measure(dir: &Path) -> anyhow::Result<()> {
     delete_pods(dir, &previous[background.min(previous.len())..], background).await?;
     tokio::time::sleep(settle).await;
     let seq_times = create_sequence(&kubeconfig, sequence).await?;
+    // Measured while the last phase's pods still run, as the burst's were.
+    let runc_cpu = runc_cpu_per_container(30)?;
 
     let p50 = percentile(&times.to_running, 0.5);
     let p99 = percentile(&times.to_running, 0.99);
@@ -573,6 +653,24 @@ async fn measure(dir: &Path) -> anyhow::Result<()> {
         times.wall.as_secs_f64(),
         pods as f64 / times.wall.as_secs_f64().max(1e-9)
     );
+    let per_pod = burst_cpu / pods.max(1) as u32;
+    println!(
+        "| burst: CPU of the whole machine per pod ({cores} cores busy {:.0} % of the burst) | {:.1} ms | most a pod may cost for {pods} to be Running within {} ms on {cores} cores: {:.1} ms | {:.2} |",
+        100.0 * burst_cpu.as_secs_f64() / (times.wall.as_secs_f64() * cores as f64).max(1e-9),
+        ms(per_pod),
+        RUNNING_P99_GOAL.as_millis(),
+        ms(budget),
+        ms(per_pod) / ms(budget).max(1e-9)
+    );
+    match runc_cpu {
+        Some(runc) => println!(
+            "| reference: CPU of one `runc run` (busybox `true`; runc, runc init, the process) | {:.1} ms | that budget: {:.1} ms | {:.2} |",
+            ms(runc),
+            ms(budget),
+            ms(runc) / ms(budget).max(1e-9)
+        ),
+        None => println!("| reference: CPU of one `runc run` | not measured: no runc or no static /bin/busybox | | |"),
+    }
     for (per_second, t) in &rate_times {
         let (r50, r90, r99) = (
             percentile(&t.to_running, 0.5),
