@@ -29,7 +29,7 @@
 //! most a pod may cost for the burst to be Running within the goal on this machine's cores
 //! (cores × 1 s ÷ pods), and, as a reference measured in the same run, the CPU one
 //! `runc run` of a busybox `true` costs (runc and its init, from this process's waited
-//! children; Debian's `runc`, when installed).
+//! children, averaged over 30 runs; Debian's `runc`, when installed).
 //!
 //! Then `rkube down`, always, and a check that it left no mount, bridge, cgroup or process;
 //! then `rkube reset` (deletes the lab's state and its claim on a pod network).
@@ -119,7 +119,6 @@ fn rkube(dir: &Path, args: &[&str]) -> anyhow::Result<Output> {
         .with_context(|| format!("running {RKUBE}"))
 }
 
-/// A `kB` field of a /proc file (`VmRSS:` of status, `Pss:` of smaps_rollup).
 /// CPU time the whole machine has spent busy (every core, user and system, interrupts
 /// included; idle and iowait not), from `/proc/stat` in USER_HZ ticks (100 per second).
 fn machine_busy() -> anyhow::Result<Duration> {
@@ -141,9 +140,10 @@ fn children_cpu() -> anyhow::Result<Duration> {
     Ok(Duration::from_millis((tick(13)? + tick(14)?) * 10))
 }
 
-/// The reference for the burst's CPU per pod: median CPU of one `runc run` (runc, its
-/// init and the container, all waited for) of a bundle whose rootfs is the host's static
-/// busybox and whose process is `true`. `None` without runc or a static busybox.
+/// The reference for the burst's CPU per pod: the CPU of one `runc run` (runc, its init
+/// and the container, all waited for) of a bundle whose rootfs is the host's static
+/// busybox and whose process is `true`, averaged over `runs` (the kernel counts children's
+/// time in 10 ms ticks, too coarse for one run). `None` without runc or a static busybox.
 fn runc_cpu_per_container(runs: usize) -> anyhow::Result<Option<Duration>> {
     let Some(runc) = ["/usr/sbin/runc", "/usr/bin/runc"].into_iter().map(Path::new).find(|p| p.exists()) else {
         return Ok(None);
@@ -168,9 +168,8 @@ fn runc_cpu_per_container(runs: usize) -> anyhow::Result<Option<Duration>> {
     spec["process"]["args"] = serde_json::json!(["/bin/true"]);
     std::fs::write(&config, serde_json::to_vec(&spec)?)?;
     let state = bundle.path().join("state");
-    let mut used = Vec::with_capacity(runs);
+    let before = children_cpu()?;
     for i in 0..runs {
-        let before = children_cpu()?;
         let out = Command::new(runc)
             .arg("--root")
             .arg(&state)
@@ -182,11 +181,11 @@ fn runc_cpu_per_container(runs: usize) -> anyhow::Result<Option<Duration>> {
         if !out.status.success() {
             bail!("runc run: {}", String::from_utf8_lossy(&out.stderr));
         }
-        used.push(children_cpu()?.saturating_sub(before));
     }
-    Ok(Some(percentile(&used, 0.5)))
+    Ok(Some(children_cpu()?.saturating_sub(before) / runs.max(1) as u32))
 }
 
+/// A `kB` field of a /proc file (`VmRSS:` of status, `Pss:` of smaps_rollup).
 fn proc_kib(path: &str, field: &str) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
         l.strip_prefix(field)?
