@@ -166,21 +166,9 @@ impl ApiServerProcess {
         }
         let child = cmd.spawn().context("starting kube-apiserver")?;
         let mut server = ApiServerProcess { child, addr, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = server.child.try_wait()? {
-                bail!("kube-apiserver exited with {status}:\n{}", std::fs::read_to_string(&server.log).unwrap_or_default());
-            }
-            if let Ok(mut conn) = connect(addr).await {
-                if let Ok((200, _)) = get(&mut conn, addr, "/readyz").await {
-                    return Ok(server);
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("kube-apiserver did not become ready");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ready = wait_ready(&mut server.child, addr, Duration::from_secs(60)).await;
+        ready.with_context(|| format!("kube-apiserver:\n{}", std::fs::read_to_string(&server.log).unwrap_or_default()))?;
+        Ok(server)
     }
 
     /// Resident memory of the apiserver process, in bytes.
@@ -193,6 +181,26 @@ impl Drop for ApiServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until the server `child` answers `GET /readyz` on `addr` with 200; fails if it
+/// exits first or does not answer within `timeout`.
+async fn wait_ready(child: &mut Child, addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("exited with {status}");
+        }
+        if let Ok(mut conn) = connect(addr).await {
+            if let Ok((200, _)) = get(&mut conn, addr, "/readyz").await {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("not ready after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -633,21 +641,8 @@ impl NullServer {
             .spawn()
             .context("starting the null server")?;
         let mut server = NullServer { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = server.child.try_wait()? {
-                bail!("the null server exited with {status}");
-            }
-            if let Ok(mut conn) = connect(addr).await {
-                if let Ok((200, _)) = get(&mut conn, addr, "/readyz").await {
-                    return Ok(server);
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the null server did not answer");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_ready(&mut server.child, addr, Duration::from_secs(30)).await.context("the null server")?;
+        Ok(server)
     }
 }
 
